@@ -1,0 +1,111 @@
+"""Image loading that is safe, exact about sizes, and cheap when crops are downscaled.
+
+Boxes are in the pixel frame of the image *as displayed* (after EXIF orientation), as COCO
+tools draw them. JPEGs whose crops will be shrunk anyway are decoded at reduced scale through
+libjpeg's DCT scaling (``Image.draft``), which skips most of the decode work; the returned
+``scale`` tells the crop code how decoded pixels relate to original ones.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# PIL's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never disabled here).
+MIN_SIDE = 2  # px; smaller images cannot hold a box worth snapping
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+@dataclass
+class LoadedImage:
+    tensor: torch.Tensor  # (3, h, w) uint8, RGB, as decoded (maybe reduced scale)
+    width: int  # original width (after EXIF orientation)
+    height: int  # original height
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(decoded width / original width, decoded height / original height)."""
+        return self.tensor.shape[2] / self.width, self.tensor.shape[1] / self.height
+
+
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _open(source: "str | os.PathLike[str] | bytes", name: str) -> Image.Image:
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return Image.open(io.BytesIO(bytes(source)))
+        return Image.open(source)
+    except FileNotFoundError as e:
+        raise ImageError(f"{name}: image file not found") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageError(f"{name}: not a readable image ({e})") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: refused, {e}") from e
+
+
+def image_size(source: "str | os.PathLike[str] | bytes", name: str | None = None) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, reading only the header."""
+    name = name or (str(source) if not isinstance(source, (bytes, bytearray, memoryview)) else "<bytes>")
+    with _open(source, name) as im:
+        w, h = im.size
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block must not hide the image
+            orientation = 1
+    return (h, w) if orientation in _TRANSPOSED else (w, h)
+
+
+def load_image(
+    source: "str | os.PathLike[str] | bytes | Image.Image",
+    name: str | None = None,
+    min_scale: float = 1.0,
+) -> LoadedImage:
+    """Decode to RGB uint8 (3, h, w).
+
+    ``min_scale`` in (0, 1]: the smallest decoded/original ratio the caller can use (e.g. the
+    largest input/window ratio over the crops it will cut). JPEGs are then decoded at the
+    coarsest DCT scale (1/2, 1/4, 1/8) that still meets it; other formats decode in full.
+    """
+    if isinstance(source, Image.Image):
+        im, name = source, name or "<PIL image>"
+    else:
+        name = name or (str(source) if isinstance(source, (str, Path)) else "<bytes>")
+        im = _open(source, name)
+    try:
+        orientation = 1
+        try:
+            orientation = im.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001
+            pass
+        w0, h0 = im.size
+        if im.format == "JPEG" and min_scale < 1.0:
+            # draft() picks the largest reduction keeping the image >= the requested size.
+            req = (max(1, int(np.ceil(w0 * min_scale))), max(1, int(np.ceil(h0 * min_scale))))
+            im.draft("RGB", req)
+        im = ImageOps.exif_transpose(im) if orientation != 1 else im
+        if im.mode != "RGB":
+            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+                im = im.convert("RGBA")
+                bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
+                im = Image.alpha_composite(bg, im)
+            im = im.convert("RGB")
+        arr = np.asarray(im)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: refused, {e}") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
+    width, height = (h0, w0) if orientation in _TRANSPOSED else (w0, h0)
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(f"{name}: image is {width}x{height}, too small to snap boxes in")
+    tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    return LoadedImage(tensor=tensor, width=width, height=height)
