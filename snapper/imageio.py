@@ -99,7 +99,7 @@ def load_image(
                 bg = Image.new("RGBA", im.size, (0, 0, 0, 255))
                 im = Image.alpha_composite(bg, im)
             im = im.convert("RGB")
-        arr = np.asarray(im)
+        arr = np.array(im)  # writable copy owned by the tensor
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: refused, {e}") from e
     except (OSError, ValueError, SyntaxError) as e:
