@@ -1,0 +1,101 @@
+"""Model checkpoints: a folder with ``model.pt`` (a plain state_dict) and ``config.json``.
+
+A state_dict of tensors loads with ``torch.load(weights_only=True)``, so opening a checkpoint
+from somewhere else cannot execute code; the architecture is rebuilt from ``config.json``.
+Writes are atomic (temp file + ``os.replace``) so a killed job never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from snapper.config import ModelConfig, from_dict, to_dict
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str], model: torch.nn.Module, cfg: ModelConfig, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``path/model.pt`` + ``path/config.json``; returns the folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    atomic_torch_save(state, path / MODEL_FILE)
+    meta = {"model": to_dict(cfg), **(extra or {})}
+    atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def read_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, Any]]:
+    path = Path(path)
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{path}: not a snapper checkpoint (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+    return from_dict(ModelConfig, meta.get("model", {})), meta
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelConfig, dict[str, Any]]:
+    """Rebuild the model from ``config.json`` and load ``model.pt`` (weights only)."""
+    from snapper.model import build_model
+
+    path = Path(path)
+    cfg, meta = read_config(path)
+    weights_file = path / MODEL_FILE
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint has no {MODEL_FILE}")
+    # The weights come from the checkpoint; never download pretrained ones to be overwritten.
+    model = build_model(from_dict(ModelConfig, {**to_dict(cfg), "weights": None}))
+    state = torch.load(weights_file, map_location=map_location, weights_only=True)
+    model.load_state_dict(state)
+    model.eval()
+    return model, cfg, meta

@@ -1,0 +1,218 @@
+"""The Snapper network and the regression baseline.
+
+SnapperNet (the published design, details ours):
+  ResNet trunk -> FPN-style top-down fusion of C2..C5 to stride 4 -> directional pooling
+  (mean + max over x gives a sequence along y for top/bottom; over y gives one along x for
+  left/right) -> four independent 1-D conv decoders (one per edge) -> logits over
+  ``num_bins`` positions per edge.
+
+Why these choices:
+  * Stride-4 fusion keeps edge evidence at 4 input px; a stride-2 skip from the stem is
+    pooled the same way and joined before the last layers so the decoders see 2-px detail.
+    Sub-pixel output then comes from the distribution (see ``edges.decode_edges``).
+  * mean+max pooling: mean sees long straight edges, max sees short/partial ones.
+  * a coordinate channel tells each decoder where in the crop it is; the rough box sits at
+    a known place (1/context of the crop), which is a strong prior for a decoupled 1-D model.
+  * separate decoders per edge keep edges decoupled (the paper's point): a clear edge is never
+    dragged by an unclear one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+from snapper.config import ModelConfig
+from snapper.edges import decode_edges, edge_loss
+
+_TRUNK_CHANNELS = {
+    "resnet18": (64, 128, 256, 512),
+    "resnet34": (64, 128, 256, 512),
+    "resnet50": (256, 512, 1024, 2048),
+    "resnet101": (256, 512, 1024, 2048),
+}
+_IMAGENET_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "resnet101": "ResNet101_Weights",
+}
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def _resnet(cfg: ModelConfig) -> nn.Module:
+    if cfg.backbone not in _TRUNK_CHANNELS:
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {sorted(_TRUNK_CHANNELS)}")
+    ctor = getattr(torchvision.models, cfg.backbone)
+    if cfg.weights in (None, "", "none"):
+        return ctor(weights=None)
+    if cfg.weights != "imagenet":
+        raise ValueError(f"weights must be None or 'imagenet', got {cfg.weights!r}")
+    weights = getattr(torchvision.models, _IMAGENET_WEIGHTS[cfg.backbone]).IMAGENET1K_V1
+    try:
+        return ctor(weights=weights)
+    except Exception as e:  # noqa: BLE001 - urllib raises many types offline
+        raise RuntimeError(
+            f"could not load torchvision's ImageNet weights for {cfg.backbone} ({type(e).__name__}: {e}). "
+            "They are downloaded on first use into $TORCH_HOME (default ~/.cache/torch/hub/checkpoints); "
+            "offline, copy the file there by hand or train with weights=None (random init)."
+        ) from e
+
+
+class Trunk(nn.Module):
+    """ResNet returning the stem (stride 2) and C2..C5 (strides 4..32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        r = _resnet(cfg)
+        self.stem = nn.Sequential(r.conv1, r.bn1, r.relu)
+        self.pool = r.maxpool
+        self.layers = nn.ModuleList([r.layer1, r.layer2, r.layer3, r.layer4])
+        self.channels = _TRUNK_CHANNELS[cfg.backbone]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = (images.float() - self.mean) / self.std
+        s = self.stem(x)
+        x = self.pool(s)
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return s, feats
+
+
+class TopDownFusion(nn.Module):
+    """FPN-style: 1x1 laterals, nearest upsampling and sums from C5 down to C2, one 3x3 smooth."""
+
+    def __init__(self, in_channels: tuple[int, ...], out: int):
+        super().__init__()
+        self.lateral = nn.ModuleList([nn.Conv2d(c, out, 1) for c in in_channels])
+        self.smooth = nn.Sequential(nn.Conv2d(out, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            x = lat(f) + F.interpolate(x, size=f.shape[-2:], mode="nearest")
+        return self.smooth(x)
+
+
+def directional_pool(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, H, W) -> sequences along x (B, 2C, W) and along y (B, 2C, H) (mean and max)."""
+    along_x = torch.cat([fmap.mean(2), fmap.amax(2)], dim=1)
+    along_y = torch.cat([fmap.mean(3), fmap.amax(3)], dim=1)
+    return along_x, along_y
+
+
+def _with_coords(seq: torch.Tensor) -> torch.Tensor:
+    n = seq.shape[-1]
+    coord = torch.linspace(-1.0, 1.0, n, device=seq.device, dtype=seq.dtype).expand(seq.shape[0], 1, n)
+    return torch.cat([seq, coord], dim=1)
+
+
+def _conv1d(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv1d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm1d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class EdgeDecoder(nn.Module):
+    """One edge: dilated 1-D convs at stride 4, a stride-2 skip, logits at every bin."""
+
+    def __init__(self, cin: int, cskip: int, width: int, layers: int, num_bins: int):
+        super().__init__()
+        blocks = [_conv1d(cin + 1, width)]
+        blocks += [_conv1d(width, width, dilation=2 ** (i % 3 + 1)) for i in range(layers - 1)]
+        self.coarse = nn.Sequential(*blocks)
+        self.fine = nn.Sequential(_conv1d(width + cskip + 1, width // 2), nn.Conv1d(width // 2, 1, 3, padding=1))
+        self.num_bins = num_bins
+
+    def forward(self, seq: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.coarse(_with_coords(seq))
+        x = F.interpolate(x, size=skip.shape[-1], mode="linear", align_corners=False)
+        x = _with_coords(torch.cat([x, skip], dim=1))
+        # Sequence position i covers input pixels [2i, 2i+2); bins sit on pixel boundaries.
+        x = F.interpolate(x, size=self.num_bins, mode="linear", align_corners=True)
+        return self.fine(x).squeeze(1)
+
+
+class SnapperNet(nn.Module):
+    """Edge classification over positions (the paper's model)."""
+
+    head = "edges"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = Trunk(cfg)
+        self.fuse = TopDownFusion(self.trunk.channels, cfg.fpn_channels)
+        cskip = 32
+        self.skip = nn.Sequential(nn.Conv2d(64, cskip, 1, bias=False), nn.BatchNorm2d(cskip), nn.ReLU(inplace=True))
+        self.decoders = nn.ModuleList(
+            [EdgeDecoder(2 * cfg.fpn_channels, 2 * cskip, cfg.decoder_channels, cfg.decoder_layers, cfg.num_bins)
+             for _ in range(4)]
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8/float (B, 3, S, S) in [0, 255] -> logits (B, 4, num_bins), edges left, top, right, bottom."""
+        stem, feats = self.trunk(images)
+        x_seq, y_seq = directional_pool(self.fuse(feats))
+        x_skip, y_skip = directional_pool(self.skip(stem))
+        seqs = ((x_seq, x_skip), (y_seq, y_skip), (x_seq, x_skip), (y_seq, y_skip))
+        return torch.stack([dec(s, k) for dec, (s, k) in zip(self.decoders, seqs)], dim=1)
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return edge_loss(out, target, self.cfg.input_size)
+
+    @torch.no_grad()
+    def decode(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return decode_edges(out, self.cfg.input_size, self.cfg.decode_window, self.cfg.confidence_radius)
+
+
+class RegressionNet(nn.Module):
+    """The "traditional detection objective" baseline: same trunk, fusion and crop, global
+    pooling and a head regressing the four edge positions (smooth-L1 in input pixels)."""
+
+    head = "regression"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = Trunk(cfg)
+        self.fuse = TopDownFusion(self.trunk.channels, cfg.fpn_channels)
+        c = cfg.fpn_channels
+        self.head_mlp = nn.Sequential(nn.Linear(2 * c, 2 * c), nn.ReLU(inplace=True), nn.Linear(2 * c, 4))
+        # Start at the rough box: it sits at (1 - 1/context)/2 .. (1 + 1/context)/2 of the crop.
+        lo = (1 - 1 / cfg.context) / 2
+        with torch.no_grad():
+            self.head_mlp[-1].weight.mul_(0.01)
+            self.head_mlp[-1].bias.copy_(torch.tensor([lo, lo, 1 - lo, 1 - lo]))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _, feats = self.trunk(images)
+        f = self.fuse(feats)
+        pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1)
+        return self.head_mlp(pooled)  # (B, 4) in units of the crop size
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        s = self.cfg.input_size
+        return F.smooth_l1_loss(out.float() * s, target.float(), beta=1.0)
+
+    @torch.no_grad()
+    def decode(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = (out.float() * self.cfg.input_size).clamp(0, self.cfg.input_size)
+        return pos, torch.full_like(pos, float("nan"))
+
+
+def build_model(cfg: ModelConfig) -> SnapperNet | RegressionNet:
+    if cfg.head == "edges":
+        return SnapperNet(cfg)
+    if cfg.head == "regression":
+        return RegressionNet(cfg)
+    raise ValueError(f"unknown head {cfg.head!r}; choose 'edges' or 'regression'")

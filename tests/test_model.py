@@ -1,0 +1,135 @@
+"""Model, loss and decoding agree with each other and with the crop geometry."""
+
+import numpy as np
+import pytest
+import torch
+
+from snapper.checkpoint import load_checkpoint, save_checkpoint
+from snapper.config import ModelConfig
+from snapper.crop import crop_images, crop_windows, edge_targets, input_to_original
+from snapper.edges import decode_edges, edge_loss, soft_targets
+from snapper.geometry import jitter_boxes
+from snapper.model import build_model
+
+TINY = dict(backbone="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
+
+
+@pytest.mark.parametrize("head", ["edges", "regression"])
+def test_shapes_and_backward(head):
+    cfg = ModelConfig(head=head, **TINY)
+    m = build_model(cfg)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    out = m(x)
+    loss = m.loss(out, torch.rand(2, 4) * 64)
+    loss.backward()
+    pos, conf = m.decode(out)
+    assert pos.shape == (2, 4) and conf.shape == (2, 4)
+    assert ((pos >= 0) & (pos <= 64)).all()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_soft_targets_decode_back_exactly():
+    pos = torch.tensor([[0.0, 0.25, 63.6, 64.0], [10.5, 31.01, 40.99, 12.0]])
+    q = soft_targets(pos, 64, 65)
+    assert torch.allclose(q.sum(-1), torch.ones(2, 4))
+    logits = torch.log(q.clamp_min(1e-9))
+    dec, conf = decode_edges(logits, 64, window=2, radius=2)
+    assert torch.allclose(dec, pos, atol=1e-4)
+    assert (conf > 0.99).all()
+    # The loss of the perfect distribution is its entropy: lower than any shifted one.
+    assert edge_loss(logits, pos, 64) < edge_loss(logits, pos + 2, 64)
+
+
+def test_confidence_is_low_for_spread_distributions():
+    sharp = torch.zeros(1, 4, 65)
+    sharp[..., 30] = 20
+    flat = torch.zeros(1, 4, 65)
+    _, c_sharp = decode_edges(sharp, 64)
+    _, c_flat = decode_edges(flat, 64)
+    assert (c_sharp > 0.99).all() and (c_flat < 0.1).all()
+
+
+def test_channels_last_and_bf16_autocast():
+    m = build_model(ModelConfig(**TINY)).to(memory_format=torch.channels_last)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x)
+        loss = m.loss(out, torch.rand(2, 4) * 64)
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
+def test_imagenet_weights_fail_clearly_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache: must try to download
+
+    def no_network(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(RuntimeError, match="ImageNet weights"):
+        build_model(ModelConfig(backbone="resnet18", weights="imagenet"))
+
+
+def test_imagenet_weights_load_from_local_cache(monkeypatch, tmp_path):
+    """Users who are online get torchvision's file; here we place a file of the same name."""
+    import torchvision
+
+    w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    ref = torchvision.models.resnet18(weights=None)
+    ckpt_dir = tmp_path / "hub" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    torch.save(ref.state_dict(), ckpt_dir / w.url.rsplit("/", 1)[-1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    m = build_model(ModelConfig(backbone="resnet18", weights="imagenet", input_size=64))
+    assert torch.equal(m.trunk.stem[0].weight, ref.conv1.weight)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = ModelConfig(**TINY)
+    m = build_model(cfg).eval()
+    save_checkpoint(tmp_path / "ck", m, cfg, {"step": 3})
+    m2, cfg2, meta = load_checkpoint(tmp_path / "ck")
+    assert cfg2 == cfg and meta["step"] == 3
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    assert torch.equal(m(x), m2(x))
+
+
+def _scene(rng, size=96):
+    """A dark image with one bright rectangle; exact integer box."""
+    img = torch.full((3, size, size), 30, dtype=torch.uint8)
+    x0, y0 = rng.integers(8, 40, 2)
+    w, h = rng.integers(20, 48, 2)
+    img[:, y0 : y0 + h, x0 : x0 + w] = torch.tensor([200, 160, 90], dtype=torch.uint8).view(3, 1, 1)
+    return img, np.array([[x0, y0, x0 + w, y0 + h]], dtype=np.float64)
+
+
+def test_overfit_tiny_model_reaches_sub_pixel_edges():
+    """Targets, loss and decoding must agree: a tiny model memorising a few crops puts >= 95%
+    of edges within 1 original pixel of the truth after mapping back through the crop."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cfg = ModelConfig(**TINY)
+    crops, targets, windows, truths = [], [], [], []
+    for _ in range(8):
+        img, true = _scene(rng)
+        rough = jitter_boxes(true, 96, 96, rng)
+        win = crop_windows(rough, 1.0, cfg.context)
+        crops.append(crop_images(img, win, cfg.input_size).round().to(torch.uint8))
+        targets.append(torch.tensor(edge_targets(true, win, cfg.input_size), dtype=torch.float32))
+        windows.append(win)
+        truths.append(true)
+    x, t = torch.cat(crops), torch.cat(targets)
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        model.train()
+        loss = model.loss(model(x), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        pos, _ = model.decode(model(x))
+    pred = input_to_original(pos.double().numpy(), np.concatenate(windows), cfg.input_size)
+    dev = np.abs(pred - np.concatenate(truths))
+    assert (dev < 1.0).mean() >= 0.95, f"edges within 1 px: {(dev < 1.0).mean():.2%}, loss {loss.item():.3f}"
