@@ -73,6 +73,10 @@ class DataConfig:
     color_jitter: float = 0.2
     val_max_boxes: int | None = None  # cap for quick validation during training
     seed: int = 0
+    resampled: bool = True  # draw shards with replacement (ranks never starve); False = exact epochs
+    epoch_samples: int | None = None  # crops per resampled epoch over all ranks; None = counted from shards
+    crop_on: str = "worker"  # "worker" (CPU, in the loader) or "device" (loader decodes, trainer crops)
+    draft_decode: bool = True  # decode JPEGs at reduced DCT scale when every crop is downscaled
 
 
 @dataclass
