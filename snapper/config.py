@@ -121,6 +121,31 @@ class EvalConfig:
     device: str = "auto"
 
 
+@dataclass
+class BatchConfig:
+    """Batch snapping of rough COCO annotations (``snapper batch-snap``, flow ``batch-snap``).
+
+    ``review_threshold``: an edge whose confidence is below it puts the box on the review list;
+    ``review_moved_frac``: so does an edge that moved more than this fraction of the rough
+    box's extent on its axis (the paper's jitter moves an edge by at most ~15%).
+    ``min_box_size``: rough boxes thinner than this (px, after clipping) are kept, not snapped.
+    ``fuse_key``: annotations sharing this field (per image) are several workers' boxes of one
+    object and also get one fused box; None disables fusion.
+    """
+
+    chunk_images: int = 256  # images per chunk (the unit of resume and of fan-out in the flow)
+    batch_size: int = 128  # crops per forward pass, gathered across images
+    workers: int = 2  # DataLoader processes decoding + cropping; 0 = in the main process
+    prefetch_factor: int = 4
+    device: str = "auto"
+    buffer_ratio: float = 1.0
+    min_box_size: float = 2.0
+    review_threshold: float = 0.5
+    review_moved_frac: float = 0.25
+    fuse_key: str | None = "object_id"
+    draft_decode: bool = True
+
+
 # ---------------------------------------------------------------------------- (de)serialisation
 
 
