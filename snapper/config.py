@@ -100,6 +100,7 @@ class TrainConfig:
     log_every: int = 20
     ckpt_every: int = 500
     eval_every: int = 1000
+    patience: int | None = None  # stop after this many validations without a new best (None: never)
     seed: int = 0
     mlflow: bool = True
     experiment: str = "snapper"
