@@ -1,0 +1,541 @@
+"""COCO -> WebDataset tar shards + a manifest; atomic, reproducible, resumable, parallel.
+
+Layout (``out_dir`` is typically ``shards/<dataset>``)::
+
+    <split>-000000.tar        one sample per image, ordered by image id
+    <split>-000000.tar.json   done-marker: what the tar holds + digest of the inputs it came from
+    <split>-manifest.json     written last: shard list with sha256, counts, every skip + reason
+
+A sample is ``<key>.<ext>`` (the ORIGINAL image bytes, never re-encoded; ``ext`` from the real
+container format: jpg/png/webp/bmp/tif) and ``<key>.json`` (``{image_id, file_name, width,
+height, annotations: [{id, bbox, category_id, iscrowd, area}]}``, bbox COCO xywh, clipped to the
+image). ``key`` is the zero-padded image id (digits only: never derived from ``file_name``,
+because webdataset splits keys at the first dot). Tar headers are zeroed (mtime 0, uid/gid 0,
+no user names, mode 0644) so identical inputs give byte-identical shards on any machine.
+
+Reading from object stores: copy ``out_dir`` as is (``aws s3 sync shards/coco s3://b/coco``,
+``gcloud storage rsync shards/coco gs://b/coco``). Then either pass webdataset URLs directly::
+
+    data.train_shards=["pipe:aws s3 cp s3://b/coco/train-{000000..000011}.tar -"]
+    data.train_shards=["pipe:gcloud storage cat gs://b/coco/train-{000000..000011}.tar"]
+
+or let :func:`shard_urls` build the exact list from the manifest, given any URL of it
+(``shard_urls("pipe:aws s3 cp s3://b/coco/train-manifest.json -")``): the manifest's file name
+inside the URL is replaced by each shard's name. Local manifests give absolute paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+from dataclasses import asdict, dataclass, field
+from itertools import repeat
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from snapper.data.coco import IMAGE_EXTS, CocoIndex, ImageRecord, load_coco, sniff_image_format
+
+FORMAT = "snapper-shards/1"
+KEY_DIGITS = 12
+DEFAULT_SHARD_SIZE = 1000
+_SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
+_SHARD_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*-[0-9]{6}\.tar$")
+_MEMBER_RE = re.compile(r"^([0-9]{1,20})\.(" + "|".join(IMAGE_EXTS) + r"|json)$")
+_MAX_MEMBER_BYTES = 1 << 30
+
+
+class ShardError(RuntimeError):
+    """A shard could not be written or read; the message names the shard and the item."""
+
+
+def _check_split(split: str) -> str:
+    if not _SPLIT_RE.match(split):
+        raise ValueError(f"split name {split!r} must be letters, digits and underscores")
+    return split
+
+
+def sample_key(image_id: int) -> str:
+    """Dot-free, sortable sample key for an image id."""
+    if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id < 0:
+        raise ValueError(f"image id {image_id!r} is not a non-negative integer")
+    return f"{image_id:0{KEY_DIGITS}d}"
+
+
+def _dumps(obj: Any) -> bytes:
+    """Canonical JSON: same object -> same bytes (sorted keys, no NaN)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- planning
+
+
+@dataclass
+class ShardSpec:
+    """Which images go into one shard. Plain data: picklable and JSON-able (for Prefect tasks)."""
+
+    split: str
+    number: int
+    records: list[ImageRecord]
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.number:06d}.tar"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "number": self.number, "records": [asdict(r) for r in self.records]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ShardSpec":
+        return cls(d["split"], int(d["number"]), [ImageRecord(**r) for r in d["records"]])
+
+
+@dataclass
+class ShardInfo:
+    file: str  # name relative to the output folder
+    samples: int
+    boxes: int  # non-crowd annotations
+    crowd: int
+    bytes: int
+    sha256: str
+    spec_digest: str  # digest of the inputs (sidecars + source file identities)
+    written: bool = field(default=True, compare=False)  # False when an existing shard was reused
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("written")
+        return d
+
+
+def plan_shards(index: CocoIndex, shard_size: int = DEFAULT_SHARD_SIZE, split: str = "train") -> list[ShardSpec]:
+    """Consecutive runs of ``shard_size`` images in image-id order: the same index and size give
+    the same assignment on every machine and in every process."""
+    _check_split(split)
+    if not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+    records = sorted(index.images, key=lambda r: r.image_id)
+    return [ShardSpec(split, n, records[i : i + shard_size]) for n, i in enumerate(range(0, len(records), shard_size))]
+
+
+def _spec_digest(spec: ShardSpec) -> str:
+    """Digest of everything a shard's bytes depend on; stat() (size, mtime) stands in for the
+    image content so that checking a finished shard does not re-read every image."""
+    h = hashlib.sha256(FORMAT.encode())
+    for r in spec.records:
+        try:
+            st = os.stat(r.path)
+        except OSError as e:
+            raise ShardError(f"{spec.name}: image id {r.image_id}: cannot stat {r.path} ({e})") from e
+        h.update(_dumps([r.sidecar(), st.st_size, st.st_mtime_ns]))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class _HashingWriter(io.RawIOBase):
+    """File wrapper that hashes what tarfile writes, so the sha256 needs no second read."""
+
+    def __init__(self, f: Any) -> None:
+        self._f, self._h, self._n = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        b = bytes(b)
+        self._f.write(b)
+        self._h.update(b)
+        self._n += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self._n
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def _read_marker(final: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((final.with_name(final.name + ".json")).read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def write_shard(spec: ShardSpec, out_dir: str | os.PathLike[str], verify: bool = False) -> ShardInfo:
+    """Write one shard atomically, or reuse it when its done-marker matches the inputs.
+
+    Reuse needs: the tar exists with the recorded size and the marker's input digest equals the
+    current one (``verify=True`` also re-hashes the tar). Otherwise the tar is written to
+    ``<name>.tmp``, fsynced and renamed; the marker is written after it, so a crash in between
+    only costs a rewrite.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / spec.name
+    digest = _spec_digest(spec)
+    marker = _read_marker(final)
+    if marker is not None and marker.get("spec_digest") == digest and final.is_file():
+        if final.stat().st_size == marker.get("bytes") and (not verify or _sha256_file(final) == marker.get("sha256")):
+            return ShardInfo(**{k: marker[k] for k in ShardInfo.__dataclass_fields__ if k != "written"}, written=False)
+
+    tmp = final.with_name(final.name + ".tmp")
+    boxes = crowd = 0
+    with open(tmp, "wb") as f:
+        hw = _HashingWriter(f)
+        with tarfile.open(fileobj=hw, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+            for r in spec.records:
+                key = sample_key(r.image_id)
+                try:
+                    with open(r.path, "rb") as img:
+                        data = img.read()
+                except OSError as e:
+                    raise ShardError(f"{spec.name}: image id {r.image_id}: cannot read {r.path} ({e})") from e
+                ext = sniff_image_format(data[:16])
+                if ext is None:
+                    raise ShardError(f"{spec.name}: image id {r.image_id}: {r.path} is not one of {IMAGE_EXTS}")
+                side = _dumps(r.sidecar())
+                tar.addfile(_member(f"{key}.{ext}", len(data)), io.BytesIO(data))
+                tar.addfile(_member(f"{key}.json", len(side)), io.BytesIO(side))
+                crowd_here = sum(1 for a in r.annotations if a["iscrowd"])
+                crowd += crowd_here
+                boxes += len(r.annotations) - crowd_here
+        f.flush()
+        os.fsync(f.fileno())
+    info = ShardInfo(spec.name, len(spec.records), boxes, crowd, hw.tell(), hw._h.hexdigest(), digest)
+    os.replace(tmp, final)
+    _write_atomic(final.with_name(final.name + ".json"), _dumps(info.to_dict()))
+    return info
+
+
+# ---------------------------------------------------------------------------- reading (safe)
+
+
+def iter_shard(source: str | os.PathLike[str] | Any) -> Iterator[tuple[str, str, bytes, dict[str, Any]]]:
+    """Yield ``(key, ext, image_bytes, sidecar)`` from a shard path or open binary stream.
+
+    Members are read into memory only; their names are never used as paths. Every name must be
+    ``<digits>.<known ext>``, regular files only, each key one image + one json, so a tampered
+    shard (``../x``, links, devices) is rejected with an error naming the member.
+    """
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
+    owned = isinstance(source, (str, os.PathLike))
+    f = open(source, "rb") if owned else source
+    try:
+        pending: dict[str, Any] = {}
+        current: str | None = None
+
+        def flush() -> Iterator[tuple[str, str, bytes, dict[str, Any]]]:
+            exts = [e for e in pending if e != "json"]
+            if "json" not in pending or len(exts) != 1:
+                raise ShardError(f"{name}: sample {current} has members {sorted(pending)}, expected one image + json")
+            yield current, exts[0], pending[exts[0]], json.loads(pending["json"])  # type: ignore[misc]
+
+        with tarfile.open(fileobj=f, mode="r|") as tar:
+            for m in tar:
+                match = _MEMBER_RE.match(m.name)
+                if not m.isreg() or match is None:
+                    raise ShardError(f"{name}: unexpected member {m.name!r} (type {m.type!r})")
+                if m.size > _MAX_MEMBER_BYTES:
+                    raise ShardError(f"{name}: member {m.name!r} is {m.size} bytes, over the limit")
+                key, ext = match.groups()
+                if key != current:
+                    if current is not None:
+                        yield from flush()
+                    current, pending = key, {}
+                if ext in pending:
+                    raise ShardError(f"{name}: duplicate member {m.name!r}")
+                pending[ext] = tar.extractfile(m).read()  # type: ignore[union-attr]
+            if current is not None:
+                yield from flush()
+    finally:
+        if owned:
+            f.close()
+
+
+# ---------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class Manifest:
+    path: Path
+    data: dict[str, Any]
+    written: list[str] = field(default_factory=list)  # shards written by this run (not persisted)
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return self.data["shards"]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return self.data["counts"]
+
+    @property
+    def skip_counts(self) -> dict[str, int]:
+        return self.data["skip_counts"]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Manifest":
+        p = Path(path)
+        data = json.loads(p.read_bytes())
+        if data.get("format") != FORMAT:
+            raise ShardError(f"{p}: not a {FORMAT} manifest (format={data.get('format')!r})")
+        return cls(p, data)
+
+
+def manifest_path(out_dir: str | os.PathLike[str], split: str) -> Path:
+    return Path(out_dir) / f"{_check_split(split)}-manifest.json"
+
+
+def write_manifest(
+    out_dir: str | os.PathLike[str],
+    split: str,
+    infos: Sequence[ShardInfo],
+    index: CocoIndex,
+    ann_file: str | os.PathLike[str] | None = None,
+    params: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``<split>-manifest.json`` atomically, and only if its content changed (so an
+    idempotent re-run leaves its mtime alone). Must be called after every shard is written."""
+    infos = sorted(infos, key=lambda i: i.file)
+    if sum(i.samples for i in infos) != len(index.images):
+        raise ShardError(f"{out_dir}: shards hold {sum(i.samples for i in infos)} samples, index has {len(index.images)}")
+    if ann_file is not None and Path(ann_file).resolve() != Path(index.ann_file).resolve():
+        raise ValueError(f"index was loaded from {index.ann_file}, not {ann_file}")
+    counts = index.counts()
+    data = {
+        "format": FORMAT,
+        "split": _check_split(split),
+        "shards": [{k: v for k, v in i.to_dict().items() if k != "spec_digest"} for i in infos],
+        "counts": {**counts, "shards": len(infos), "bytes": sum(i.bytes for i in infos)},
+        "skip_counts": index.skip_counts,
+        "image_skip_counts": index.image_skip_counts,
+        "skipped": index.skipped,
+        "clipped_annotation_ids": index.clipped,
+        "source": {"annotations": Path(index.ann_file).name, "sha256": index.ann_sha256},
+        "params": {"min_box_size": index.min_box_size, "check_images": index.check_images, **(params or {})},
+    }
+    path = manifest_path(out_dir, split)
+    blob = json.dumps(data, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
+    try:
+        unchanged = path.read_bytes() == blob
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        _write_atomic(path, blob)
+    return path
+
+
+def remove_stale_shards(out_dir: Path, split: str, keep: set[str]) -> list[str]:
+    """Delete this split's shards/markers/temp files that the current plan does not contain
+    (left by a larger earlier run or a crash), so globbing ``<split>-*.tar`` stays truthful."""
+    pat = re.compile(rf"^{re.escape(split)}-[0-9]{{6}}\.tar(\.json)?(\.tmp)?$")
+    removed = []
+    for p in sorted(out_dir.iterdir()):
+        if pat.match(p.name) and (p.name.endswith(".tmp") or p.name.removesuffix(".json") not in keep):
+            p.unlink()
+            removed.append(p.name)
+    return removed
+
+
+# ---------------------------------------------------------------------------- driver
+
+
+def split_by_image(index: CocoIndex, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Deterministic hold-out by image: an image is in val when a hash of (seed, image id) falls
+    below ``val_fraction``. Membership depends on the image alone, so adding images to a dataset
+    never moves existing ones between splits (no leakage across dataset versions). Skipped
+    images are split too, so each skip is reported in exactly one manifest. With
+    ``val_fraction > 0`` and >= 2 images, val gets at least one image.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+
+    def u(image_id: int) -> float:
+        d = hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(d, "little") / 2.0**64
+
+    ids = index.input_image_ids
+    val = [i for i in ids if u(i) < val_fraction]
+    if val_fraction > 0 and not val and len(ids) >= 2:
+        val = [min(ids, key=u)]
+    vs = set(val)
+    return [i for i in ids if i not in vs], val
+
+
+def shard_index(
+    index: CocoIndex,
+    out_dir: str | os.PathLike[str],
+    split: str = "train",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    workers: int = 1,
+    image_ids: Sequence[int] | None = None,
+    params: dict[str, Any] | None = None,
+    verify: bool = False,
+) -> Manifest:
+    """Shard an already loaded index (see :func:`shard_dataset`)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(params or {})
+    if image_ids is not None:
+        ids = sorted({int(i) for i in image_ids})
+        index = index.subset(ids)
+        params["image_ids_sha256"] = hashlib.sha256(_dumps(ids)).hexdigest()
+    specs = plan_shards(index, shard_size, split)
+    params["shard_size"] = shard_size
+    if workers > 1 and len(specs) > 1:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=min(workers, len(specs))) as ex:
+            infos = list(ex.map(write_shard, specs, repeat(out), repeat(verify)))
+    else:
+        infos = [write_shard(s, out, verify) for s in specs]
+    path = write_manifest(out, split, infos, index, params=params)
+    remove_stale_shards(out, split, {i.file for i in infos})
+    m = Manifest.load(path)
+    m.written = [i.file for i in infos if i.written]
+    return m
+
+
+def shard_dataset(
+    ann_file: str | os.PathLike[str],
+    images_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    split: str = "train",
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    min_box_size: float = 1.0,
+    workers: int = 1,
+    image_ids: Sequence[int] | None = None,
+    check_images: str = "header",
+    verify: bool = False,
+) -> Manifest:
+    """Validate ``ann_file``, write every missing/outdated shard (in ``workers`` processes) and
+    the manifest. A re-run with the same inputs rewrites nothing; an interrupted run resumes
+    with the shards it lacks. ``image_ids`` restricts the split (see :func:`split_by_image`)."""
+    index = load_coco(ann_file, images_dir, min_box_size=min_box_size, check_images=check_images)  # type: ignore[arg-type]
+    return shard_index(index, out_dir, split, shard_size, workers, image_ids, verify=verify)
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith("pipe:") or "://" in s
+
+
+def shard_urls(source: str | os.PathLike[str] | Manifest, split: str = "train") -> list[str]:
+    """Shard URLs for readers (``wds.WebDataset(urls)``), in manifest order.
+
+    ``source``: a :class:`Manifest`, a local output folder or manifest file (-> absolute
+    paths), or any webdataset URL of the manifest, e.g. ``pipe:aws s3 cp
+    s3://b/coco/train-manifest.json -`` or ``https://host/coco/train-manifest.json`` (-> the
+    same URL with the manifest's file name replaced by each shard's; file names are validated
+    so they cannot inject anything into a ``pipe:`` command).
+    """
+    mname = f"{_check_split(split)}-manifest.json"
+    if isinstance(source, Manifest):
+        data, base = source.data, source.path.parent
+        url_tpl = None
+    elif isinstance(source, str) and _is_url(source):
+        if mname not in source:
+            raise ValueError(f"URL {source!r} does not name {mname}")
+        from webdataset.gopen import gopen
+
+        with gopen(source, "rb") as f:
+            data = json.loads(f.read())
+        url_tpl, base = source, None
+    else:
+        p = Path(source)
+        p = p / mname if p.is_dir() else p
+        data, base, url_tpl = Manifest.load(p).data, p.parent, None
+    if data.get("format") != FORMAT or data.get("split") != split:
+        raise ShardError(f"{source}: not a {FORMAT} manifest for split {split!r}")
+    urls = []
+    for s in data["shards"]:
+        fname = s["file"]
+        if not _SHARD_FILE_RE.match(fname):
+            raise ShardError(f"{source}: refusing shard file name {fname!r}")
+        if url_tpl is not None:
+            urls.append(url_tpl.replace(mname, fname))
+        else:
+            urls.append(str((base / fname).resolve()))  # type: ignore[operator]
+    return urls
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def _summary(m: Manifest) -> str:
+    c = m.counts
+    lines = [
+        f"[{m.data['split']}] {c['images']} images, {c['boxes']} boxes (+{c['crowd']} crowd kept, excluded from "
+        f"training), {c['shards']} shards ({len(m.written)} written, {c['shards'] - len(m.written)} up to date), "
+        f"{c['bytes'] / 1e6:.1f} MB -> {m.path}",
+        f"  annotations: {c['annotations_input']} in = {c['annotations_kept']} kept + {c['annotations_skipped']} "
+        f"skipped; {c['clipped']} clipped to the image (kept)",
+    ]
+    if m.skip_counts:
+        lines.append("  skipped annotations: " + ", ".join(f"{k}={v}" for k, v in m.skip_counts.items()))
+    if m.data["image_skip_counts"]:
+        lines.append("  skipped images: " + ", ".join(f"{k}={v}" for k, v in m.data["image_skip_counts"].items()))
+    return "\n".join(lines)
+
+
+def cli_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="snapper shard", description="Write a COCO dataset as WebDataset shards + manifest.")
+    ap.add_argument("ann_json")
+    ap.add_argument("images_dir")
+    ap.add_argument("out_dir", help="e.g. shards/<dataset>")
+    ap.add_argument("--split", default="train", help="split name (the training part when --val-fraction is set)")
+    ap.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard")
+    ap.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of images as split 'val'")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the train/val hold-out")
+    ap.add_argument("--min-box-size", type=float, default=1.0, help="skip boxes narrower/shorter than this (px)")
+    ap.add_argument("--workers", type=int, default=1, help="processes writing shards")
+    ap.add_argument("--check-images", choices=("header", "decode", "none"), default="header")
+    ap.add_argument("--verify", action="store_true", help="re-hash existing shards before reusing them")
+    args = ap.parse_args(argv)
+    try:
+        index = load_coco(args.ann_json, args.images_dir, args.min_box_size, args.check_images)
+        if args.val_fraction > 0:
+            if args.split == "val":
+                ap.error("--split must not be 'val' when --val-fraction is set")
+            train_ids, val_ids = split_by_image(index, args.val_fraction, args.seed)
+            params = {"val_fraction": args.val_fraction, "seed": args.seed}
+            jobs = [(args.split, train_ids), ("val", val_ids)]
+        else:
+            params, jobs = {}, [(args.split, None)]
+        for split, ids in jobs:
+            m = shard_index(index, args.out_dir, split, args.shard_size, args.workers, ids, params, args.verify)
+            print(_summary(m))
+    except (ValueError, ShardError, OSError) as e:
+        print(f"snapper shard: error: {e}", file=sys.stderr)
+        return 2
+    return 0
