@@ -215,7 +215,7 @@ def write_shard(spec: ShardSpec, out_dir: str | os.PathLike[str], verify: bool =
     boxes = crowd = 0
     with open(tmp, "wb") as f:
         hw = _HashingWriter(f)
-        with tarfile.open(fileobj=hw, mode="w", format=tarfile.USTAR_FORMAT) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=hw, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=1 << 22) as tar:  # type: ignore[call-overload]
             for r in spec.records:
                 key = sample_key(r.image_id)
                 try:
