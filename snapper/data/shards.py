@@ -328,7 +328,10 @@ def write_manifest(
     params: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<split>-manifest.json`` atomically, and only if its content changed (so an
-    idempotent re-run leaves its mtime alone). Must be called after every shard is written."""
+    idempotent re-run leaves its mtime alone). Must be called after every shard is written.
+
+    ``params`` are recorded as given (``shard_dataset`` passes ``shard_size`` and, for a
+    hold-out, ``val_fraction``/``seed``); the selected image ids are recorded as a sha256."""
     infos = sorted(infos, key=lambda i: i.file)
     if sum(i.samples for i in infos) != len(index.images):
         raise ShardError(f"{out_dir}: shards hold {sum(i.samples for i in infos)} samples, index has {len(index.images)}")
@@ -345,7 +348,8 @@ def write_manifest(
         "skipped": index.skipped,
         "clipped_annotation_ids": index.clipped,
         "source": {"annotations": Path(index.ann_file).name, "sha256": index.ann_sha256},
-        "params": {"min_box_size": index.min_box_size, "check_images": index.check_images, **(params or {})},
+        "params": {"min_box_size": index.min_box_size, "check_images": index.check_images,
+                   "image_ids_sha256": hashlib.sha256(_dumps(index.input_image_ids)).hexdigest(), **(params or {})},
     }
     path = manifest_path(out_dir, split)
     blob = json.dumps(data, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
@@ -412,7 +416,6 @@ def shard_index(
     if image_ids is not None:
         ids = sorted({int(i) for i in image_ids})
         index = index.subset(ids)
-        params["image_ids_sha256"] = hashlib.sha256(_dumps(ids)).hexdigest()
     specs = plan_shards(index, shard_size, split)
     params["shard_size"] = shard_size
     if workers > 1 and len(specs) > 1:
