@@ -126,6 +126,36 @@ def test_expand_urls(tmp_path):
     assert stream.count_images(paths) == 4
 
 
+def write_coco_folder(root: Path, samples: list[dict]) -> Path:
+    """The samples as a COCO folder (annotations.json + images/)."""
+    (root / "images").mkdir(parents=True)
+    images, anns = [], []
+    for s in samples:
+        (root / "images" / s["meta"]["file_name"]).write_bytes(s["image"])
+        m = s["meta"]
+        images.append({k: m[k] for k in ("file_name", "width", "height")} | {"id": m["image_id"]})
+        anns += [a | {"image_id": m["image_id"]} for a in m["annotations"]]
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": i, "name": f"c{i}"} for i in range(1, 5)]}
+    (root / "annotations.json").write_text(json.dumps(coco))
+    return root
+
+
+def test_expand_urls_reads_shard_manifests(tmp_path):
+    shards = pytest.importorskip("snapper.data.shards")
+    samples = rect_samples(6, boxes=2)
+    src = write_coco_folder(tmp_path / "coco", samples)
+    out = tmp_path / "shards"
+    shards.shard_dataset(src / "annotations.json", src / "images", out, shard_size=2)
+    urls = stream.expand_urls(str(out))
+    assert len(urls) == 3 and urls == stream.expand_urls(str(out / "train-manifest.json"))
+    assert urls == shards.shard_urls(out)
+    got = Counter(int(i) for b in train_loader(cfg_for([str(out)])) for i in b["image_id"])
+    assert got == Counter({i + 1: 2 for i in range(6)})
+    loader = train_loader(cfg_for([str(out / "train-manifest.json")], resampled=True))
+    assert loader.batches_per_epoch == 3  # 6 images x 2 boxes / batch 4
+
+
 def test_train_batches_shapes_and_targets(tmp_path):
     urls = write_shards(tmp_path, rect_samples(6, boxes=3), per_shard=2)
     cfg = cfg_for(urls, resampled=True, epoch_samples=20, hflip=True, color_jitter=0.2)
@@ -310,15 +340,15 @@ def test_decode_scale():
 # -------------------------------------------------------------------------- real data (optional)
 
 
-def coco_to_shards(data_dir: Path, out: Path, per_shard: int = 64) -> list[str]:
+def coco_to_shards(data_dir: Path, out: Path, per_shard: int = 32) -> list[str]:
     """Shard a COCO folder (snapper.data.shards.shard_dataset when it exists)."""
     try:
         from snapper.data.shards import shard_dataset  # type: ignore[attr-defined]
     except ImportError:
         shard_dataset = None
     if shard_dataset is not None:
-        shard_dataset(data_dir / "annotations.json", data_dir / "images", out)
-        return stream.expand_urls(str(out))
+        shard_dataset(data_dir / "annotations.json", data_dir / "images", out, shard_size=per_shard)
+        return stream.expand_urls(str(out))  # via out/train-manifest.json
     coco = json.loads((data_dir / "annotations.json").read_text())
     anns: dict[int, list] = {}
     for a in coco["annotations"]:

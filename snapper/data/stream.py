@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -80,20 +81,49 @@ def _local_path(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
+MANIFEST_SUFFIX = "-manifest.json"
+_MANIFEST_RE = re.compile(r"([A-Za-z0-9_]+)-manifest\.json")
+
+
+def _manifest_urls(url: str) -> list[str]:
+    """Shard URLs listed by a ``snapper.data.shards`` manifest (local or any webdataset URL)."""
+    from snapper.data.shards import shard_urls
+
+    found = _MANIFEST_RE.findall(url)
+    if not found:
+        raise ValueError(f"{url}: a manifest URL must name <split>-manifest.json")
+    return shard_urls(_local_path(url) if _is_local(url) else url, found[-1])
+
+
+def _read_manifest(url: str) -> dict[str, Any]:
+    from webdataset.gopen import gopen
+
+    with gopen(_local_path(url) if _is_local(url) else url, "rb") as f:
+        return json.loads(f.read())
+
+
 def expand_urls(urls: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]") -> list[str]:
-    """Shard URLs from braces, ``::``-joined lists, globs, directories (their ``*.tar``) or
-    ``pipe:`` commands. Local shards must exist: a typo fails here, not hours into training."""
+    """Shard URLs from braces, ``::``-joined lists, globs, ``pipe:`` commands, shard manifests
+    (``<split>-manifest.json``, local or remote) or directories (their one manifest, else their
+    ``*.tar``). Local shards must exist: a typo fails here, not hours into training."""
     items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
     out: list[str] = []
     for item in items:
         for part in str(item).split("::"):
             for url in braceexpand.braceexpand(part):
+                if MANIFEST_SUFFIX in url:
+                    out.extend(_manifest_urls(url))
+                    continue
                 if not _is_local(url):
                     out.append(url)
                     continue
                 path = _local_path(url)
                 if os.path.isdir(path):
-                    found = sorted(glob.glob(os.path.join(path, "*.tar")))
+                    manifests = sorted(glob.glob(os.path.join(path, "*" + MANIFEST_SUFFIX)))
+                    if len(manifests) > 1:
+                        raise ValueError(f"shard directory {path} holds several splits "
+                                         f"({', '.join(os.path.basename(m) for m in manifests)}): name one manifest")
+                    found = _manifest_urls(manifests[0]) if manifests else sorted(glob.glob(os.path.join(path, "*.tar")))
                     if not found:
                         raise FileNotFoundError(f"shard directory {path} holds no *.tar files")
                     out.extend(found)
@@ -120,6 +150,13 @@ def count_images(urls: Sequence[str]) -> int | None:
         with tarfile.open(_local_path(url), "r:") as tf:
             n += sum(1 for m in tf if m.isfile() and m.name.endswith(".json"))
     return n
+
+
+def _count_from_manifests(items: Sequence[str]) -> int | None:
+    """Images listed by the manifests when every entry names one (remote shards: no tar to scan)."""
+    if not items or not all(_MANIFEST_RE.search(str(i)) for i in items):
+        return None
+    return sum(int(_read_manifest(str(i))["counts"]["images"]) for i in items)
 
 
 # ------------------------------------------------------------------------------- sample parsing
@@ -651,7 +688,10 @@ class TrainLoader:
             if total is None:
                 n_images = count_images(self.urls)
                 if n_images is None:
-                    raise ValueError("data.epoch_samples must be set when shards are not local files")
+                    n_images = _count_from_manifests([str(u) for u in data.train_shards])
+                if n_images is None:
+                    raise ValueError("data.epoch_samples must be set when shards are remote and not given "
+                                     "by their manifest")
                 total = n_images * data.boxes_per_image
             per_worker = max(1, math.ceil(total / (world_size * cfg.batch_size * nw)))
             self.batches_per_epoch = per_worker * nw
