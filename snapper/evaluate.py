@@ -1,0 +1,400 @@
+"""Evaluation: per-box Parquet table, the paper's Table 1, confidence report and plots.
+
+    from snapper.evaluate import evaluate
+    res = evaluate({"snapper": "runs/a/best", "regression": "runs/b/best"}, EvalConfig(shards=[...]), "eval/")
+    print(res.table_md)
+
+Every method is scored on the same boxes: the evaluation stream jitters each box with a
+generator seeded by its annotation id, so the rough boxes do not depend on the model, the
+order or the number of loader workers. The "identity" method (rough box returned unchanged)
+is the floor every model must beat; it is read off the first model's rows (same rough boxes)
+instead of decoding the images once more.
+
+Outputs in ``out_dir`` (all written atomically):
+``boxes.parquet`` (one row per box and method, see :func:`snapper.metrics.box_table`),
+``summary.csv`` / ``summary.md`` (Table 1 per method, overall and per COCO size bucket),
+``confidence.csv`` (edge deviance per confidence decile) and ``flagging.csv`` (bad edges caught
+when flagging the least confident k%), ``stream_stats.json`` (boxes delivered / skipped by
+reason), and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from snapper.checkpoint import atomic_write_text
+from snapper.config import EvalConfig, JitterConfig, ModelConfig
+from snapper.geometry import xywh_to_xyxy
+
+log = logging.getLogger("snapper.evaluate")
+
+IDENTITY = "identity"
+PARQUET_FILE = "boxes.parquet"
+FLAG_PERCENTS = (1, 2, 5, 10, 15, 20, 30, 40, 50)
+
+
+@dataclass
+class EvalResult:
+    out_dir: str
+    parquet: str
+    summary: pd.DataFrame
+    metrics: dict[str, float]
+    plots: dict[str, str] = field(default_factory=dict)
+    table_md: str = ""
+    stream_stats: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- predictions
+
+
+def _to_original(pos_input: np.ndarray, windows: np.ndarray, sizes: np.ndarray, input_size: int) -> np.ndarray:
+    """Model-input edge positions -> original-image boxes, tidied per image size."""
+    from snapper.crop import input_to_original
+    from snapper.snap import tidy_boxes
+
+    boxes = input_to_original(pos_input, windows, input_size)
+    out = np.empty_like(boxes)
+    for wh in np.unique(sizes, axis=0):
+        m = (sizes == wh).all(axis=1)
+        out[m] = tidy_boxes(boxes[m], float(wh[0]), float(wh[1]))
+    return out
+
+
+def _numpy(batch: dict[str, Any], key: str) -> np.ndarray:
+    v = batch[key]
+    return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
+def _stream(cfg: EvalConfig, model_cfg: ModelConfig):
+    from snapper.data.stream import eval_batches
+
+    if not cfg.shards:
+        raise ValueError("EvalConfig.shards is empty: give the held-out shard URLs/globs")
+    return eval_batches(cfg.shards, model_cfg, cfg.jitter, seed=cfg.seed, buffer_ratio=cfg.buffer_ratio,
+                        batch_size=cfg.batch_size, max_boxes=cfg.max_boxes, workers=cfg.workers)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    model_cfg: ModelConfig,
+    cfg: EvalConfig,
+    method: str = "snapper",
+    device: "torch.device | str | None" = None,
+    examples: list[dict[str, Any]] | None = None,
+    n_examples: int = 0,
+    stats: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Per-box table of ``model`` on ``cfg.shards`` (leaves the model in eval mode).
+
+    ``examples`` (if given) receives up to ``n_examples`` crops with their boxes for plots;
+    ``stats`` receives the stream's delivered/skipped counts.
+    """
+    from snapper.metrics import box_table
+    from snapper.snap import Snapper, resolve_device
+
+    dev = resolve_device(cfg.device) if device is None else torch.device(device)
+    snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size)
+    stream = _stream(cfg, model_cfg)
+    tables = []
+    for batch in stream:
+        pos, conf = snapper.predict_crops(batch["image"])
+        windows, sizes = _numpy(batch, "window"), _numpy(batch, "image_size")
+        pred = _to_original(pos, windows, sizes, model_cfg.input_size)
+        true, rough = _numpy(batch, "true"), _numpy(batch, "rough")
+        df = box_table(pred, true, image_id=_numpy(batch, "image_id"), annotation_id=_numpy(batch, "annotation_id"),
+                       category_id=_numpy(batch, "category_id"), rough_xyxy=rough, confidence=conf,
+                       area=_numpy(batch, "area"), method=method,
+                       extra={"file_name": np.asarray(batch.get("file_name", [""] * len(pred)), dtype=object)})
+        tables.append(df)
+        if examples is not None and len(examples) < n_examples:
+            for j in range(min(n_examples - len(examples), len(pred))):
+                examples.append({"crop": batch["image"][j].numpy(), "window": windows[j], "rough": rough[j],
+                                 "true": true[j], "pred": pred[j], "iou": float(df["iou"].iloc[j]),
+                                 "conf": conf[j], "method": method, "input_size": model_cfg.input_size,
+                                 "annotation_id": int(_numpy(batch, "annotation_id")[j])})
+    if stats is not None:
+        stats.update(stream.stats.as_dict())
+    _report_skips(stream.stats.as_dict(), method)
+    if not tables:
+        return box_table(np.zeros((0, 4)), np.zeros((0, 4)), method=method)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _report_skips(stats: dict[str, Any], what: str) -> None:
+    skipped = sum(stats.get("skipped_images", {}).values()) + sum(stats.get("skipped_boxes", {}).values())
+    if skipped or stats.get("shard_errors"):
+        log.warning("%s: the evaluation stream skipped images %s, boxes %s, shard errors %d (boxes scored: %d)",
+                    what, stats.get("skipped_images"), stats.get("skipped_boxes"), stats.get("shard_errors", 0),
+                    stats.get("boxes", 0))
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: str | os.PathLike[str],
+    cfg: EvalConfig,
+    method: str | None = None,
+    examples: list[dict[str, Any]] | None = None,
+    n_examples: int = 0,
+    stats: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Per-box table (with per-edge confidence) of the checkpoint in ``checkpoint_dir``;
+    ``method`` defaults to the model's head ("edges" -> "snapper", "regression")."""
+    from snapper.checkpoint import load_checkpoint
+
+    model, model_cfg, _ = load_checkpoint(checkpoint_dir)
+    name = method or ("snapper" if model_cfg.head == "edges" else model_cfg.head)
+    return evaluate_model(model, model_cfg, cfg, method=name, examples=examples, n_examples=n_examples, stats=stats)
+
+
+def identity_from(df: pd.DataFrame) -> pd.DataFrame:
+    """The identity rows (prediction = rough box) for the boxes of a model's table."""
+    from snapper.metrics import box_table
+
+    rough = xywh_to_xyxy(df[["rough_x", "rough_y", "rough_w", "rough_h"]].to_numpy(np.float64))
+    true = xywh_to_xyxy(df[["true_x", "true_y", "true_w", "true_h"]].to_numpy(np.float64))
+    extra = {"file_name": df["file_name"].to_numpy(object)} if "file_name" in df else None
+    return box_table(rough, true, image_id=df["image_id"].to_numpy(), annotation_id=df["annotation_id"].to_numpy(),
+                     category_id=df["category_id"].to_numpy(), rough_xyxy=rough, area=df["area"].to_numpy(),
+                     method=IDENTITY, extra=extra)
+
+
+def evaluate_identity(cfg: EvalConfig, stats: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The paper's floor: the rough (jittered) box itself as the prediction."""
+    from snapper.metrics import box_table
+
+    # Crops are not looked at; the smallest input keeps the stream's work to decoding.
+    stream = _stream(cfg, ModelConfig(input_size=8))
+    tables = []
+    for batch in stream:
+        rough, true = _numpy(batch, "rough"), _numpy(batch, "true")
+        tables.append(box_table(rough, true, image_id=_numpy(batch, "image_id"),
+                                annotation_id=_numpy(batch, "annotation_id"),
+                                category_id=_numpy(batch, "category_id"), rough_xyxy=rough,
+                                area=_numpy(batch, "area"), method=IDENTITY,
+                                extra={"file_name": np.asarray(batch.get("file_name", [""] * len(rough)),
+                                                               dtype=object)}))
+    if stats is not None:
+        stats.update(stream.stats.as_dict())
+    _report_skips(stream.stats.as_dict(), IDENTITY)
+    if not tables:
+        return box_table(np.zeros((0, 4)), np.zeros((0, 4)), method=IDENTITY)
+    return pd.concat(tables, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------- outputs
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> Path:
+    atomic_write_text(path, df.to_csv(index=False))
+    return path
+
+
+def _check_same_boxes(tables: dict[str, pd.DataFrame]) -> None:
+    """Every method must be scored on the same boxes, or the comparison means nothing."""
+    ref_name, ref = next(iter(tables.items()))
+    ref_ids = set(ref["annotation_id"].dropna().astype(int))
+    for name, df in tables.items():
+        ids = set(df["annotation_id"].dropna().astype(int))
+        if ids != ref_ids:
+            raise RuntimeError(f"method {name!r} was scored on {len(ids)} boxes and {ref_name!r} on {len(ref_ids)} "
+                               f"({len(ids ^ ref_ids)} differ): the streams delivered different boxes; see the "
+                               "skip counts in the log")
+
+
+def _active_run_id(run_id: str | None) -> str | None:
+    if run_id:
+        return run_id
+    mlflow = sys.modules.get("mlflow")  # no run can be active if MLflow was never imported
+    if mlflow is None:
+        return None
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
+def method_metrics(summary: pd.DataFrame) -> dict[str, float]:
+    """``{"<method>/<size>/<metric>": value}`` for every method of a summary."""
+    from snapper.metrics import summary_metrics
+
+    out: dict[str, float] = {}
+    for method, rows in summary.groupby("method", sort=False):
+        out.update(summary_metrics(rows.drop(columns=["method"]), prefix=str(method)))
+    return out
+
+
+def evaluate(
+    checkpoints: dict[str, str | os.PathLike[str]],
+    cfg: EvalConfig,
+    out_dir: str | os.PathLike[str],
+    include_identity: bool = True,
+    mlflow_run_id: str | None = None,
+    n_examples: int = 16,
+    plots: bool = True,
+) -> EvalResult:
+    """Evaluate each checkpoint (method name -> checkpoint folder) on the same boxes and write
+    the per-box table, summaries and plots to ``out_dir``; log to MLflow when a run is
+    active or ``mlflow_run_id`` is given."""
+    from snapper.metrics import confidence_report, format_table, summarize
+
+    if not checkpoints and not include_identity:
+        raise ValueError("nothing to evaluate: no checkpoints and include_identity=False")
+    for name in checkpoints:
+        if not name or name == IDENTITY:
+            raise ValueError(f"method name {name!r} is reserved or empty")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, pd.DataFrame] = {}
+    examples: dict[str, list[dict[str, Any]]] = {}
+    stream_stats: dict[str, Any] = {}
+    for name, path in checkpoints.items():
+        log.info("evaluating %s (%s) on %s", name, path, cfg.shards)
+        examples[name] = []
+        stats: dict[str, Any] = {}
+        tables[name] = evaluate_checkpoint(path, cfg, method=name, examples=examples[name],
+                                           n_examples=n_examples, stats=stats)
+        stream_stats[name] = stats
+    if include_identity:
+        if tables:
+            tables[IDENTITY] = identity_from(next(iter(tables.values())))
+        else:
+            stats = {}
+            tables[IDENTITY] = evaluate_identity(cfg, stats=stats)
+            stream_stats[IDENTITY] = stats
+    _check_same_boxes(tables)
+    df = pd.concat(list(tables.values()), ignore_index=True)
+    if len(df) == 0:
+        raise RuntimeError(f"no boxes were evaluated from {cfg.shards!r}: stream stats {stream_stats}")
+
+    parquet = write_parquet(df, out / PARQUET_FILE)
+    summary = summarize(df)
+    files = {"parquet": str(parquet), "summary_csv": str(_write_csv(summary, out / "summary.csv"))}
+    overall = summary[summary["size"] == "all"]
+    table_md = ("## Table 1 (all boxes)\n\n" + format_table(overall)
+                + "\n## By COCO size bucket\n\n" + format_table(summary) + "\n")
+    atomic_write_text(out / "summary.md", table_md)
+    files["summary_md"] = str(out / "summary.md")
+    report = confidence_report(df, flag_percents=FLAG_PERCENTS)
+    files["confidence_csv"] = str(_write_csv(report.deciles, out / "confidence.csv"))
+    files["flagging_csv"] = str(_write_csv(report.flagging, out / "flagging.csv"))
+    atomic_write_text(out / "stream_stats.json", json.dumps(stream_stats, indent=2, sort_keys=True))
+    files["stream_stats"] = str(out / "stream_stats.json")
+
+    plot_paths: dict[str, str] = {}
+    if plots:
+        from snapper import plots as P
+
+        plot_paths["deviance"] = str(P.deviance_histograms(df, out / "deviance.png"))
+        if len(report.deciles):
+            plot_paths["confidence"] = str(P.confidence_calibration(report, out / "confidence.png"))
+        ex = [e for name in examples for e in examples[name]]
+        if ex:
+            plot_paths["examples"] = str(P.example_grid(ex[:n_examples], out / "examples.png"))
+
+    metrics = method_metrics(summary)
+    for method, s in stream_stats.items():
+        metrics[f"{method}/stream/skipped_images"] = float(sum(s.get("skipped_images", {}).values()))
+        metrics[f"{method}/stream/skipped_boxes"] = float(sum(s.get("skipped_boxes", {}).values()))
+    run_id = _active_run_id(mlflow_run_id)
+    if run_id is not None:
+        from snapper import tracking
+
+        tracking.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, run_id=run_id)
+        for p in [*files.values(), *plot_paths.values()]:
+            tracking.log_artifact(p, "eval", run_id=run_id)
+    return EvalResult(out_dir=str(out), parquet=str(parquet), summary=summary, metrics=metrics, plots=plot_paths,
+                      table_md=table_md, stream_stats=stream_stats, files=files)
+
+
+# ----------------------------------------------------------------------------------- the CLI
+
+
+def _parse_checkpoint(text: str) -> tuple[str | None, str]:
+    """``NAME=PATH_OR_REF`` or a bare path/ref (name from the model's head)."""
+    name, sep, ref = text.partition("=")
+    if sep and name and "/" not in name and not Path(text).exists():
+        return name, ref
+    return None, text
+
+
+def cli_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="snapper evaluate",
+                                description="Evaluate checkpoints on held-out shards; prints the Table 1 markdown.")
+    p.add_argument("--shards", nargs="+", required=True,
+                   help="shard URLs/globs, or a shard folder (its --split manifest is used)")
+    p.add_argument("--split", default="val", help="manifest split when --shards is a folder (default: val)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_MODELREF",
+                   help="checkpoint folder or MLflow model ref (models:/snapper/latest); repeatable")
+    p.add_argument("--out-dir", default="eval")
+    p.add_argument("--max-boxes", type=int)
+    p.add_argument("--buffer-ratio", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="jitter seed (per annotation id)")
+    p.add_argument("--jitter-shift", type=float, default=JitterConfig.shift)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-identity", action="store_true", help="leave out the rough-box floor")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        shards: list[str] = []
+        for s in args.shards:
+            if Path(s).is_dir():
+                from snapper.data.shards import shard_urls
+
+                shards.extend(shard_urls(s, args.split))
+            else:
+                shards.append(s)
+        checkpoints: dict[str, str] = {}
+        for item in args.checkpoint:
+            name, ref = _parse_checkpoint(item)
+            path = Path(ref)
+            if not path.is_dir():
+                from snapper.tracking import resolve_model
+
+                path = resolve_model(ref)
+            if name is None:
+                from snapper.checkpoint import read_config
+
+                head = read_config(path)[0].head
+                name = "snapper" if head == "edges" else head
+            if name in checkpoints:
+                raise ValueError(f"method name {name!r} given twice; use NAME=PATH")
+            checkpoints[name] = str(path)
+        cfg = EvalConfig(shards=shards, jitter=JitterConfig(shift=args.jitter_shift), batch_size=args.batch_size,
+                         buffer_ratio=args.buffer_ratio, seed=args.seed, max_boxes=args.max_boxes,
+                         workers=args.workers, device=args.device)
+        result = evaluate(checkpoints, cfg, args.out_dir, include_identity=not args.no_identity,
+                          plots=not args.no_plots)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"snapper evaluate: {e}", file=sys.stderr)
+        return 2
+    print(result.table_md)
+    print(f"per-box table: {result.parquet}", file=sys.stderr)
+    return 0

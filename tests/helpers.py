@@ -1,0 +1,60 @@
+"""Tiny generated data for tests (no conftest magic; import what you need).
+
+    from helpers import make_tiny_coco, make_tiny_shards, tiny_train_config
+
+Everything is small enough for a 2-core CI box: a handful of synthetic 128x96 images.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# The smallest model that still exercises every layer (ResNet-18 needs >= 32 px).
+TINY_MODEL: dict[str, Any] = {"backbone": "resnet18", "input_size": 32, "fpn_channels": 16,
+                              "decoder_channels": 16, "decoder_layers": 2}
+
+
+def make_tiny_coco(tmp_path: str | os.PathLike[str], n_images: int = 6, seed: int = 0,
+                   width: int = 128, height: int = 96) -> Path:
+    """A synthetic COCO dataset (``annotations.json`` + ``images/``); returns the annotations path."""
+    from snapper.data.synthetic import generate
+
+    return generate(Path(tmp_path) / f"coco-{n_images}-{seed}", num_images=n_images, seed=seed,
+                    width=width, height=height, scale_min=1.0, scale_max=1.0)
+
+
+def make_tiny_shards(tmp_path: str | os.PathLike[str], n_images: int = 8, val_fraction: float = 0.34,
+                     shard_size: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Synthetic COCO split by image into train/val shards.
+
+    Returns ``{"ann": path, "dir": shard folder, "train": [urls], "val": [urls]}``.
+    """
+    from snapper.data.coco import load_coco
+    from snapper.data.shards import shard_dataset, shard_urls, split_by_image
+
+    ann = make_tiny_coco(tmp_path, n_images=n_images, seed=seed)
+    images = ann.parent / "images"
+    out = Path(tmp_path) / f"shards-{n_images}-{seed}"
+    train_ids, val_ids = split_by_image(load_coco(ann, images), val_fraction, seed=seed)
+    shard_dataset(ann, images, out, split="train", shard_size=shard_size, image_ids=train_ids)
+    shard_dataset(ann, images, out, split="val", shard_size=shard_size, image_ids=val_ids)
+    return {"ann": ann, "dir": out, "train": shard_urls(out, "train"), "val": shard_urls(out, "val")}
+
+
+def tiny_train_config(shards: dict[str, Any], out_dir: str | os.PathLike[str], **overrides: Any):
+    """A TrainConfig that takes seconds on CPU (no MLflow unless ``mlflow=True``)."""
+    from snapper.train import _deep_merge, preset_config
+
+    base: dict[str, Any] = {
+        "model": dict(TINY_MODEL),
+        "data": {"train_shards": shards["train"], "val_shards": shards["val"], "workers": 0,
+                 "boxes_per_image": 4, "shuffle_buffer": 16, "val_max_boxes": 32},
+        "out_dir": str(out_dir), "device": "cpu", "batch_size": 8, "steps": 6, "warmup_steps": 2,
+        "log_every": 1, "ckpt_every": 3, "eval_every": 3, "mlflow": False, "registered_model": None,
+    }
+    return preset_config("cpu-tiny", _deep_merge(base, overrides))
