@@ -1,0 +1,76 @@
+# snapper: two commands matter.  `make demo` (train + evaluate on the embedded synthetic data)
+# and `make test` (the whole test suite, as CI runs it). Both create .venv when it is missing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Extra pip arguments, e.g. PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'
+PIP_ARGS ?=
+STAMP := $(VENV)/.snapper-installed
+MLFLOW_PORT ?= $(or $(SNAPPER_MLFLOW_PORT),5000)
+# Benchmarks run by `make bench` (each prints its own table; see README "Benchmarks").
+BENCH ?= bench/protocol_check.py bench/bench_shard.py bench/bench_stream.py
+
+# Offline and project-local by default: no telemetry, Prefect state under .prefect/.
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: help venv demo test test-fast stack-up stack-down stack-status mlflow-ui bench clean-outputs
+
+help:
+	@echo "make demo          train + evaluate on the synthetic dataset (ephemeral Prefect), print Table 1"
+	@echo "make test          run the test suite (what CI runs)"
+	@echo "make stack-up      local Prefect server + worker + MLflow server, deployments from prefect.yaml"
+	@echo "make stack-down    stop what stack-up started"
+	@echo "make stack-status  show the stack"
+	@echo "make mlflow-ui     browse the local MLflow store (http://127.0.0.1:$(MLFLOW_PORT))"
+	@echo "make bench         run the benchmarks ($(BENCH))"
+	@echo "make venv          create $(VENV) and pip install -e '.[test]'"
+
+venv: $(STAMP)
+
+# Plain venv + pip; torch/torchvision come from the ranges in pyproject.toml.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_ARGS) -e '.[test]'
+	@touch $(STAMP)
+
+# When the stack is up, the demo runs against it (visible in its UIs); otherwise Prefect
+# starts a temporary server for the run and MLflow logs to mlflow/mlflow.db.
+demo: venv
+	@eval "$$($(PY) -m flows.stack env)"; \
+	if [ -n "$${PREFECT_API_URL:-}" ]; then echo "stack is up: using $$PREFECT_API_URL and $$MLFLOW_TRACKING_URI"; fi; \
+	$(PY) -m flows.train $(DEMO_ARGS)
+
+test: venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+stack-up: venv
+	$(PY) -m flows.stack up
+
+stack-down:
+	@if [ -x $(PY) ]; then $(PY) -m flows.stack down; else echo "no $(VENV): nothing was started"; fi
+
+stack-status: venv
+	$(PY) -m flows.stack status
+
+mlflow-ui: venv
+	@mkdir -p mlflow/artifacts
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+		--backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlflow/artifacts
+
+bench: venv
+	@set -e; for b in $(BENCH); do echo "==== $$b"; $(PY) $$b; done
+
+# Generated data, shards, runs and local stores (never the stack's state while it runs).
+clean-outputs:
+	rm -rf data/synthetic-* shards/synthetic-* runs outputs

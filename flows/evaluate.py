@@ -1,0 +1,113 @@
+"""Flow ``evaluate-snapper``: score a model (registered or a checkpoint) against the rough boxes.
+
+``model`` is anything :func:`snapper.tracking.resolve_model` accepts: a registered name
+(``snapper`` = its latest version), ``models:/snapper/3``, ``models:/snapper@champion``,
+``runs:/<run id>/model`` or a checkpoint folder. ``baselines`` adds more methods to the same
+table (``{"regression": "runs/demo-regression/best"}``). Shards: explicit URLs, or the
+``split`` of ``shards/<dataset>``. Results: the per-box Parquet, Table 1 and plots under
+``out_dir``, Prefect artifacts, and (``mlflow_run_id``, or a fresh run in ``experiment``) MLflow.
+
+    prefect deployment run 'evaluate-snapper/demo' --param model=models:/snapper/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from flows.common import DEMO_DATASET, jsonable, override, resolve
+from flows.runners import task_runner_from_env
+from flows.train import evaluate_task, mlflow_run_link, shard_urls_task
+from snapper.config import EvalConfig, to_dict
+
+TABLE_KEY = "snapper-eval-table1"
+
+
+@task(name="resolve-model")
+def resolve_task(ref: str) -> str:
+    from snapper.tracking import resolve_model
+
+    if not ref.startswith(("models:/", "runs:/")) and resolve(ref).exists():
+        ref = str(resolve(ref))  # relative checkpoint paths are relative to SNAPPER_HOME, like all others
+    return str(resolve_model(ref))
+
+
+@task(name="start-mlflow-run")
+def start_run_task(experiment: str, run_name: str, tags: dict[str, str]) -> str:
+    """An MLflow run to hold this evaluation (closed at once; evaluate() logs into it by id)."""
+    from snapper import tracking
+
+    with tracking.start_run(experiment, run_name=run_name, tags=tags) as run:
+        return run.info.run_id
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "model"
+
+
+@flow(name="evaluate-snapper", task_runner=task_runner_from_env())
+def evaluate_snapper(
+    model: str = "models:/snapper/latest",
+    method: str = "snapper",
+    baselines: dict[str, str] | None = None,
+    shards: list[str] | None = None,
+    dataset: str = DEMO_DATASET,
+    split: str = "val",
+    overrides: dict[str, Any] | None = None,
+    include_identity: bool = True,
+    out_dir: str | None = None,
+    mlflow_run_id: str | None = None,
+    experiment: str = "snapper-eval",
+) -> dict[str, Any]:
+    """Evaluate ``model`` (and ``baselines``) on held-out shards; returns paths, metrics, Table 1."""
+    logger = get_run_logger()
+    urls = list(shards) if shards else shard_urls_task(str(resolve(Path("shards") / dataset)), split)
+    checkpoints = {method: resolve_task(model)}
+    for name, ref in (baselines or {}).items():
+        checkpoints[name] = resolve_task(ref)
+    logger.info("evaluating %s on %d shard(s)", checkpoints, len(urls))
+    cfg = override(EvalConfig(shards=urls), overrides)
+    out = resolve(out_dir) if out_dir else resolve(Path("runs") / "eval" / f"{_slug(model)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_id = mlflow_run_id
+    if run_id is None and experiment:
+        run_id = start_run_task(experiment, f"eval {model}", {"snapper.model_ref": model, "snapper.shards": dataset})
+    ev = evaluate_task(checkpoints, to_dict(cfg), str(out), run_id)
+    link = mlflow_run_link(run_id)
+    md = "\n".join([
+        f"# evaluate-snapper: {model}",
+        "",
+        f"- checkpoints: " + ", ".join(f"{k}: `{v}`" for k, v in checkpoints.items()),
+        f"- shards: {len(urls)} ({dataset}/{split})" if not shards else f"- shards: {len(urls)}",
+        f"- MLflow run: {f'[{run_id}]({link})' if link else run_id}",
+        f"- per-box table: `{ev['parquet']}`",
+        "",
+        ev["table_md"],
+    ])
+    create_markdown_artifact(key=TABLE_KEY, markdown=md, description=f"Table 1 for {model}")
+    create_table_artifact(key=f"{TABLE_KEY}-rows", table=ev["rows"], description=f"Table 1 rows for {model}")
+    return {"checkpoints": checkpoints, "mlflow_run_id": run_id, **jsonable(ev)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.evaluate", description="Run the evaluate-snapper flow once.")
+    ap.add_argument("model", nargs="?", default="models:/snapper/latest", help="registered name, models:/ URI or checkpoint folder")
+    ap.add_argument("--dataset", default=DEMO_DATASET, help="a folder under shards/")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=REF")
+    a = ap.parse_args(argv)
+    baselines = dict(b.split("=", 1) for b in a.baseline)
+    res = evaluate_snapper(model=a.model, dataset=a.dataset, split=a.split, baselines=baselines or None)
+    print(res["table_md"])
+    print(f"per-box table: {res['parquet']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
