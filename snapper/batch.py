@@ -61,6 +61,7 @@ import functools
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -628,6 +629,8 @@ def iter_image_crops(jobs: list[_ImageJob], input_size: int, context: float, cfg
     """Decoded-and-cropped images in order, prefetched by ``cfg.workers`` processes."""
     ds = _ImageCrops(jobs, input_size, context, cfg)
     workers = max(0, min(int(cfg.workers), len(jobs)))
+    if multiprocessing.current_process().daemon:
+        workers = 0  # e.g. inside a Dask worker process: daemons may not start children
     kw: dict[str, Any] = {}
     if workers:
         kw = {"prefetch_factor": max(1, int(cfg.prefetch_factor)), "worker_init_fn": _worker_init}
