@@ -244,6 +244,17 @@ def _broadcast_flag(info: DistInfo, value: bool, device: torch.device) -> bool:
     return bool(t.item() > 0.5)
 
 
+def _sync_buffers(info: DistInfo, net: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), as DDP does at each forward:
+    after the last step each rank still holds its own, and all ranks should end identical."""
+    if not info.enabled:
+        return
+    import torch.distributed as dist
+
+    for b in net.buffers():
+        dist.broadcast(b.data, src=0)
+
+
 def _mean_across(info: DistInfo, value: float, device: torch.device) -> float:
     if not info.enabled:
         return value
@@ -689,6 +700,7 @@ def _train(cfg: TrainConfig, info: DistInfo, max_steps_this_run: int | None,
 
         # ---- end of this call: final checkpoint, state, and (when finished) the report
         finished = stopped_early or step >= cfg.steps
+        _sync_buffers(info, net)
         digest = weights_digest(net)
         result: dict[str, Any] = {}
         if info.is_main:

@@ -58,3 +58,32 @@ def tiny_train_config(shards: dict[str, Any], out_dir: str | os.PathLike[str], *
         "log_every": 1, "ckpt_every": 3, "eval_every": 3, "mlflow": False, "registered_model": None,
     }
     return preset_config("cpu-tiny", _deep_merge(base, overrides))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict[str, Any], result_dir: str) -> None:
+    """One rank of a CPU/gloo DDP run (for ``torch.multiprocessing.spawn``), set up the way
+    torchrun would; writes its TrainResult as ``rank<r>.json`` to ``result_dir``.
+
+    Each rank gets ``<out_dir>/rank<r>`` as its out_dir so a test can see that ranks other
+    than 0 write nothing."""
+    import json
+
+    import torch
+
+    from snapper.config import TrainConfig, from_dict
+    from snapper.train import train
+
+    torch.set_num_threads(1)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    cfg = from_dict(TrainConfig, {**cfg_dict, "out_dir": str(Path(cfg_dict["out_dir"]) / f"rank{rank}")})
+    res = train(cfg)
+    (Path(result_dir) / f"rank{rank}.json").write_text(json.dumps(res.to_json()))

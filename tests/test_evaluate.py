@@ -1,0 +1,126 @@
+"""Evaluation: one Parquet table with every box for every method, Table 1, confidence, plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import TINY_MODEL, make_tiny_shards  # noqa: E402
+
+from snapper.checkpoint import save_checkpoint  # noqa: E402
+from snapper.config import EvalConfig, ModelConfig  # noqa: E402
+from snapper.evaluate import IDENTITY, cli_main, evaluate, evaluate_identity  # noqa: E402
+from snapper.geometry import paired_iou, xywh_to_xyxy  # noqa: E402
+from snapper.metrics import TABLE1_COLUMNS  # noqa: E402
+from snapper.model import build_model  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    shards = make_tiny_shards(root)
+    torch.manual_seed(0)
+    ckpts = {}
+    for head in ("edges", "regression"):
+        cfg = ModelConfig(head=head, **TINY_MODEL)
+        ckpts["snapper" if head == "edges" else "regression"] = str(
+            save_checkpoint(root / head, build_model(cfg).eval(), cfg))
+    return root, shards, ckpts
+
+
+def _expected_ids(shards) -> set[int]:
+    """Annotation ids of every image in the shards, straight from the COCO file."""
+    data = json.loads(Path(shards["ann"]).read_text())
+    return {a["id"] for a in data["annotations"] if not a.get("iscrowd")}
+
+
+def test_evaluate_writes_every_box_for_every_method(setup, tmp_path):
+    root, shards, ckpts = setup
+    cfg = EvalConfig(shards=shards["train"] + shards["val"], batch_size=16, device="cpu")
+    res = evaluate(ckpts, cfg, tmp_path / "out", n_examples=6)
+
+    df = pd.read_parquet(res.parquet)
+    assert Path(res.parquet) == tmp_path / "out" / "boxes.parquet"
+    expected = _expected_ids(shards)
+    for method in ("snapper", "regression", IDENTITY):
+        rows = df[df["method"] == method]
+        assert set(rows["annotation_id"]) == expected and len(rows) == len(expected)
+    for col in ("image_id", "annotation_id", "category_id", "size", "rough_x", "pred_x", "true_x", "iou",
+                "dev_left", "dev_top_left", "conf_left", "method"):
+        assert col in df.columns
+    ident = df[df["method"] == IDENTITY]
+    rough = ident[["rough_x", "rough_y", "rough_w", "rough_h"]].to_numpy()
+    assert np.allclose(ident[["pred_x", "pred_y", "pred_w", "pred_h"]].to_numpy(), rough)
+    true = xywh_to_xyxy(ident[["true_x", "true_y", "true_w", "true_h"]].to_numpy())
+    assert np.allclose(ident["iou"], paired_iou(xywh_to_xyxy(rough), true))
+    # The same rough box for a given annotation, whatever the method.
+    snap = df[df["method"] == "snapper"].set_index("annotation_id").sort_index()
+    assert np.allclose(snap[["rough_x", "rough_y"]].to_numpy(),
+                       ident.set_index("annotation_id").sort_index()[["rough_x", "rough_y"]].to_numpy())
+    # Confidence: in [0, 1] for the edge model, absent for regression and identity.
+    assert snap[["conf_left", "conf_bottom"]].stack().between(0, 1).all()
+    assert df.loc[df["method"] != "snapper", "conf_left"].isna().all()
+
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert set(TABLE1_COLUMNS) <= set(summary.columns)
+    overall = summary[summary["size"] == "all"].set_index("method")
+    assert set(overall.index) == {"snapper", "regression", IDENTITY}
+    assert (overall["n_boxes"] == len(expected)).all()
+    assert "mIoU" in res.table_md and "| identity | all |" in res.table_md
+    assert res.metrics["identity/all/n_boxes"] == len(expected)
+    assert "snapper/all/iou_gt_0.9" in res.metrics
+    conf = pd.read_csv(tmp_path / "out" / "confidence.csv")
+    assert set(conf["method"]) == {"snapper"} and conf["n_edges"].sum() == 4 * len(expected)
+    for name in ("deviance", "confidence", "examples"):
+        p = Path(res.plots[name])
+        assert p.suffix == ".png" and p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
+
+
+def test_identity_alone_matches_identity_from_a_model_pass(setup, tmp_path):
+    root, shards, ckpts = setup
+    cfg = EvalConfig(shards=shards["val"], device="cpu")
+    alone = evaluate_identity(cfg).set_index("annotation_id").sort_index()
+    res = evaluate({"snapper": ckpts["snapper"]}, cfg, tmp_path / "o", plots=False)
+    df = pd.read_parquet(res.parquet)
+    via = df[df["method"] == IDENTITY].set_index("annotation_id").sort_index()
+    assert list(alone.index) == list(via.index)
+    assert np.allclose(alone["iou"], via["iou"])
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        evaluate({}, cfg, tmp_path / "n", include_identity=False)
+
+
+def test_max_boxes_and_buffer_ratio(setup, tmp_path):
+    root, shards, ckpts = setup
+    res = evaluate({"snapper": ckpts["snapper"]}, EvalConfig(shards=shards["train"], max_boxes=5, buffer_ratio=1.5,
+                                                             device="cpu"), tmp_path / "o", plots=False)
+    df = pd.read_parquet(res.parquet)
+    assert (df.groupby("method").size() == 5).all()
+
+
+def test_cli_prints_table_and_logs_to_mlflow(setup, tmp_path, capsys, monkeypatch):
+    root, shards, ckpts = setup
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("SNAPPER_HOME", str(tmp_path))
+    from snapper import tracking
+
+    with tracking.start_run("test-eval", "eval") as run:
+        rc = cli_main(["--shards", str(shards["dir"]), "--split", "val",
+                       "--checkpoint", f"edges={ckpts['snapper']}", "--checkpoint", ckpts["regression"],
+                       "--out-dir", str(tmp_path / "cli"), "--device", "cpu", "--no-plots"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| edges | all |" in out and "| regression | all |" in out and "| identity | all |" in out
+    import mlflow
+
+    logged = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert "eval/edges/all/miou" in logged.data.metrics
+    assert cli_main(["--shards", str(tmp_path / "missing-*.tar"), "--out-dir", str(tmp_path / "x")]) == 2
