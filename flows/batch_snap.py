@@ -377,6 +377,9 @@ def snap_inbox(
     cfg = _config(overrides)
     box, images, outb = resolve(inbox), resolve(images_root), resolve(outbox) if outbox else resolve(inbox) / "outbox"
     box.mkdir(parents=True, exist_ok=True)
+    if not any(p.is_file() for p in box.glob("*.json")):  # idle: no model load, no noise
+        logger.info("inbox %s: nothing new", box)
+        return {"claimed": 0, "done": 0, "failed": 0, "stale_claims": [], "files": []}
     checkpoint = str(resolve_checkpoint(model))
     from prefect.runtime import flow_run
 
