@@ -176,6 +176,30 @@ def test_train_batches_shapes_and_targets(tmp_path):
     assert not torch.equal(second["image"], batches[0]["image"])
 
 
+def test_resampled_epochs_with_persistent_workers(tmp_path):
+    urls = write_shards(tmp_path, rect_samples(6, boxes=2), per_shard=2)
+    cfg = cfg_for(urls, resampled=True, epoch_samples=24, workers=2)
+    loader = train_loader(cfg)
+    assert loader.batches_per_epoch == 6  # 24 crops / batch 4, 3 per worker
+    epochs = [[b["annotation_id"].tolist() for b in loader] for _ in range(2)]
+    assert [len(e) for e in epochs] == [6, 6] and epochs[0] != epochs[1]
+    loader.set_epoch(0)  # a resumed run restarts the same reproducible stream
+    assert [b["annotation_id"].tolist() for b in loader] == epochs[0]
+
+
+def test_color_jitter_is_the_composed_affine_map():
+    torch.manual_seed(0)
+    x = torch.rand(5, 3, 8, 8) * 255
+    f = torch.empty(5, 3).uniform_(0.8, 1.2)
+    b, c, s = (f[:, i].view(-1, 1, 1, 1) for i in range(3))
+    y = x * b  # brightness, then saturation (blend with luma), then contrast (blend with mean luma)
+    gray = (y * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    y = gray + (y - gray) * s
+    y = gray.mean((2, 3), keepdim=True) + (y - gray.mean((2, 3), keepdim=True)) * c
+    got, _ = augment(x.clone(), torch.zeros(5, 4), None, f)
+    torch.testing.assert_close(got, y.clamp(0, 255), atol=1e-3, rtol=0)
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_crop_content_matches_target(tmp_path, fmt, monkeypatch):
     if fmt == "PNG":
@@ -379,3 +403,42 @@ def test_eval_rough_boxes_reproduce_paper_baseline(tmp_path):
     iou = np.concatenate(ious)
     assert len(iou) + sum(it.stats.skipped_boxes.values()) == n_boxes
     assert 78.0 <= 100 * iou.mean() <= 85.0
+
+
+def test_cut_crops_equals_roi_align_crop_images():
+    from snapper.crop import crop_images
+
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(rng.integers(0, 256, (3, 47, 61), dtype=np.uint8))
+    wins = np.array([
+        [3.3, 5.7, 58.9, 43.2],  # downscaled (several samples per bin)
+        [-20.5, -10.2, 6.1, 3.3],  # mostly outside, top-left
+        [55.2, 40.1, 70.9, 52.7],  # past the bottom-right
+        [10.0, 10.0, 12.5, 11.0],  # tiny: upscaled
+        [100.0, 100.0, 120.0, 130.0],  # misses the image entirely
+        [-30.0, -30.0, 90.0, 80.0],  # larger than the image
+    ])
+    for size in (16, 8):
+        for scale in ((1.0, 1.0), (0.5, 0.25)):
+            ref = crop_images(img, wins, size, scale)
+            got = stream.cut_crops(img, wins, size, scale)
+            assert got.shape == ref.shape
+            torch.testing.assert_close(got, ref, atol=0.05, rtol=0)
+
+
+def test_dct_scale_is_exact_for_sizes_k_does_not_divide():
+    h, w = 427, 301  # odd: decoded sizes are ceil(n / k)
+    arr = np.full((h, w, 3), BG, np.uint8)
+    arr[:400] = FG
+    data = encode(arr, "JPEG")
+    for k in (2, 4, 8):
+        li = stream.load_image(data, min_scale=1.0 / k - 1e-3)
+        dh, dw = li.tensor.shape[1:]
+        if dh == h:
+            continue  # PIL chose a finer scale than asked: nothing to check
+        kk = round(h / dh)
+        sy = stream.dct_scale(dh, h)
+        assert sy == 1.0 / kk != dh / h
+        col = li.tensor.float().mean(0)[:, dw // 2].numpy()
+        bright_rows = ((col - BG) / (FG - BG)).clip(0, 1).sum()  # where the edge lies, decoded px
+        assert abs(bright_rows - 400 * sy) < 0.1 and abs(400 * sy - 400 * dh / h) > 0.2

@@ -28,6 +28,7 @@ import math
 import os
 import re
 import tarfile
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ __all__ = [
     "TrainLoader",
     "augment",
     "count_images",
+    "cut_crops",
+    "dct_scale",
     "decode_scale",
     "eval_batches",
     "expand_urls",
@@ -377,12 +380,117 @@ def decode_scale(windows: np.ndarray, size: int) -> float:
     return float(min(1.0, ratio.max()))
 
 
-def _decode(rec: ImageRecord, windows: np.ndarray, size: int, draft: bool) -> LoadedImage:
+def dct_scale(decoded: int, original: int) -> float:
+    """decoded/original pixel ratio of one axis. A JPEG decoded at DCT scale 1/k has
+    ceil(original / k) pixels and pixel i covers original [i k, (i + 1) k), so the ratio is
+    exactly 1/k, not decoded/original (which is off by up to 1 decoded px at the far edge for
+    sizes that k does not divide)."""
+    if decoded == original:
+        return 1.0
+    ks = [k for k in (2, 4, 8) if -(-original // k) == decoded]
+    return 1.0 / ks[0] if len(ks) == 1 else decoded / original
+
+
+def _decode(rec: ImageRecord, windows: np.ndarray, size: int, draft: bool) -> tuple[LoadedImage, tuple[float, float]]:
     li = load_image(rec.data, name=rec.name, min_scale=decode_scale(windows, size) if draft else 1.0)
     if (li.width, li.height) != (rec.width, rec.height):
         raise SampleError("size_mismatch", f"{rec.name}: image is {li.width}x{li.height} but its "
                           f"metadata says {rec.width}x{rec.height}")
-    return li
+    h, w = li.tensor.shape[1:]
+    return li, (dct_scale(w, li.width), dct_scale(h, li.height))
+
+
+def _axis_matrices(a: np.ndarray, b: np.ndarray, size: int, length: np.ndarray) -> list[tuple[int, torch.Tensor] | None]:
+    """One axis of ``roi_align(aligned=True, sampling_ratio=-1)`` per problem: the window
+    [a_i, b_i) over an axis of ``length_i`` pixels as a sparse (size x span) matrix and the
+    span's first pixel; None when the window misses the axis. Mirrors torchvision's kernel:
+    ceil(width / size) bilinear samples per bin, samples beyond [-1, length] read zero, samples
+    in [-1, 0] clamp to pixel 0. Vectorised over problems (all crops, both axes) because the
+    per-call overhead, not the arithmetic, is what costs here."""
+    a, b, length = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b, length))
+    m = len(a)
+    width = b - a
+    binsz = width / size
+    g = np.maximum(1.0, np.ceil(width / size))
+    k = np.arange(int(g.max()), dtype=np.float64)[None, None, :]
+    ln = length[:, None, None]
+    y = ((a - 0.5)[:, None, None] + np.arange(size, dtype=np.float64)[None, :, None] * binsz[:, None, None]
+         + (k + 0.5) * (binsz / g)[:, None, None])
+    valid = (y >= -1.0) & (y <= ln) & (k < g[:, None, None])
+    y = np.maximum(y, 0.0)
+    low = np.floor(y)
+    edge = low >= ln - 1
+    low = np.where(edge, ln - 1, low)
+    frac = np.where(edge, 0.0, y - low)
+    idx = np.concatenate([low, np.where(edge, low, low + 1)], axis=2).astype(np.int64)  # (m, S, 2G)
+    w = np.concatenate([np.where(valid, 1.0 - frac, 0.0), np.where(valid, frac, 0.0)], axis=2) / g[:, None, None]
+    pos = w > 0
+    hit = pos.any(axis=(1, 2))
+    big = np.iinfo(np.int64).max
+    lo = np.where(hit, np.where(pos, idx, big).min(axis=(1, 2)), 0)
+    hi = np.where(hit, np.where(pos, idx, -1).max(axis=(1, 2)) + 1, 1)
+    span = hi - lo
+    idx = np.clip(idx, lo[:, None, None], (hi - 1)[:, None, None]) - lo[:, None, None]
+    # CSR rows as one band of B columns (sorted and unique, zeros allowed): duplicates summed here
+    start = idx.min(axis=2)  # (m, S)
+    band_max = int((idx.max(axis=2) - start).max()) + 1
+    bands = np.minimum(band_max, span)  # per problem; >= its own band width
+    start = np.minimum(start, (span - bands)[:, None])
+    off = idx - start[:, :, None]
+    flat = (np.arange(m)[:, None, None] * size + np.arange(size)[None, :, None]) * band_max + off
+    vals = np.bincount(flat.ravel(), weights=w.ravel(), minlength=m * size * band_max)
+    vals = vals.reshape(m, size, band_max).astype(np.float32)
+    out: list[tuple[int, torch.Tensor] | None] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        for i in range(m):
+            if not hit[i]:
+                out.append(None)
+                continue
+            bw = int(bands[i])
+            cols = start[i][:, None] + np.arange(bw)[None, :]
+            out.append((int(lo[i]), torch.sparse_csr_tensor(
+                torch.arange(0, size * bw + 1, bw, dtype=torch.int64),
+                torch.from_numpy(cols.ravel()),
+                torch.from_numpy(np.ascontiguousarray(vals[i, :, :bw]).ravel()),
+                size=(size, int(span[i])),
+            )))
+    return out
+
+
+def cut_crops(
+    image: torch.Tensor,
+    windows: np.ndarray,
+    size: int,
+    image_scale: tuple[float, float] = (1.0, 1.0),
+) -> torch.Tensor:
+    """``crop.crop_images`` (same numbers, to float rounding) computed as two sparse matmuls
+    over just the pixels each window covers: roi_align's sampling is separable, and on CPU
+    this avoids converting the whole image to float and roi_align's scalar inner loop
+    (several times faster per crop, which is most of the stream's cost after the decode)."""
+    c, h, w = image.shape
+    win = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+    n = len(win)
+    out = torch.zeros((n, c, size, size), dtype=torch.float32)
+    if n == 0:
+        return out
+    sx, sy = image_scale
+    mats = _axis_matrices(
+        np.concatenate([win[:, 1] * sy, win[:, 0] * sx]),
+        np.concatenate([win[:, 3] * sy, win[:, 2] * sx]),
+        size,
+        np.concatenate([np.full(n, h), np.full(n, w)]),
+    )
+    for i in range(n):
+        ay, ax = mats[i], mats[n + i]
+        if ay is None or ax is None:
+            continue  # the window misses the image: all padding
+        (ylo, my), (xlo, mx) = ay, ax
+        region = image[:, ylo : ylo + my.shape[1], xlo : xlo + mx.shape[1]]
+        rows = region.permute(1, 0, 2).contiguous().to(torch.float32).reshape(region.shape[1], -1)
+        tmp = torch.sparse.mm(my, rows).reshape(size * c, region.shape[2])  # (S_y * C, w)
+        out[i] = torch.sparse.mm(mx, tmp.t()).reshape(size, size, c).permute(2, 1, 0)
+    return out
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -416,14 +524,18 @@ def augment(
         crops = torch.where(flip.view(-1, 1, 1, 1), crops.flip(-1), crops)
         targets = torch.where(flip.view(-1, 1), hflip_targets(targets, size), targets)
     if color is not None:
+        # brightness b, saturation s (blend with luma), contrast c (blend with the mean luma) are
+        # all affine in RGB: x' = c b (s I + (1 - s) 1 lum^T) x + (1 - c) b mean(lum . x),
+        # one batched 3x3 matmul instead of a pass per operation
+        k = crops.shape[0]
         f = color.to(crops.device, torch.float32)
-        b, c, s = (f[:, i].view(-1, 1, 1, 1) for i in range(3))
-        x = crops * b
-        lum = torch.tensor([0.299, 0.587, 0.114], device=crops.device).view(1, 3, 1, 1)
-        gray = (x * lum).sum(1, keepdim=True)
-        x = gray + (x - gray) * s
-        mean = gray.mean((2, 3), keepdim=True)
-        crops = (mean + (x - mean) * c).clamp_(0, 255)
+        b, c, s = f[:, 0], f[:, 1], f[:, 2]
+        lum = torch.tensor([0.299, 0.587, 0.114], device=crops.device)
+        eye = torch.eye(3, device=crops.device)
+        mat = (c * b).view(k, 1, 1) * (s.view(k, 1, 1) * eye + (1 - s).view(k, 1, 1) * lum.view(1, 1, 3))
+        flat = crops.reshape(k, 3, -1)
+        offset = (1 - c) * b * (flat.mean(2) @ lum)
+        crops = torch.baddbmm(offset.view(k, 1, 1), mat, flat).clamp_(0, 255).view_as(crops)
     return crops, targets
 
 
@@ -520,7 +632,16 @@ class _TrainDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.batches_per_worker = batches_per_worker
-        self.epoch = 0
+        self.epoch = 0  # exact epochs: this epoch; resampled: the epoch the endless stream began
+        self._live: Iterator[dict[str, Any]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_live"] = None  # a running generator stays in its process
+        return state
+
+    def reset(self) -> None:
+        self._live = None
 
     # shards ---------------------------------------------------------------------------------
     def _shards(self, rng: np.random.Generator, worker: int, num_workers: int) -> Iterator[dict[str, str]]:
@@ -538,7 +659,7 @@ class _TrainDataset(IterableDataset):
 
     # per image ------------------------------------------------------------------------------
     def _prepare(self, rec: ImageRecord, rng: np.random.Generator, tally: _Tally):
-        """Sample boxes, jitter, decode once. Returns (image, windows, targets, chosen) or None."""
+        """Sample boxes, jitter, decode once. Returns ((image, scale), windows, targets, chosen) or None."""
         cfg = self.cfg
         size = cfg.model.input_size
         usable = _usable(rec, tally, cfg.data.min_box_size)
@@ -550,12 +671,12 @@ class _TrainDataset(IterableDataset):
         rough = jitter_boxes(true, rec.width, rec.height, rng, cfg.jitter)
         windows = crop_windows(rough, 1.0, cfg.model.context)
         try:
-            li = _decode(rec, windows, size, cfg.data.draft_decode)
+            decoded = _decode(rec, windows, size, cfg.data.draft_decode)
         except (ImageError, SampleError) as e:
             tally.image_failed(getattr(e, "reason", "corrupt_image"), str(e), n_boxes=k)
             return None
         targets = torch.from_numpy(edge_targets(true, windows, size).astype(np.float32))
-        return li, windows, targets, chosen
+        return decoded, windows, targets, chosen
 
     def _crops(self, records: Iterable[ImageRecord], rng: np.random.Generator, tally: _Tally) -> Iterator[_Crop]:
         size = self.cfg.model.input_size
@@ -564,8 +685,8 @@ class _TrainDataset(IterableDataset):
                 prep = self._prepare(rec, rng, tally)
                 if prep is None:
                     continue
-                li, windows, targets, chosen = prep
-                crops = crop_images(li.tensor, windows, size, li.scale)
+                (li, scale), windows, targets, chosen = prep
+                crops = cut_crops(li.tensor, windows, size, scale)
                 flip, color = _draw_augment(rng, len(chosen), self.cfg.data)
                 crops, targets = augment(crops, targets, flip, color)
                 crops = _to_uint8(crops)
@@ -583,7 +704,7 @@ class _TrainDataset(IterableDataset):
                 prep = self._prepare(rec, rng, tally)
                 if prep is None:
                     continue
-                li, windows, targets, chosen = prep
+                (li, scale), windows, targets, chosen = prep
                 flip, color = _draw_augment(rng, len(chosen), self.cfg.data)
             except Exception as e:  # noqa: BLE001
                 tally.image_failed("unexpected_error", f"{rec.name}: {type(e).__name__}: {e}")
@@ -591,7 +712,7 @@ class _TrainDataset(IterableDataset):
             tally.delivered(len(chosen))
             yield {
                 "image": li.tensor,
-                "scale": li.scale,
+                "scale": scale,
                 "window": windows,
                 "target": targets,
                 "flip": flip,
@@ -601,6 +722,16 @@ class _TrainDataset(IterableDataset):
             }
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.batches_per_worker is None:
+            return self._pipeline()
+        # Resampled: one endless stream per worker, cut into epochs. Restarting it every epoch
+        # would refill and then discard the shuffle buffers (a third of the work per epoch on a
+        # 128-image folder).
+        if self._live is None:
+            self._live = self._pipeline()
+        return islice(self._live, self.batches_per_worker)
+
+    def _pipeline(self) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
         worker, num_workers = _worker()
         rng = np.random.default_rng([cfg.seed, cfg.data.seed, self.rank, worker, self.epoch])
@@ -615,8 +746,6 @@ class _TrainDataset(IterableDataset):
         else:
             crops = _shuffle(self._crops(records, rng, tally), cfg.data.shuffle_buffer, rng)
             batches = _batched(crops, cfg.batch_size, _collate_crops, tally, partial)
-        if self.batches_per_worker is not None:
-            batches = islice(batches, self.batches_per_worker)
         yield from batches
 
 
@@ -658,10 +787,11 @@ class TrainLoader:
     "image_id", "annotation_id"}`` (``crop_on="device"``: ``{"images": [...]}``; pass every
     batch through ``to_device``, which works for both modes).
 
-    Each ``iter()`` is one epoch: resampled, ``batches_per_epoch`` batches per rank; otherwise
-    one exact pass over this rank's shards. The RNG depends on (seed, data seed, rank, worker,
-    epoch), so a resumed run can ``set_epoch`` and see fresh but reproducible samples.
-    ``stats`` accumulates the counts from all workers.
+    Each ``iter()`` is one epoch. Resampled (default): ``batches_per_epoch`` batches per rank,
+    cut from one endless stream per worker (persistent workers; the stream is seeded by
+    (seed, data seed, rank, worker, the epoch it began), so ``set_epoch`` on resume starts a
+    fresh, reproducible stream). Otherwise: one exact pass over this rank's shards, reseeded
+    every epoch. ``stats`` accumulates the counts from all workers.
     """
 
     def __init__(self, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
@@ -701,23 +831,39 @@ class TrainLoader:
         self.cropper = DeviceCropper(cfg.model.input_size) if data.crop_on == "device" else None
         self.stats = StreamStats()
         self.epoch = 0
+        self._loader: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
+        """Continue from ``epoch`` (e.g. on resume): resampled streams restart, seeded by it."""
         self.epoch = int(epoch)
+        if self.cfg.data.resampled:
+            self.dataset.epoch = self.epoch
+            self.dataset.reset()
+            self._loader = None
+
+    def _data_loader(self, persistent: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available() and self.cropper is None,
+            persistent_workers=persistent,
+        )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.dataset.epoch = self.epoch
+        resampled = self.cfg.data.resampled
+        if not resampled:
+            self.dataset.epoch = self.epoch  # new shard permutation and seeds
         self.epoch += 1
+        source: Iterable[dict[str, Any]]
         if self.num_workers == 0:
-            source: Iterable[dict[str, Any]] = iter(self.dataset)
+            source = iter(self.dataset)
+        elif resampled:
+            if self._loader is None:
+                self._loader = self._data_loader(persistent=True)
+            source = self._loader
         else:
-            source = DataLoader(
-                self.dataset,
-                batch_size=None,
-                num_workers=self.num_workers,
-                pin_memory=torch.cuda.is_available() and self.cropper is None,
-                persistent_workers=False,  # workers must see the new epoch
-            )
+            source = self._data_loader(persistent=False)
         for batch in source:
             self.stats.merge(batch.pop("stats"))
             if batch.get("empty"):
@@ -771,8 +917,8 @@ class _EvalDataset(IterableDataset):
                 rough = jitter_by_annotation(true, rec.annotation_ids[idx], rec.width, rec.height,
                                              self.jitter, self.seed)
                 windows = crop_windows(rough, self.buffer_ratio, self.model_cfg.context)
-                li = _decode(rec, windows, size, self.draft_decode)
-                crops = _to_uint8(crop_images(li.tensor, windows, size, li.scale))
+                li, scale = _decode(rec, windows, size, self.draft_decode)
+                crops = _to_uint8(cut_crops(li.tensor, windows, size, scale))
                 targets = edge_targets(true, windows, size).astype(np.float32)
             except (ImageError, SampleError) as e:
                 tally.image_failed(getattr(e, "reason", "corrupt_image"), str(e), n_boxes=len(idx))
