@@ -420,8 +420,11 @@ class _Tracker:
         self.tracking = tracking
         tracking.configure()
         tags = {"snapper.out_dir": str(Path(cfg.out_dir).resolve()), "snapper.head": cfg.model.head}
+        # Inside a caller's run (a pipeline's), training is a nested run of it.
+        mlflow = sys.modules.get("mlflow")
+        nested = mlflow is not None and mlflow.active_run() is not None
         self._ctx = tracking.start_run(cfg.experiment, cfg.run_name or Path(cfg.out_dir).name, tags,
-                                       run_id=run_id)
+                                       run_id=run_id, nested=nested)
         run = self._ctx.__enter__()
         self.run_id = run.info.run_id
 
@@ -524,6 +527,9 @@ def _train(cfg: TrainConfig, info: DistInfo, max_steps_this_run: int | None,
         _check_resumable(cfg, state, state_path)
         if state.get("finished"):
             log.info("%s: run already finished at step %d; nothing to do", out, state["step"])
+            if state.get("config", {}).get("steps") != cfg.steps:
+                log.warning("%s: steps=%d now but the finished run had %s; a longer schedule needs a new out_dir",
+                            out, cfg.steps, state.get("config", {}).get("steps"))
             return _result_from_state(cfg, state)
 
     seed_everything(cfg.seed + info.rank)
@@ -669,7 +675,7 @@ def _train(cfg: TrainConfig, info: DistInfo, max_steps_this_run: int | None,
             if has_val and (step % cfg.eval_every == 0 or step == cfg.steps):
                 improved = False
                 if info.is_main:
-                    last_metrics = run_validation(model, cfg, device)
+                    last_metrics = run_validation(net, cfg, device)
                     score = last_metrics["score"]
                     improved = best_score is None or score > best_score
                     log.info("step %d validation: score %.2f (edge<1px %.1f, IoU>0.9 %.1f, mIoU %.1f)%s", step,

@@ -1,0 +1,116 @@
+"""Model throughput: forward and forward+backward images/s per backbone and input size.
+
+    .venv/bin/python bench/bench_model.py                      # resnet18/50 x 96/128/256, batch 8
+    .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 128 --device cuda --amp
+
+The model is the published default (ModelConfig defaults: FPN/decoder 128 channels, 3
+decoder layers) with only the backbone and input size changed. Each cell runs ``--warmup``
+untimed iterations, then timed ones until ``--iters`` or ``--seconds`` per cell is reached, and
+reports batch / median step time (robust to a shared CPU).
+Fwd+bwd includes the loss and ``optimizer.step`` (AdamW), i.e. one training step on
+synthetic data: the ceiling the training loop (bench_train.py) is compared against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from snapper.config import ModelConfig  # noqa: E402
+from snapper.model import build_model  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if device.type == "cuda" and amp:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def measure(model_cfg: ModelConfig, batch: int, device: torch.device, train: bool, warmup: int, iters: int,
+            seconds: float, amp: bool = False, channels_last: bool = False) -> float:
+    """Images per second for one configuration (train=True: forward + loss + backward + step)."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    s = model_cfg.input_size
+    x = torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    target = torch.rand(batch, 4, device=device) * s
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if train else None
+
+    def step() -> None:
+        if train:
+            model.train()
+            with _autocast(device, amp):
+                loss = model.loss(model(x), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            model.eval()
+            with torch.inference_mode(), _autocast(device, amp):
+                model(x)
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < iters and (not times or time.perf_counter() - start < seconds):
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    # The median step: robust to other processes stealing the (shared) CPU for a moment.
+    return batch / statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[96, 128, 256])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=4.0, help="time cap per cell (after >= 1 iteration)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (CUDA only)")
+    p.add_argument("--fpn-channels", type=int, default=ModelConfig.fpn_channels)
+    p.add_argument("--decoder-channels", type=int, default=ModelConfig.decoder_channels)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cl = device.type == "cuda"
+    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}, "
+          f"fpn/decoder {args.fpn_channels}/{args.decoder_channels}{', amp' if args.amp else ''}")
+    print(f"| backbone | input | fwd img/s | fwd+bwd+step img/s |\n|---|---|---|---|")
+    for bb in args.backbones:
+        for s in args.sizes:
+            cfg = ModelConfig(backbone=bb, input_size=s, fpn_channels=args.fpn_channels,
+                              decoder_channels=args.decoder_channels)
+            fwd = measure(cfg, args.batch, device, False, args.warmup, args.iters, args.seconds, args.amp, cl)
+            trn = measure(cfg, args.batch, device, True, args.warmup, args.iters, args.seconds, args.amp, cl)
+            print(f"| {bb} | {s} | {fwd:.1f} | {trn:.1f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
