@@ -141,6 +141,17 @@ def _report_skips(stats: dict[str, Any], what: str) -> None:
                     stats.get("boxes", 0))
 
 
+def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder as is; anything else (``models:/snapper/latest``, a registered
+    name, ``runs:/...``) through the MLflow registry."""
+    path = Path(ref)
+    if path.is_dir():
+        return path
+    from snapper.tracking import resolve_model
+
+    return resolve_model(ref)
+
+
 def evaluate_checkpoint(
     checkpoint_dir: str | os.PathLike[str],
     cfg: EvalConfig,
@@ -149,11 +160,12 @@ def evaluate_checkpoint(
     n_examples: int = 0,
     stats: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """Per-box table (with per-edge confidence) of the checkpoint in ``checkpoint_dir``;
+    """Per-box table (with per-edge confidence) of the checkpoint in ``checkpoint_dir`` (or an
+    MLflow model reference, see :func:`resolve_checkpoint`);
     ``method`` defaults to the model's head ("edges" -> "snapper", "regression")."""
     from snapper.checkpoint import load_checkpoint
 
-    model, model_cfg, _ = load_checkpoint(checkpoint_dir)
+    model, model_cfg, _ = load_checkpoint(resolve_checkpoint(checkpoint_dir))
     name = method or ("snapper" if model_cfg.head == "edges" else model_cfg.head)
     return evaluate_model(model, model_cfg, cfg, method=name, examples=examples, n_examples=n_examples, stats=stats)
 
@@ -203,6 +215,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -374,11 +387,7 @@ def cli_main(argv: list[str]) -> int:
         checkpoints: dict[str, str] = {}
         for item in args.checkpoint:
             name, ref = _parse_checkpoint(item)
-            path = Path(ref)
-            if not path.is_dir():
-                from snapper.tracking import resolve_model
-
-                path = resolve_model(ref)
+            path = resolve_checkpoint(ref)
             if name is None:
                 from snapper.checkpoint import read_config
 

@@ -36,6 +36,7 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; plots are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
