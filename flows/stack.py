@@ -87,6 +87,9 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for every child: offline, project-local state, the stack's endpoints."""
         env = dict(os.environ)
+        # MLflow's private artifact-root hook may be left over from an in-process MLflow user
+        # (snapper.tracking sets it); the server derives its own from its flags.
+        env.pop("_MLFLOW_SERVER_ARTIFACT_ROOT", None)
         env.update(OFFLINE_ENV)
         env.update(
             {
@@ -170,6 +173,20 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def worker_online(api_url: str, pool: str = POOL) -> bool:
+    """A worker of ``pool`` has sent a heartbeat to the server (status ONLINE)."""
+    req = urllib.request.Request(
+        f"{api_url}/work_pools/{pool}/workers/filter", data=b"{}", method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - loopback URL we built
+            workers = json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return any(str(w.get("status", "")).upper() == "ONLINE" for w in workers)
+
+
 def _cmdline(pid: int) -> str | None:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -248,7 +265,15 @@ def _start(stack: Stack, name: str, cmd: list[str], env: dict[str, str], cwd: Pa
         "started": time.time(),
     }
     _write_json(_pidfile(stack, name), rec)
+    # Kept in memory only: until the child has exec'd, /proc shows the parent's command line,
+    # so start-up waits ask the Popen object whether it exited.
+    rec["_proc"] = proc
     return rec
+
+
+def _exited(rec: dict[str, Any]) -> bool:
+    proc = rec.get("_proc")
+    return proc.poll() is not None if proc is not None else not _alive(rec)
 
 
 def _wait(check: Any, what: str, timeout: float, rec: dict[str, Any] | None = None) -> None:
@@ -256,7 +281,7 @@ def _wait(check: Any, what: str, timeout: float, rec: dict[str, Any] | None = No
     while time.monotonic() < deadline:
         if check():
             return
-        if rec is not None and not _alive(rec):
+        if rec is not None and _exited(rec):
             raise StackError(f"{what} exited during start-up; see {rec['log']}:\n{_tail(Path(rec['log']))}")
         time.sleep(0.5)
     raise StackError(f"{what} not ready after {timeout:.0f}s" + (f"; see {rec['log']}" if rec else ""))
@@ -334,12 +359,13 @@ def up(stack: Stack, deploy: bool = True, timeout: float = 180) -> dict[str, Any
                 stack.env(), REPO,
             )
         _wait(lambda: http_ok(f"{stack.mlflow_url}/health"), "MLflow server", timeout, recs["mlflow-server"])
+        _wait(lambda: worker_online(stack.api_url), f"worker of {POOL}", timeout, recs["prefect-worker"])
 
         # 5. Deployments from prefect.yaml (the pull step points flow runs at this checkout).
         if deploy:
             _run(stack, [_bin("prefect"), "deploy", "--all", "--no-prompt"], "prefect deploy --all")
         for name in SERVICES:
-            if recs[name] is None or not _alive(recs[name]):  # type: ignore[arg-type]
+            if recs[name] is None or _exited(recs[name]):  # type: ignore[arg-type]
                 raise StackError(f"{name} is not running; see {stack.state_dir / (name + '.log')}")
     except BaseException:
         # Leave nothing half-started behind (a started server holding a port would block a retry).
