@@ -504,6 +504,12 @@ def train(
         raise ValueError(f"steps must be positive, got {cfg.steps}")
     if cfg.batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
+    for name in ("log_every", "ckpt_every", "eval_every"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if loader_factory is None and not cfg.data.train_shards:
+        raise ValueError("data.train_shards is empty: pass shard paths/globs, e.g. "
+                         "--set data.train_shards=[shards/train-000000.tar] (see 'snapper shard')")
     probe = resolve_device(cfg.device)
     dist_info = init_distributed(probe.type)
     try:
@@ -807,7 +813,11 @@ def cli_main(argv: list[str]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if rank != 0:
         logging.getLogger("snapper").setLevel(logging.WARNING)
-    result = train(cfg, max_steps_this_run=args.max_steps_this_run)
+    try:
+        result = train(cfg, max_steps_this_run=args.max_steps_this_run)
+    except (ValueError, FileNotFoundError) as e:  # bad config or data, named in the message
+        print(f"snapper train: {e}", file=sys.stderr)
+        return 2
     if rank == 0:
         print(json.dumps(result.to_json(), indent=2))
     return 0

@@ -213,3 +213,10 @@ def test_bad_resume_is_refused(shards, tmp_path):
     other = tiny_train_config(shards, out, steps=2, eval_every=100, model={"input_size": 48})
     with pytest.raises(ValueError, match="different model config"):
         train(other)
+
+
+def test_cli_refuses_a_config_without_data(tmp_path, capsys):
+    assert cli_main(["--preset", "cpu-tiny", "--out-dir", str(tmp_path / "x")]) == 2
+    assert "train_shards is empty" in capsys.readouterr().err
+    assert cli_main(["--preset", "cpu-tiny", "--set", "steps=0"]) == 2
+    assert not (tmp_path / "x").exists()
