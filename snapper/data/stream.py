@@ -2,9 +2,13 @@
 
 A shard sample is one image: ``<key>.<ext>`` (the original image bytes) and ``<key>.json``
 (``image_id``, ``file_name``, ``width``, ``height``, ``annotations``). Each image is decoded
-once for all the boxes cut from it, and JPEGs are decoded at a reduced DCT scale when every
-crop of the image is downscaled anyway (``imageio.load_image(min_scale=...)``): most of the
-cost of a crop is the decode, so this is where the throughput comes from.
+once for all the boxes cut from it (the decode is the largest cost of a crop, so amortising it
+is where the throughput comes from), JPEGs at a reduced DCT scale when every crop of the image
+is downscaled anyway (``imageio.load_image(min_scale=...)``; this helps less than one might
+hope on COCO: one small box forces a full decode, and Huffman decoding, which DCT scaling does
+not reduce, dominates). Crops are ``crop.crop_images`` numbers (roi_align, area averaging)
+computed by ``cut_crops`` as two sparse matmuls, so training, evaluation and snapping all see
+identical pixels.
 
 * ``train_loader``: random jitter + crop on the fly, augmentation, shuffled batches. Shards are
   resampled by default so no rank ever runs dry in DDP; with ``resampled=False`` every shard is
@@ -481,15 +485,17 @@ def cut_crops(
         size,
         np.concatenate([np.full(n, h), np.full(n, w)]),
     )
+    hwc = image.permute(1, 2, 0)  # decoded images are HWC in memory: rows of w * C values
     for i in range(n):
         ay, ax = mats[i], mats[n + i]
         if ay is None or ax is None:
             continue  # the window misses the image: all padding
         (ylo, my), (xlo, mx) = ay, ax
-        region = image[:, ylo : ylo + my.shape[1], xlo : xlo + mx.shape[1]]
-        rows = region.permute(1, 0, 2).contiguous().to(torch.float32).reshape(region.shape[1], -1)
-        tmp = torch.sparse.mm(my, rows).reshape(size * c, region.shape[2])  # (S_y * C, w)
-        out[i] = torch.sparse.mm(mx, tmp.t()).reshape(size, size, c).permute(2, 1, 0)
+        hh, ww = my.shape[1], mx.shape[1]
+        rows = hwc[ylo : ylo + hh, xlo : xlo + ww].to(torch.float32).reshape(hh, ww * c)
+        tmp = torch.sparse.mm(my, rows)  # (S_y, w * C): rows resampled
+        tmp = tmp.reshape(size, ww, c).transpose(0, 1).reshape(ww, size * c)
+        out[i] = torch.sparse.mm(mx, tmp).reshape(size, size, c).permute(2, 1, 0)  # (S_x, S_y * C)
     return out
 
 
@@ -521,7 +527,8 @@ def augment(
     crops = crops.to(torch.float32)
     if flip is not None and bool(flip.any()):
         flip = flip.to(crops.device)
-        crops = torch.where(flip.view(-1, 1, 1, 1), crops.flip(-1), crops)
+        crops = crops.clone()
+        crops[flip] = crops[flip].flip(-1)
         targets = torch.where(flip.view(-1, 1), hflip_targets(targets, size), targets)
     if color is not None:
         # brightness b, saturation s (blend with luma), contrast c (blend with the mean luma) are
@@ -777,8 +784,8 @@ class DeviceCropper:
         return {
             "image": _to_uint8(torch.cat(crops)),
             "target": torch.cat(targets),
-            "image_id": torch.cat(image_ids),
-            "annotation_id": torch.cat(ann_ids),
+            "image_id": torch.cat(image_ids).to(device),
+            "annotation_id": torch.cat(ann_ids).to(device),
         }
 
 
