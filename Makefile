@@ -11,7 +11,10 @@ PIP_ARGS ?=
 STAMP := $(VENV)/.snapper-installed
 MLFLOW_PORT ?= $(or $(SNAPPER_MLFLOW_PORT),5000)
 # Benchmarks run by `make bench` (each prints its own table; see README "Benchmarks").
-BENCH ?= bench/protocol_check.py bench/bench_shard.py bench/bench_stream.py
+BENCH ?= $(sort $(wildcard bench/*.py))
+# The demo: the `cpu` preset, shortened to a few minutes per model on 2 cores (same as the
+# train-snapper/demo deployment in prefect.yaml).
+DEMO_ARGS ?= --set steps=200
 
 # Offline and project-local by default: no telemetry, Prefect state under .prefect/.
 export DO_NOT_TRACK := 1

@@ -406,8 +406,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainConfig override (YAML value), repeatable: --set steps=100")
     ap.add_argument("--no-regression", action="store_true", help="skip the regression baseline")
-    ap.add_argument("--gpus", type=int, default=0)
-    ap.add_argument("--num-images", type=int, default=300)
+    ap.add_argument("--gpus", type=int, default=0, help="> 1: torchrun with this many processes")
+    ap.add_argument("--dataset", default=SYNTHETIC,
+                    help="'synthetic' (generated), or a folder under shards/ (with --ann-file: sharded first)")
+    ap.add_argument("--ann-file", help="COCO instances JSON to shard into shards/<dataset>")
+    ap.add_argument("--images-dir", help="images of --ann-file")
+    ap.add_argument("--val-fraction", type=float, default=0.2, help="held-out images when sharding")
+    ap.add_argument("--num-images", type=int, default=300, help="size of the synthetic dataset")
     args = ap.parse_args(argv)
     import yaml
 
@@ -418,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
         overrides[key] = yaml.safe_load(value)
     res = train_snapper(name=args.name, preset=args.preset, overrides=overrides or None,
-                        regression_baseline=not args.no_regression, gpus=args.gpus, num_images=args.num_images)
+                        regression_baseline=not args.no_regression, gpus=args.gpus, num_images=args.num_images,
+                        dataset=args.dataset, ann_file=args.ann_file, images_dir=args.images_dir,
+                        val_fraction=args.val_fraction)
     print("\n" + res["eval"]["table_md"])
     print(f"per-box table: {res['eval']['parquet']}")
     if res["registered"]:
