@@ -33,8 +33,19 @@ class LoadedImage:
 
     @property
     def scale(self) -> tuple[float, float]:
-        """(decoded width / original width, decoded height / original height)."""
-        return self.tensor.shape[2] / self.width, self.tensor.shape[1] / self.height
+        """(decoded / original) pixel ratio per axis (x, y); exact for DCT-scaled JPEGs."""
+        return dct_scale(self.tensor.shape[2], self.width), dct_scale(self.tensor.shape[1], self.height)
+
+
+def dct_scale(decoded: int, original: int) -> float:
+    """decoded/original pixel ratio of one axis. A JPEG decoded at DCT scale 1/k has
+    ceil(original / k) pixels and pixel i covers original [i k, (i + 1) k), so the ratio is
+    exactly 1/k, not decoded/original (which is off by up to 1 decoded px at the far edge for
+    sizes that k does not divide)."""
+    if decoded == original:
+        return 1.0
+    ks = [k for k in (2, 4, 8) if -(-original // k) == decoded]
+    return 1.0 / ks[0] if len(ks) == 1 else decoded / original
 
 
 _TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height

@@ -48,7 +48,7 @@ from webdataset.tariterators import tarfile_samples
 from snapper.config import DataConfig, JitterConfig, ModelConfig, TrainConfig
 from snapper.crop import crop_images, crop_windows, edge_targets
 from snapper.geometry import box_problem, jitter_boxes, jitter_by_annotation, xywh_to_xyxy
-from snapper.imageio import ImageError, LoadedImage, load_image
+from snapper.imageio import ImageError, LoadedImage, dct_scale, load_image
 
 __all__ = [
     "IMAGE_EXTS",
@@ -382,17 +382,6 @@ def decode_scale(windows: np.ndarray, size: int) -> float:
         return 1.0
     ratio = np.maximum(size / (w[:, 2] - w[:, 0]), size / (w[:, 3] - w[:, 1]))
     return float(min(1.0, ratio.max()))
-
-
-def dct_scale(decoded: int, original: int) -> float:
-    """decoded/original pixel ratio of one axis. A JPEG decoded at DCT scale 1/k has
-    ceil(original / k) pixels and pixel i covers original [i k, (i + 1) k), so the ratio is
-    exactly 1/k, not decoded/original (which is off by up to 1 decoded px at the far edge for
-    sizes that k does not divide)."""
-    if decoded == original:
-        return 1.0
-    ks = [k for k in (2, 4, 8) if -(-original // k) == decoded]
-    return 1.0 / ks[0] if len(ks) == 1 else decoded / original
 
 
 def _decode(rec: ImageRecord, windows: np.ndarray, size: int, draft: bool) -> tuple[LoadedImage, tuple[float, float]]:
