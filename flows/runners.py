@@ -62,6 +62,12 @@ def task_runner_from_env(
     return ThreadPoolTaskRunner(max_workers=max_workers)
 
 
+def with_task_runner(flow_obj: Any, **kwargs: Any) -> Any:
+    """``flow_obj`` with a runner chosen by :func:`task_runner_from_env` (keyword arguments win
+    over the environment), e.g. ``with_task_runner(shard_coco, dask_address="tcp://h:8786")(...)``."""
+    return flow_obj.with_options(task_runner=task_runner_from_env(**kwargs))
+
+
 def describe(runner: Any) -> str:
     """One line for logs: which runner and where it points."""
     name = type(runner).__name__

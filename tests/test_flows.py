@@ -70,6 +70,8 @@ def test_task_runner_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     d = runners.task_runner_from_env()
     assert isinstance(d, DaskTaskRunner) and d.address == "tcp://10.1.2.3:8786"
     assert "10.1.2.3" in runners.describe(d)
+    f = runners.with_task_runner(shard_coco, dask_address="tcp://10.9.9.9:8786")
+    assert f.name == "shard-coco" and f.task_runner.address == "tcp://10.9.9.9:8786"
     monkeypatch.delenv(runners.DASK_ENV)
     monkeypatch.setenv(runners.RAY_ENV, "ray://head:10001")
     try:
