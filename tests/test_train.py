@@ -154,7 +154,7 @@ def test_resume_continues_the_same_schedule(shards, tmp_path):
 def test_resume_after_sigkill(shards, tmp_path):
     """A real kill: the CLI in a subprocess is SIGKILLed after its first checkpoint; the
     resumed run ends at exactly ``steps`` with an intact state and one history row per step."""
-    n = 12
+    n = 16
     cfg = tiny_train_config(shards, tmp_path / "k", steps=n, ckpt_every=2, eval_every=100)
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(to_dict(cfg)))
