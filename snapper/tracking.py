@@ -480,7 +480,13 @@ def resolve_model(ref: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
     text = os.fspath(ref)
     path = Path(text).expanduser()
     if path.exists():
-        return find_checkpoint(path)
+        try:
+            return find_checkpoint(path)
+        except FileNotFoundError:
+            # A folder that merely shares a registered model's name (e.g. the "snapper"
+            # package in a checkout) must not shadow the registry.
+            if not _NAME_RE.match(text):
+                raise
     if not (text.startswith(("models:/", "runs:/")) or _NAME_RE.match(text)):
         raise FileNotFoundError(f"{text}: no such checkpoint path, and not a models:/ or runs:/ URI "
                                 f"or registered model name")
