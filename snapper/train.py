@@ -583,14 +583,6 @@ def _train(cfg: TrainConfig, info: DistInfo, max_steps_this_run: int | None,
         model = torch.compile(model)
 
     tracker = _Tracker(cfg, cfg.mlflow and info.is_main, run_id)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        _write_history(out / HISTORY_FILE, history)
-        if step == 0:
-            tracker.log_config(cfg)
 
     def gather_rng() -> list[dict[str, Any]]:
         mine = rng_state()
@@ -630,6 +622,14 @@ def _train(cfg: TrainConfig, info: DistInfo, max_steps_this_run: int | None,
     last_ckpt: str | None = str(out / LAST_DIR) if (out / LAST_DIR).is_dir() else None
     failed = True
     try:
+        if info.is_main:
+            import yaml
+
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            _write_history(out / HISTORY_FILE, history)
+            if step == 0:
+                tracker.log_config(cfg)
         batches = Batches(cfg, step, info, loader_factory)
         # The loss stays on the device between log lines: no host sync per step on CUDA.
         window_loss = torch.zeros((), device=device, dtype=torch.float64 if device.type == "cpu" else torch.float32)
