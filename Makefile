@@ -12,9 +12,9 @@ STAMP := $(VENV)/.snapper-installed
 MLFLOW_PORT ?= $(or $(SNAPPER_MLFLOW_PORT),5000)
 # Benchmarks run by `make bench` (each prints its own table; see README "Benchmarks").
 BENCH ?= $(sort $(wildcard bench/*.py))
-# The demo: the `cpu` preset, shortened to a few minutes per model on 2 cores (same as the
-# train-snapper/demo deployment in prefect.yaml).
-DEMO_ARGS ?= --set steps=200
+# The demo runs the flow's defaults: synthetic data and the `demo` preset (snapper/train.py),
+# like the train-snapper/demo deployment. Extra flow arguments: DEMO_ARGS='--set steps=1000'.
+DEMO_ARGS ?=
 
 # Offline and project-local by default: no telemetry, Prefect state under .prefect/.
 export DO_NOT_TRACK := 1

@@ -302,7 +302,7 @@ def report_task(name: str, ev: dict[str, Any], train: dict[str, Any], registered
 @flow(name="train-snapper", task_runner=task_runner_from_env())
 def train_snapper(
     name: str = "demo",
-    preset: str = "cpu",
+    preset: str = "demo",
     overrides: dict[str, Any] | None = None,
     dataset: str = SYNTHETIC,
     ann_file: str | None = None,
@@ -402,7 +402,7 @@ def train_snapper(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.train", description="Run the train-snapper flow once.")
     ap.add_argument("--name", default="demo")
-    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--preset", default="demo")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainConfig override (YAML value), repeatable: --set steps=100")
     ap.add_argument("--no-regression", action="store_true", help="skip the regression baseline")

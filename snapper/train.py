@@ -79,6 +79,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 8, "steps": 40, "warmup_steps": 5, "lr": 2e-3,
         "log_every": 5, "ckpt_every": 20, "eval_every": 20,
     },
+    # The embedded demo (`make demo`, train-snapper/demo): synthetic scenes, ~3 min per model on
+    # 2 cores, already far past the rough boxes (README "Results").
+    "demo": {
+        "model": {"backbone": "resnet18", "input_size": 96, "fpn_channels": 32, "decoder_channels": 32,
+                  "decoder_layers": 2},
+        "data": {"workers": 2, "val_max_boxes": 500},
+        "batch_size": 32, "steps": 500, "warmup_steps": 50, "lr": 2e-3,
+        "log_every": 20, "ckpt_every": 100, "eval_every": 250,
+    },
     # The SPEC's CPU prototype (ResNet-18, 128 px, batch 32, AdamW 2e-3, cosine): ~30 min on 2 cores.
     "cpu": {
         "model": {"backbone": "resnet18", "input_size": 128, "fpn_channels": 64, "decoder_channels": 64,
