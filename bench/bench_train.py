@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_train.py                       # cpu preset, synthetic shards
     .venv/bin/python bench/bench_train.py --data ../shared/data/coco128-train --steps 30
+    .venv/bin/python bench/bench_train.py --threads 1   # shared box: 2-thread OpenMP collapses
+                                                        # when any other process holds a core
 
 Three numbers at the same batch size and input size:
 
@@ -81,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, help="override the preset's input size")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="torch threads of the training process (on a shared box: the idle cores)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="snapper-bench-") as tmp:
         work = Path(tmp)
