@@ -35,6 +35,12 @@ $PY -m snapper.cli train "${common[@]}" --set steps="$EDGE_STEPS" --set run_name
 $PY -m snapper.cli train "${common[@]}" --set steps="$REG_STEPS" --set model.head=regression \
     --set registered_model=null --set run_name=regression --out-dir "$OUT/regression"
 
+# All held-out COCO images at once (the README's headline table), then each set on its own.
+$PY -m snapper.cli evaluate --shards shards/coco128-train/val-manifest.json shards/coco-mini/val-manifest.json \
+    shards/tiny-coco/val-manifest.json \
+    --checkpoint "snapper=$OUT/edges/best" --checkpoint "regression=$OUT/regression/best" \
+    --out-dir "$OUT/eval/coco-all" > "$OUT/eval/coco-all.md" 2>"$OUT/eval/coco-all.log" || { cat "$OUT/eval/coco-all.log"; exit 1; }
+echo "== all three COCO folders (held-out images)"; cat "$OUT/eval/coco-all.md"
 for ds in coco128-train coco-mini tiny-coco raccoon kangaroo; do
   $PY -m snapper.cli evaluate --shards "shards/$ds" --split val \
       --checkpoint "snapper=$OUT/edges/best" --checkpoint "regression=$OUT/regression/best" \
