@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from snapper.checkpoint import atomic_write_text
+from snapper.checkpoint import atomic_write_text, atomic_write_with
 from snapper.config import EvalConfig, JitterConfig, ModelConfig
 from snapper.geometry import xywh_to_xyxy
 
@@ -209,18 +208,7 @@ def evaluate_identity(cfg: EvalConfig, stats: dict[str, Any] | None = None) -> p
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:

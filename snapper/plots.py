@@ -8,13 +8,13 @@ Every function writes one PNG atomically and returns its path.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from snapper.checkpoint import atomic_write_with
 from snapper.geometry import EDGE_NAMES
 
 IDENTITY = "identity"
@@ -30,18 +30,7 @@ def _figure(width: float, height: float):
 
 
 def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; plots are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _methods(df: pd.DataFrame) -> list[str]:

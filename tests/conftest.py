@@ -19,3 +19,14 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "coco128-train" / "annotations.json").is_file():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared CPU: one thread avoids OpenMP oversubscription (5x faster here)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
