@@ -79,6 +79,7 @@ import torch
 from snapper.checkpoint import CONFIG_FILE, MODEL_FILE, atomic_write_text
 from snapper.config import BatchConfig, apply_overrides, to_dict
 from snapper.crop import crop_images, crop_windows
+from snapper.data.shards import sha256_file
 from snapper.geometry import EDGE_NAMES, clip_boxes, paired_iou, xywh_to_xyxy, xyxy_to_xywh
 from snapper.imageio import ImageError, image_size, load_image
 from snapper.snap import tidy_boxes
@@ -280,18 +281,10 @@ def resolve_checkpoint(model_ref: str | os.PathLike[str]) -> Path:
     return Path(resolve_model(os.fspath(model_ref)))
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=8)
 def _model_fingerprint(path: str, mtime_ns: int, size: int) -> str:
     p = Path(path)
-    return hashlib.sha256((_file_digest(p / MODEL_FILE) + _file_digest(p / CONFIG_FILE)).encode()).hexdigest()[:12]
+    return hashlib.sha256((sha256_file(p / MODEL_FILE) + sha256_file(p / CONFIG_FILE)).encode()).hexdigest()[:12]
 
 
 def model_fingerprint(ckpt: str | os.PathLike[str]) -> str:

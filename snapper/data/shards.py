@@ -82,7 +82,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: "str | os.PathLike[str]") -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -208,7 +208,7 @@ def write_shard(spec: ShardSpec, out_dir: str | os.PathLike[str], verify: bool =
     digest = _spec_digest(spec)
     marker = _read_marker(final)
     if marker is not None and marker.get("spec_digest") == digest and final.is_file():
-        if final.stat().st_size == marker.get("bytes") and (not verify or _sha256_file(final) == marker.get("sha256")):
+        if final.stat().st_size == marker.get("bytes") and (not verify or sha256_file(final) == marker.get("sha256")):
             return ShardInfo(**{k: marker[k] for k in ShardInfo.__dataclass_fields__ if k != "written"}, written=False)
 
     tmp = final.with_name(final.name + ".tmp")
