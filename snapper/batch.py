@@ -79,6 +79,7 @@ import torch
 from snapper.checkpoint import CONFIG_FILE, MODEL_FILE, atomic_write_text
 from snapper.config import BatchConfig, apply_overrides, to_dict
 from snapper.crop import crop_images, crop_windows
+from snapper.data.coco import structure_problem
 from snapper.data.shards import sha256_file
 from snapper.geometry import EDGE_NAMES, clip_boxes, paired_iou, xywh_to_xyxy, xyxy_to_xywh
 from snapper.imageio import ImageError, image_size, load_image
@@ -156,13 +157,9 @@ def parse_rough(path: str | os.PathLike[str], raw: bytes | None = None) -> Rough
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BatchInputError(f"{name}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise BatchInputError(f"{name}: expected a JSON object at the top level, got {type(data).__name__}")
-    for key in ("images", "annotations"):
-        if key not in data:
-            raise BatchInputError(f"{name}: no {key!r} list (not a COCO instances file)")
-        if not isinstance(data[key], list):
-            raise BatchInputError(f"{name}: {key!r} must be a list, got {type(data[key]).__name__}")
+    problem = structure_problem(data)
+    if problem:
+        raise BatchInputError(f"{name}: {problem}")
     images: dict[int, dict[str, Any]] = {}
     order: list[int] = []
     for i, im in enumerate(data["images"]):

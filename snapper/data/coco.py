@@ -187,19 +187,28 @@ def _safe_rel_path(name: str) -> bool:
     return not p.is_absolute() and ".." not in p.parts and not name.startswith("~")
 
 
+def structure_problem(data: Any) -> str | None:
+    """Why parsed JSON is not a COCO instances file at the top level, or None. Shared by every
+    reader (datasets, rough annotations to snap), each raising its own error type."""
+    if not isinstance(data, dict):
+        return f"top level must be a JSON object, got {type(data).__name__}"
+    for key in ("images", "annotations"):
+        if key not in data:
+            return f'missing required key "{key}" (not a COCO instances file)'
+        if not isinstance(data[key], list):
+            return f'"{key}" must be a list, got {type(data[key]).__name__}'
+    return None
+
+
 def _validate(data: Any, where: str) -> None:
     """Raise CocoFormatError for anything that makes the file untrustworthy (see module doc)."""
 
     def fail(msg: str) -> CocoFormatError:
         return CocoFormatError(f"{where}: {msg}")
 
-    if not isinstance(data, dict):
-        raise fail(f"top level must be a JSON object, got {type(data).__name__}")
-    for key in ("images", "annotations"):
-        if key not in data:
-            raise fail(f'missing required key "{key}"')
-        if not isinstance(data[key], list):
-            raise fail(f'"{key}" must be a list, got {type(data[key]).__name__}')
+    problem = structure_problem(data)
+    if problem:
+        raise fail(problem)
     if "categories" in data:
         if not isinstance(data["categories"], list):
             raise fail('"categories" must be a list')
