@@ -6,13 +6,18 @@ one thread, no loader workers (so samples per CPU-second = per-core throughput):
 (a) the bare decode of the same images: full scale (the limit of any loader that decodes
     every image in full) and at the draft scale the stream would pick;
 (b) what a user would write: ``torchvision.datasets.CocoDetection`` indexed per box (one
-    decode per box), jitter, PIL crop + resize to S, to tensor; and the same cutting
+    decode per box), jitter, PIL crop + resize to S, to tensor; the same with the training
+    augmentation a user would add (random mirror + ``torchvision.transforms.ColorJitter``,
+    the stream's flip and brightness/contrast/saturation jitter); and the same cutting
     ``--boxes-per-image`` boxes per decode (the stream's amortisation without the stream);
-(c) ``snapper.data.stream.train_loader`` (jitter, crop, flip + colour jitter, shuffle,
-    batch), with draft decode on and off.
+(c) ``snapper.data.stream.train_loader`` with and without augmentation, with draft decode on
+    and off. Every batch goes through ``loader.to_device(batch, "cpu")``, so augmentation is
+    counted wherever it runs.
 
-The stream and the per-image plain loader cut the same number of crops per decoded image, so
-their ratio compares per-crop cost; decode time is the floor for both.
+The target ratio compares equal work: the stream against the per-box plain loader, both
+without augmentation and both with it. The per-image plain loader cuts the same number of
+crops per decoded image as the stream, so that ratio compares per-crop cost; decode time is
+the floor for all of them.
 
     .venv/bin/python bench/bench_stream.py [--input-size 128] [--boxes-per-image 4]
 """
@@ -108,11 +113,14 @@ class PlainBoxes:
     ``per_image=True`` an item is an image and cuts ``k`` random boxes from one decode (the
     stream's amortisation, done the plain way)."""
 
-    def __init__(self, size: int, k: int, cfg: TrainConfig, per_image: bool):
+    def __init__(self, size: int, k: int, cfg: TrainConfig, per_image: bool, aug: bool = False):
         from torchvision.datasets import CocoDetection
+        from torchvision.transforms import ColorJitter
 
         self.ds = CocoDetection(str(DATA / "images"), str(DATA / "annotations.json"))
         self.size, self.k, self.cfg, self.per_image = size, k, cfg, per_image
+        j = cfg.data.color_jitter
+        self.jitter = ColorJitter(brightness=j, contrast=j, saturation=j) if aug else None
         self.rng = np.random.default_rng(0)
         self.items = []
         for i, img_id in enumerate(self.ds.ids):
@@ -133,15 +141,23 @@ class PlainBoxes:
         true = xywh_to_xyxy(chosen)
         rough = jitter_boxes(true, img.width, img.height, self.rng, self.cfg.jitter)
         windows = crop_windows(rough, 1.0, self.cfg.model.context)
-        crops = [torch.from_numpy(np.array(img.crop(tuple(w)).resize((self.size, self.size), Image.BILINEAR)))
-                 .permute(2, 0, 1) for w in windows]
-        return torch.stack(crops), torch.from_numpy(edge_targets(true, windows, self.size).astype(np.float32))
+        targets = edge_targets(true, windows, self.size).astype(np.float32)
+        crops = []
+        for w, t in zip(windows, targets):
+            crop = img.crop(tuple(w)).resize((self.size, self.size), Image.BILINEAR)
+            if self.jitter is not None:
+                if self.rng.random() < 0.5:
+                    crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+                    t[[0, 2]] = self.size - t[[2, 0]]
+                crop = self.jitter(crop)
+            crops.append(torch.from_numpy(np.array(crop)).permute(2, 0, 1))
+        return torch.stack(crops), torch.from_numpy(targets)
 
 
-def bench_plain(size: int, k: int, cfg: TrainConfig, batch_size: int, per_image: bool):
+def bench_plain(size: int, k: int, cfg: TrainConfig, batch_size: int, per_image: bool, aug: bool = False):
     from torch.utils.data import DataLoader
 
-    ds = PlainBoxes(size, k, cfg, per_image)
+    ds = PlainBoxes(size, k, cfg, per_image, aug)
     cat = lambda items: (torch.cat([c for c, _ in items]), torch.cat([t for _, t in items]))  # noqa: E731
     per_batch = max(1, batch_size // k) if per_image else batch_size
     loader = DataLoader(ds, batch_size=per_batch, shuffle=True, num_workers=0, collate_fn=cat)
@@ -152,7 +168,7 @@ def bench_stream(cfg: TrainConfig):
     loader = stream.train_loader(cfg)
 
     def epoch() -> int:
-        n = sum(len(b["image"]) for b in loader)
+        n = sum(len(loader.to_device(b, "cpu")["image"]) for b in loader)
         assert loader.stats.n_skipped_images == 0, loader.stats
         return n
 
@@ -189,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         res.update(meta)
         units |= {
             "plain_samples_per_s": bench_plain(S, k, base, args.batch_size, per_image=False),
+            "plain_aug_samples_per_s": bench_plain(S, k, base, args.batch_size, per_image=False, aug=True),
             "plain_per_image_samples_per_s": bench_plain(S, k, base, args.batch_size, per_image=True),
             "stream_samples_per_s": bench_stream(base),
             "stream_no_draft_samples_per_s": bench_stream(cfg(draft_decode=False)),
@@ -198,18 +215,23 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("full", "draft"):
             res[f"decode_{name}_samples_per_s"] = res[f"decode_{name}_images_per_s"] * res["crops_per_image"]
     st, pl = res["stream_samples_per_s"], res["plain_samples_per_s"]
+    st0, pla = res["stream_no_aug_samples_per_s"], res["plain_aug_samples_per_s"]
+    pi = res["plain_per_image_samples_per_s"]
+    res["ratio_no_aug"], res["ratio_aug"] = st0 / pl, st / pla
     print(f"coco128-train, S={S}, {k} boxes/image ({res['crops_per_image']:.2f} crops per decoded image, "
           f"{100 * res['draft_fraction']:.0f}% of images decoded at reduced DCT scale), 1 thread, CPU time")
     print(f"  (a) decode full       {res['decode_full_samples_per_s']:8.1f} samples/s "
           f"({res['decode_full_images_per_s']:.1f} images/s)  <- limit of a full-decode loader")
     print(f"      decode draft      {res['decode_draft_samples_per_s']:8.1f} samples/s "
           f"({res['decode_draft_images_per_s']:.1f} images/s)")
-    pi = res["plain_per_image_samples_per_s"]
     print(f"  (b) plain CocoDetection + PIL crop, per box   {pl:8.1f} samples/s  (decode per box)")
-    print(f"      same, per image ({k} boxes per decode)    {pi:8.1f} samples/s")
-    print(f"  (c) stream            {st:8.1f} samples/s   (no draft: {res['stream_no_draft_samples_per_s']:.1f}, "
-          f"no aug: {res['stream_no_aug_samples_per_s']:.1f})")
-    print(f"  stream / plain        {st / pl:8.2f}x   (vs plain per image: {st / pi:.2f}x)")
+    print(f"      same + mirror + ColorJitter               {pla:8.1f} samples/s")
+    print(f"      same as the first, per image ({k} boxes per decode) {pi:8.1f} samples/s")
+    print(f"  (c) stream            {st:8.1f} samples/s   (no aug: {st0:.1f}, "
+          f"no draft: {res['stream_no_draft_samples_per_s']:.1f})")
+    print(f"  stream / plain, no augmentation   {res['ratio_no_aug']:6.2f}x  (target 2x; vs plain per image: "
+          f"{st0 / pi:.2f}x)")
+    print(f"  stream / plain, with augmentation {res['ratio_aug']:6.2f}x  (target 2x)")
     print(f"  stream / decode-full  {st / res['decode_full_samples_per_s']:8.2f}x")
     print(f"  draft speedup in stream {st / res['stream_no_draft_samples_per_s']:6.2f}x")
     if args.json:

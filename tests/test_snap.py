@@ -65,6 +65,19 @@ def test_image_modes_become_rgb(tmp_path, mode):
     assert loaded.tensor.shape == (3, 30, 40) and loaded.tensor.dtype == torch.uint8
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+def test_jpeg_fast_decode_gives_pils_pixels(tmp_path, mode):
+    """Full-scale JPEGs skip PIL's decoder; the pixels must be the ones PIL gives."""
+    rng = np.random.default_rng(3)
+    im = Image.fromarray((rng.random((37, 53, 3)) * 255).astype(np.uint8)).convert(mode)
+    path = tmp_path / "im.jpg"
+    im.save(path, quality=90)
+    want = np.array(Image.open(path).convert("RGB"))
+    for source in (path, path.read_bytes(), Image.open(path)):
+        got = load_image(source).tensor.permute(1, 2, 0).numpy()
+        assert got.shape == want.shape and np.array_equal(got, want)
+
+
 def test_exif_orientation_is_applied(tmp_path):
     arr = np.zeros((20, 50, 3), dtype=np.uint8)
     arr[:, :10] = 255  # bright stripe on the left of the stored pixels

@@ -424,6 +424,10 @@ def test_cut_crops_equals_roi_align_crop_images():
             got = stream.cut_crops(img, wins, size, scale)
             assert got.shape == ref.shape
             torch.testing.assert_close(got, ref, atol=0.05, rtol=0)
+            mirror = np.array([True, False, True, True, False, True])
+            got = stream.cut_crops(img, wins, size, scale, mirror=mirror)
+            torch.testing.assert_close(got[mirror], ref[mirror].flip(-1), atol=0.05, rtol=0)
+            torch.testing.assert_close(got[~mirror], ref[~mirror], atol=0.05, rtol=0)
 
 
 def test_dct_scale_is_exact_for_sizes_k_does_not_divide():

@@ -393,13 +393,15 @@ def _decode(rec: ImageRecord, windows: np.ndarray, size: int, draft: bool) -> tu
     return li, (dct_scale(w, li.width), dct_scale(h, li.height))
 
 
-def _axis_matrices(a: np.ndarray, b: np.ndarray, size: int, length: np.ndarray) -> list[tuple[int, torch.Tensor] | None]:
+def _axis_matrices(a: np.ndarray, b: np.ndarray, size: int, length: np.ndarray,
+                   reverse: np.ndarray | None = None) -> list[tuple[int, torch.Tensor] | None]:
     """One axis of ``roi_align(aligned=True, sampling_ratio=-1)`` per problem: the window
     [a_i, b_i) over an axis of ``length_i`` pixels as a sparse (size x span) matrix and the
     span's first pixel; None when the window misses the axis. Mirrors torchvision's kernel:
     ceil(width / size) bilinear samples per bin, samples beyond [-1, length] read zero, samples
     in [-1, 0] clamp to pixel 0. Vectorised over problems (all crops, both axes) because the
-    per-call overhead, not the arithmetic, is what costs here."""
+    per-call overhead, not the arithmetic, is what costs here. ``reverse`` flags problems whose
+    output rows come in reverse order: a mirrored crop at no extra cost."""
     a, b, length = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b, length))
     m = len(a)
     width = b - a
@@ -433,6 +435,8 @@ def _axis_matrices(a: np.ndarray, b: np.ndarray, size: int, length: np.ndarray) 
     flat = (np.arange(m)[:, None, None] * size + np.arange(size)[None, :, None]) * band_max + off
     vals = np.bincount(flat.ravel(), weights=w.ravel(), minlength=m * size * band_max)
     vals = vals.reshape(m, size, band_max).astype(np.float32)
+    if reverse is not None and reverse.any():
+        vals[reverse], start[reverse] = vals[reverse, ::-1], start[reverse, ::-1]
     out: list[tuple[int, torch.Tensor] | None] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
@@ -456,11 +460,13 @@ def cut_crops(
     windows: np.ndarray,
     size: int,
     image_scale: tuple[float, float] = (1.0, 1.0),
+    mirror: "np.ndarray | torch.Tensor | None" = None,
 ) -> torch.Tensor:
     """``crop.crop_images`` (same numbers, to float rounding) computed as two sparse matmuls
     over just the pixels each window covers: roi_align's sampling is separable, and on CPU
     this avoids converting the whole image to float and roi_align's scalar inner loop
-    (several times faster per crop, which is most of the stream's cost after the decode)."""
+    (several times faster per crop, which is most of the stream's cost after the decode).
+    ``mirror`` (n,) bool flips those crops left-right inside the resampling, for free."""
     c, h, w = image.shape
     win = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
     n = len(win)
@@ -468,11 +474,15 @@ def cut_crops(
     if n == 0:
         return out
     sx, sy = image_scale
+    reverse = None
+    if mirror is not None:
+        reverse = np.concatenate([np.zeros(n, dtype=bool), np.asarray(mirror, dtype=bool).reshape(n)])
     mats = _axis_matrices(
         np.concatenate([win[:, 1] * sy, win[:, 0] * sx]),
         np.concatenate([win[:, 3] * sy, win[:, 2] * sx]),
         size,
         np.concatenate([np.full(n, h), np.full(n, w)]),
+        reverse,
     )
     hwc = image.permute(1, 2, 0)  # decoded images are HWC in memory: rows of w * C values
     for i in range(n):
@@ -682,10 +692,10 @@ class _TrainDataset(IterableDataset):
                 if prep is None:
                     continue
                 (li, scale), windows, targets, chosen = prep
-                crops = cut_crops(li.tensor, windows, size, scale)
                 flip, color = _draw_augment(rng, len(chosen), self.cfg.data)
-                crops, targets = augment(crops, targets, flip, color)
-                crops = _to_uint8(crops)
+                crops = cut_crops(li.tensor, windows, size, scale, mirror=flip)
+                targets = torch.where(flip.view(-1, 1), hflip_targets(targets, size), targets)
+                crops = _to_uint8(augment(crops, targets, None, color)[0])
             except Exception as e:  # noqa: BLE001 - one bad image must not end the epoch
                 tally.image_failed("unexpected_error", f"{rec.name}: {type(e).__name__}: {e}")
                 continue
