@@ -112,8 +112,9 @@ def test_corrupt_missing_and_tiny_images_are_named(tmp_path):
         load_image(tiny)
 
 
-def test_decompression_bomb_limit_is_kept(tmp_path, monkeypatch):
-    path = tmp_path / "big.png"
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_decompression_bomb_limit_is_kept(tmp_path, monkeypatch, ext):
+    path = tmp_path / f"big.{ext}"
     Image.new("RGB", (100, 100)).save(path)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageError, match="refused"):
