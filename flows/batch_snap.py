@@ -18,7 +18,7 @@ when ``truth`` is given) and, with ``track=True``, an MLflow run (experiment
 
     <inbox>/*.json              new rough-annotation files (write elsewhere, then move in;
                                 files younger than ``min_age_s`` are left for the next run)
-    <inbox>/processing/         claimed files: ``<stem>.<claim id>.json``
+    <inbox>/processing/         claimed files: ``<stem>.<claim id>-<attempt>.json``
     <inbox>/done/<name>.json    inputs snapped successfully
     <inbox>/failed/<name>.json  inputs that could not be snapped, with ``<stem>.error.txt``
     <outbox>/<stem>/            outputs (``snapped.json``, ``boxes.parquet``, ``summary.json``,
@@ -31,9 +31,11 @@ exactly one rename succeeds, the other sees the file gone and moves on, so no fi
 processed twice. A file that fails (malformed JSON, no images folder, ...) goes to
 ``failed/`` with its error report and never blocks the others; missing or corrupt
 *individual* images are not failures, their boxes are accounted in the output as kept with
-reason ``image_missing`` / ``image_corrupt``. A claim left in ``processing/`` by a killed run
-is reported (``stale_claims``) rather than retried automatically: move it back to the inbox
-to retry (its finished chunks are reused).
+reason ``image_missing`` / ``image_corrupt``. A run keeps touching the claims it is working on
+(every ``heartbeat_s``); a claim untouched for ``stale_after_s`` was left by a killed run and
+the next run takes it over (one atomic rename again, so two runs cannot both take it) and
+snaps it, reusing its finished chunks. After ``max_attempts`` claims of the same file (a
+file that kills every run that touches it) it goes to ``failed/`` with a report instead.
 
 Run once locally (ephemeral Prefect): ``python -m flows.batch_snap ROUGH.json IMAGES OUT``
 or ``python -m flows.batch_snap --inbox INBOX --images-root IMAGES``.
@@ -44,10 +46,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -271,12 +277,24 @@ def batch_snap_flow(
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
 
 
-def claim_files(inbox: str | Path, claim_id: str, min_age_s: float = 0.0, limit: int | None = None) -> list[dict[str, str]]:
-    """Atomically claim new ``*.json`` files of ``inbox``: ``[{"name", "claimed"}]``.
+_CLAIM_RE = re.compile(r"^(?P<stem>.+)\.(?P<claim>[0-9A-Za-z]+)-(?P<attempt>[0-9]+)\.json$")
 
-    ``os.rename`` of the same source by two processes: one wins, the other gets
-    FileNotFoundError. The destination carries ``claim_id``, so it never overwrites a claim.
-    """
+
+def _claim_to(src: Path, dst: Path) -> bool:
+    """Rename ``src`` to ``dst`` and stamp it with the claim time (rename keeps the old mtime,
+    which would make a file that waited long in the inbox look abandoned at once). False when
+    another run renamed it first: ``os.rename`` of one source by two processes, one wins."""
+    try:
+        os.rename(src, dst)
+    except FileNotFoundError:
+        return False
+    os.utime(dst)
+    return True
+
+
+def claim_files(inbox: str | Path, claim_id: str, min_age_s: float = 0.0, limit: int | None = None) -> list[dict[str, Any]]:
+    """Atomically claim new ``*.json`` files of ``inbox``: ``[{"name", "claimed", "attempt"}]``.
+    The destination carries ``claim_id``, so it never overwrites a claim."""
     inbox = Path(inbox)
     proc = inbox / PROCESSING
     proc.mkdir(parents=True, exist_ok=True)
@@ -285,14 +303,76 @@ def claim_files(inbox: str | Path, claim_id: str, min_age_s: float = 0.0, limit:
         try:
             if not src.is_file() or (min_age_s > 0 and now - src.stat().st_mtime < min_age_s):
                 continue
-            dst = proc / f"{src.stem}.{claim_id}.json"
-            os.rename(src, dst)
         except FileNotFoundError:
+            continue
+        dst = proc / f"{src.stem}.{claim_id}-1.json"
+        if not _claim_to(src, dst):
             continue  # claimed by another run between listing and renaming
-        out.append({"name": src.name, "claimed": str(dst)})
+        out.append({"name": src.name, "claimed": str(dst), "attempt": 1})
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+def stale_claims(inbox: str | Path, stale_after_s: float) -> list[Path]:
+    """Claims in ``processing/`` that no run has touched for ``stale_after_s``."""
+    proc, now = Path(inbox) / PROCESSING, time.time()
+    out = []
+    for p in sorted(proc.glob("*.json")) if proc.is_dir() else []:
+        try:
+            if now - p.stat().st_mtime > stale_after_s:
+                out.append(p)
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def reclaim_stale(inbox: str | Path, claim_id: str, stale_after_s: float,
+                  max_attempts: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Take over the claims of killed runs: ``(claims to process, files given up on)``.
+    A file already claimed ``max_attempts`` times goes to ``failed/`` with a report."""
+    inbox = Path(inbox)
+    claims, abandoned = [], []
+    for p in stale_claims(inbox, stale_after_s):
+        m = _CLAIM_RE.match(p.name)
+        stem, attempt = (m["stem"], int(m["attempt"])) if m else (p.name.split(".")[0], 1)
+        name = f"{stem}.json"
+        if attempt >= max_attempts:
+            dest = _free_path(inbox / FAILED, name)
+            if not _claim_to(p, dest):
+                continue
+            atomic_write_text(dest.with_name(dest.stem + ".error.txt"),
+                              f"{name}: abandoned after {attempt} attempt(s): every run that claimed it stopped "
+                              f"without finishing (killed, out of memory?); last claim {p.name}\n")
+            abandoned.append({"file": name, "status": "failed", "input": str(dest),
+                              "error": f"abandoned after {attempt} attempt(s)"})
+            continue
+        dst = p.with_name(f"{stem}.{claim_id}-{attempt + 1}.json")
+        if _claim_to(p, dst):
+            claims.append({"name": name, "claimed": str(dst), "attempt": attempt + 1})
+    return claims, abandoned
+
+
+@contextmanager
+def _heartbeat(path: Path, every_s: float) -> Iterator[None]:
+    """Touch ``path`` every ``every_s`` while the block runs: a claim that stops being touched
+    belongs to a run that is gone."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                os.utime(path)
+            except OSError:
+                return
+
+    t = threading.Thread(target=beat, name=f"heartbeat {path.name}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
 
 
 def _free_path(folder: Path, name: str) -> Path:
@@ -311,8 +391,8 @@ def images_for(stem: str, images_root: str | Path) -> Path:
     return root / stem if (root / stem).is_dir() else root
 
 
-def process_claimed(claim: dict[str, str], inbox: str, images_root: str, outbox: str, checkpoint: str,
-                    cfg: BatchConfig) -> dict[str, Any]:
+def process_claimed(claim: dict[str, Any], inbox: str, images_root: str, outbox: str, checkpoint: str,
+                    cfg: BatchConfig, heartbeat_s: float = 60.0) -> dict[str, Any]:
     """Snap one claimed file, then move it to ``done/`` or (with an error report) ``failed/``.
     Never raises: one bad file must not stop the others."""
     name, claimed = claim["name"], Path(claim["claimed"])
@@ -322,7 +402,8 @@ def process_claimed(claim: dict[str, str], inbox: str, images_root: str, outbox:
         images = images_for(stem, images_root)
         if not images.is_dir():
             raise BatchInputError(f"{name}: images folder {images} does not exist")
-        r = batch_snap(claimed, images, out, checkpoint, cfg)
+        with _heartbeat(claimed, heartbeat_s):
+            r = batch_snap(claimed, images, out, checkpoint, cfg)
         dest = _free_path(Path(inbox) / DONE, name)
         os.replace(claimed, dest)
         s = r.summary
@@ -342,9 +423,9 @@ def process_claimed(claim: dict[str, str], inbox: str, images_root: str, outbox:
 
 
 @task(name="snap-inbox-file")
-def inbox_file_task(claim: dict[str, str], inbox: str, images_root: str, outbox: str, checkpoint: str,
-                    cfg: dict[str, Any]) -> dict[str, Any]:
-    r = process_claimed(claim, inbox, images_root, outbox, checkpoint, from_dict(BatchConfig, cfg))
+def inbox_file_task(claim: dict[str, Any], inbox: str, images_root: str, outbox: str, checkpoint: str,
+                    cfg: dict[str, Any], heartbeat_s: float = 60.0) -> dict[str, Any]:
+    r = process_claimed(claim, inbox, images_root, outbox, checkpoint, from_dict(BatchConfig, cfg), heartbeat_s)
     log = get_run_logger()
     if r["status"] == "done":
         log.info("%s: snapped %d, kept %d, needs review %d -> %s", r["file"], r["snapped"], r["kept"],
@@ -364,47 +445,56 @@ def snap_inbox(
     min_age_s: float = 10.0,
     max_files: int | None = None,
     stale_after_s: float = 3600.0,
+    max_attempts: int = 3,
     track: bool = False,
     experiment: str = "snapper-batch",
     artifacts: bool = True,
 ) -> dict[str, Any]:
-    """Claim the inbox's new rough files, snap each once (files fan out on the task runner).
+    """Claim the inbox's new rough files and take over the claims of killed runs, snap each
+    once (files fan out on the task runner).
 
     The model is resolved before anything is claimed: if it is unavailable the run fails and
-    the files wait in the inbox instead of all landing in ``failed/``.
+    the files wait in the inbox instead of all landing in ``failed/``. Claims are touched every
+    ``stale_after_s / 4`` (at most a minute) while being snapped.
     """
     logger = get_run_logger()
     cfg = _config(overrides)
+    if stale_after_s <= 0 or max_attempts < 1:
+        raise ValueError("stale_after_s must be > 0 and max_attempts >= 1")
     box, images, outb = resolve(inbox), resolve(images_root), resolve(outbox) if outbox else resolve(inbox) / "outbox"
     box.mkdir(parents=True, exist_ok=True)
-    if not any(p.is_file() for p in box.glob("*.json")):  # idle: no model load, no noise
-        logger.info("inbox %s: nothing new", box)
-        return {"claimed": 0, "done": 0, "failed": 0, "stale_claims": [], "files": []}
+    if not any(p.is_file() for p in box.glob("*.json")) and not stale_claims(box, stale_after_s):
+        logger.info("inbox %s: nothing new", box)  # idle: no model load, no noise
+        return {"claimed": 0, "reclaimed": 0, "done": 0, "failed": 0, "files": []}
     checkpoint = str(resolve_checkpoint(model))
     from prefect.runtime import flow_run
 
-    claim_id = (str(flow_run.id or "") or uuid.uuid4().hex)[:8] + uuid.uuid4().hex[:4]
-    stale = [p.name for p in (box / PROCESSING).glob("*.json") if time.time() - p.stat().st_mtime > stale_after_s] \
-        if (box / PROCESSING).is_dir() else []
-    if stale:
-        logger.warning("stale claims in %s (a killed run?): %s; move them back to the inbox to retry",
-                       box / PROCESSING, stale)
-    claims = claim_files(box, claim_id, min_age_s=min_age_s, limit=max_files)
-    logger.info("inbox %s: claimed %d file(s) as %s", box, len(claims), claim_id)
-    futures = [inbox_file_task.submit(c, str(box), str(images), str(outb), checkpoint, to_dict(cfg)) for c in claims]
+    claim_id = (str(flow_run.id or "") or uuid.uuid4().hex)[:8].replace("-", "") + uuid.uuid4().hex[:4]
+    retried, abandoned = reclaim_stale(box, claim_id, stale_after_s, max_attempts)
+    for c in retried:
+        logger.warning("%s: its claim was abandoned by a run that stopped (killed?); attempt %d now",
+                       c["name"], c["attempt"])
+    for a in abandoned:
+        logger.error("%s: %s -> %s", a["file"], a["error"], a["input"])
+    claims = retried + claim_files(box, claim_id, min_age_s=min_age_s, limit=max_files)
+    logger.info("inbox %s: claimed %d file(s) as %s (%d taken over from stopped runs)", box, len(claims),
+                claim_id, len(retried))
+    beat = min(60.0, stale_after_s / 4)
+    futures = [inbox_file_task.submit(c, str(box), str(images), str(outb), checkpoint, to_dict(cfg), beat)
+               for c in claims]
     wait(futures)
     results = [f.result() for f in futures]
     if track:
         for r in results:
             if r["status"] == "done":
                 r["mlflow_run_id"] = track_summary(r["summary"], cfg, r["out_dir"], experiment, f"snap-inbox {r['file']}")
-    rows = [{k: r[k] for k in ("file", "status", "annotations", "snapped", "kept", "needs_review", "out_dir", "error")}
-            for r in results]
+    rows = [{k: r.get(k) for k in ("file", "status", "annotations", "snapped", "kept", "needs_review", "out_dir", "error")}
+            for r in results + abandoned]
     if artifacts and rows:
         create_table_artifact(rows, key=_key("snap-inbox", box.name), description=f"files snapped from {box}")
-    return {"claimed": len(claims), "done": sum(r["status"] == "done" for r in results),
-            "failed": sum(r["status"] == "failed" for r in results), "stale_claims": stale,
-            "files": [{k: v for k, v in r.items() if k != "summary"} for r in results]}
+    files = [{k: v for k, v in r.items() if k != "summary"} for r in results] + abandoned
+    return {"claimed": len(claims), "reclaimed": len(retried), "done": sum(r["status"] == "done" for r in results),
+            "failed": sum(f["status"] == "failed" for f in files), "files": files}
 
 
 def main(argv: list[str] | None = None) -> int:

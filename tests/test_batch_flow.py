@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import os
 import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -182,3 +183,48 @@ def test_claims_are_exclusive_across_processes(tmp_path):
     names = [n for v in got.values() for n in v]
     assert len(names) == len(set(names)) == 300
     assert len(os.listdir(tmp_path / "processing")) == 300 and not list(tmp_path.glob("*.json"))
+
+
+def test_claims_of_stopped_runs_are_taken_over_then_given_up(harness, ckpt, home):
+    """A killed run leaves its claim in processing/: the next run snaps it (attempt 2); a file
+    whose claims were abandoned max_attempts times goes to failed/; live claims are left alone."""
+    from flows.batch_snap import snap_inbox
+
+    _, images, data = make_rough(home / "src")
+    inbox = home / "inbox"
+    proc = inbox / "processing"
+    proc.mkdir(parents=True)
+    small = json.dumps({**data, "annotations": [a for a in data["annotations"] if a.get("image_id") == 1][:3]})
+    old = time.time() - 7200
+    for name in ("killed.dead0001-1.json", "cursed.dead0002-3.json", "busy.live0003-1.json"):
+        (proc / name).write_text(small)
+    for name in ("killed.dead0001-1.json", "cursed.dead0002-3.json"):
+        os.utime(proc / name, (old, old))
+    res = snap_inbox(str(inbox), str(images), model=str(ckpt), overrides=FAST, min_age_s=0, stale_after_s=3600,
+                     max_attempts=3, artifacts=False)
+    assert (res["claimed"], res["reclaimed"], res["done"], res["failed"]) == (1, 1, 1, 1)
+    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["killed.json"]
+    assert (inbox / "outbox" / "killed" / B.OUTPUT_JSON).is_file()
+    assert sorted(p.name for p in (inbox / "failed").iterdir()) == ["cursed.error.txt", "cursed.json"]
+    assert "abandoned after 3 attempt(s)" in (inbox / "failed" / "cursed.error.txt").read_text()
+    assert [p.name for p in proc.iterdir()] == ["busy.live0003-1.json"]  # a live claim is not touched
+    # the run it belongs to is alive and has nothing else: the next run stays idle
+    assert snap_inbox(str(inbox), str(images), model=str(ckpt), overrides=FAST, min_age_s=0,
+                      artifacts=False)["claimed"] == 0
+
+
+def test_claim_stamps_the_claim_time_and_heartbeat_keeps_it_fresh(tmp_path):
+    from flows.batch_snap import _heartbeat, claim_files, stale_claims
+
+    f = tmp_path / "waited.json"
+    f.write_text("{}")
+    old = time.time() - 7200
+    os.utime(f, (old, old))  # sat in the inbox for two hours before being claimed
+    (claim,) = claim_files(tmp_path, "c1")
+    assert claim["attempt"] == 1 and not stale_claims(tmp_path, 3600)
+    claimed = Path(claim["claimed"])
+    os.utime(claimed, (old, old))
+    assert stale_claims(tmp_path, 3600) == [claimed]
+    with _heartbeat(claimed, 0.02):
+        time.sleep(0.2)
+    assert not stale_claims(tmp_path, 3600)
