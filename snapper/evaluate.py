@@ -21,6 +21,8 @@ reason), and PNG plots.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import heapq
 import json
 import logging
 import os
@@ -108,6 +110,7 @@ def evaluate_model(
     snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size)
     stream = _stream(cfg, model_cfg)
     tables = []
+    candidates: list[tuple[int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys
     for batch in stream:
         pos, conf = snapper.predict_crops(batch["image"])
         windows, sizes = _numpy(batch, "window"), _numpy(batch, "image_size")
@@ -118,18 +121,46 @@ def evaluate_model(
                        area=_numpy(batch, "area"), method=method,
                        extra={"file_name": np.asarray(batch.get("file_name", [""] * len(pred)), dtype=object)})
         tables.append(df)
-        if examples is not None and len(examples) < n_examples:
-            for j in range(min(n_examples - len(examples), len(pred))):
-                examples.append({"crop": batch["image"][j].numpy(), "window": windows[j], "rough": rough[j],
-                                 "true": true[j], "pred": pred[j], "iou": float(df["iou"].iloc[j]),
-                                 "conf": conf[j], "method": method, "input_size": model_cfg.input_size,
-                                 "annotation_id": int(_numpy(batch, "annotation_id")[j])})
+        if examples is not None and n_examples > 0:
+            ann_ids = _numpy(batch, "annotation_id")
+            for j in range(len(pred)):
+                key = _example_key(int(ann_ids[j]))
+                if len(candidates) < EXAMPLE_POOL * n_examples or key < -candidates[0][0]:
+                    ex = {"crop": batch["image"][j].numpy(), "window": windows[j], "rough": rough[j],
+                          "true": true[j], "pred": pred[j], "iou": float(df["iou"].iloc[j]), "conf": conf[j],
+                          "method": method, "input_size": model_cfg.input_size, "annotation_id": int(ann_ids[j])}
+                    item = (-key, int(ann_ids[j]), ex)
+                    if len(candidates) < EXAMPLE_POOL * n_examples:
+                        heapq.heappush(candidates, item)
+                    else:
+                        heapq.heapreplace(candidates, item)
+    if examples is not None:
+        examples.extend(spread_by_iou([c[2] for c in candidates], n_examples))
     if stats is not None:
         stats.update(stream.stats.as_dict())
     _report_skips(stream.stats.as_dict(), method)
     if not tables:
         return box_table(np.zeros((0, 4)), np.zeros((0, 4)), method=method)
     return pd.concat(tables, ignore_index=True)
+
+
+EXAMPLE_POOL = 8  # candidates kept per example shown
+
+
+def _example_key(annotation_id: int) -> int:
+    """Order-free pseudo-random rank of a box: the example candidates are the boxes with the
+    lowest keys, the same for every model, batch order and worker count."""
+    return int.from_bytes(hashlib.blake2b(str(annotation_id).encode(), digest_size=8).digest(), "little")
+
+
+def spread_by_iou(candidates: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``n`` examples at evenly spaced IoU ranks, worst first: a grid that shows the failures
+    next to the typical and the best cases, instead of whatever came first."""
+    if n <= 0 or not candidates:
+        return []
+    ranked = sorted(candidates, key=lambda e: (e["iou"] if np.isfinite(e["iou"]) else -1.0, e["annotation_id"]))
+    picks = np.unique(np.linspace(0, len(ranked) - 1, min(n, len(ranked))).round().astype(int))
+    return [ranked[i] for i in picks]
 
 
 def _report_skips(stats: dict[str, Any], what: str) -> None:

@@ -88,6 +88,25 @@ def test_evaluate_writes_every_box_for_every_method(setup, tmp_path):
         assert p.suffix == ".png" and p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
 
 
+def test_example_boxes_do_not_depend_on_batching_and_span_the_iou_range(setup):
+    from snapper.evaluate import evaluate_checkpoint, spread_by_iou
+
+    root, shards, ckpts = setup
+    picked = []
+    for bs in (3, 16):
+        ex: list = []
+        df = evaluate_checkpoint(ckpts["snapper"], EvalConfig(shards=shards["train"] + shards["val"], batch_size=bs,
+                                                             device="cpu"), examples=ex, n_examples=4)
+        picked.append([e["annotation_id"] for e in ex])
+        assert len(ex) == 4 and [e["iou"] for e in ex] == sorted(e["iou"] for e in ex)  # worst first
+        for e in ex:  # each example is the box's own row
+            assert e["iou"] == pytest.approx(float(df.loc[df["annotation_id"] == e["annotation_id"], "iou"].iloc[0]))
+    assert picked[0] == picked[1]
+    pool = [{"iou": v, "annotation_id": i} for i, v in enumerate([0.9, 0.1, 0.5, 0.7, 0.3])]
+    assert [e["iou"] for e in spread_by_iou(pool, 3)] == [0.1, 0.5, 0.9]
+    assert len(spread_by_iou(pool, 10)) == 5 and spread_by_iou([], 3) == []
+
+
 def test_identity_alone_matches_identity_from_a_model_pass(setup, tmp_path):
     root, shards, ckpts = setup
     cfg = EvalConfig(shards=shards["val"], device="cpu")
