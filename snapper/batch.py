@@ -480,10 +480,11 @@ class _Batcher:
             else:
                 self.queue[0] = (idx, crops[k:])
         batch = torch.cat(parts) if len(parts) > 1 else parts[0]
+        windows = np.concatenate([self.items[idx]["windows"][start : start + k] for idx, start, k in owners])
         if self.snapper.device.type == "cuda":
             batch = batch.pin_memory()
         t = time.perf_counter()
-        pos, conf = self.snapper.predict_crops(batch)
+        pos, conf = self.snapper.predict_crops(batch, windows)
         self.forward_s += time.perf_counter() - t
         self.queued -= n
         off = 0

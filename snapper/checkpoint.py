@@ -76,6 +76,11 @@ def save_checkpoint(
     return path
 
 
+# Model settings that earlier versions saved and that no longer mean anything: dropped on load
+# so their checkpoints keep working (the weights do not depend on them).
+OBSOLETE_MODEL_KEYS = ("confidence_radius",)  # -> confidence_px (in original pixels)
+
+
 def read_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, Any]]:
     path = Path(path)
     cfg_file = path / CONFIG_FILE
@@ -85,7 +90,10 @@ def read_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, An
         meta = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
-    return from_dict(ModelConfig, meta.get("model", {})), meta
+    model = dict(meta.get("model", {}))
+    for key in OBSOLETE_MODEL_KEYS:
+        model.pop(key, None)
+    return from_dict(ModelConfig, model), meta
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelConfig, dict[str, Any]]:

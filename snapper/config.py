@@ -52,7 +52,7 @@ class ModelConfig:
     decoder_channels: int = 128
     decoder_layers: int = 3
     decode_window: int = 3  # half-width (bins) of the local soft-argmax around the peak
-    confidence_radius: int = 2  # half-width (bins) of the mass counted as confidence
+    confidence_px: float = 3.0  # confidence = the model's probability that the edge is within this (original px)
 
     @property
     def num_bins(self) -> int:

@@ -42,21 +42,37 @@ def edge_loss(logits: torch.Tensor, target_pos: torch.Tensor, size: int) -> torc
 
 
 def decode_edges(
-    logits: torch.Tensor, size: int, window: int = 2, radius: int = 2
+    logits: torch.Tensor, size: int, window: int = 2, tolerance: "torch.Tensor | float" = 2.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 4, num_bins) logits -> positions (B, 4) in input pixels and confidence (B, 4) in [0, 1].
 
     Position: expectation of the distribution renormalised within ``window`` bins of the peak
     (a global expectation would be dragged by a second mode, e.g. a neighbouring object's edge).
-    Confidence: probability mass within ``radius`` bins of the peak - high only when the model
-    puts nearly all its belief in one place.
+    Confidence: the probability mass within ``tolerance`` input px (a number or (B, 4)) of
+    that position - the model's own probability that the edge is that close (see
+    :func:`mass_within`; callers that know the crop's scale pass a tolerance in original px
+    divided by it).
     """
     num_bins = logits.shape[-1]
     p = F.softmax(logits.float(), dim=-1)
     peak = p.argmax(-1, keepdim=True)
     idx = torch.arange(num_bins, device=logits.device).view(*([1] * (logits.ndim - 1)), num_bins)
-    dist = (idx - peak).abs()
-    pw = p * (dist <= window)
-    pos_bins = (pw * idx).sum(-1) / pw.sum(-1).clamp_min(1e-12)
-    conf = (p * (dist <= radius)).sum(-1).clamp(0, 1)
-    return bins_to_positions(pos_bins, size, num_bins), conf
+    pw = p * ((idx - peak).abs() <= window)
+    pos = bins_to_positions((pw * idx).sum(-1) / pw.sum(-1).clamp_min(1e-12), size, num_bins)
+    tol = torch.as_tensor(tolerance, dtype=p.dtype, device=p.device).expand_as(pos)
+    return pos, mass_within(p, pos, size, tol)
+
+
+def mass_within(p: torch.Tensor, pos: torch.Tensor, size: int, radius: torch.Tensor) -> torch.Tensor:
+    """Probability that each edge lies within ``radius`` input px of ``pos``, under the
+    distribution ``p`` (..., num_bins): every bin's mass is spread over its own bin width and
+    counted by its overlap with [pos - radius, pos + radius]. With ``radius`` = a tolerance in
+    original pixels divided by the crop's scale, this is the model's own probability that the
+    edge passes that tolerance in the original image."""
+    num_bins = p.shape[-1]
+    step = size / (num_bins - 1)
+    centre = torch.arange(num_bins, device=p.device, dtype=p.dtype) * step
+    lo = (pos - radius).unsqueeze(-1).to(p.dtype)
+    hi = (pos + radius).unsqueeze(-1).to(p.dtype)
+    overlap = (torch.minimum(centre + step / 2, hi) - torch.maximum(centre - step / 2, lo)).clamp(0, step) / step
+    return (p * overlap).sum(-1).clamp(0, 1)

@@ -112,8 +112,8 @@ def evaluate_model(
     tables = []
     candidates: list[tuple[int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys
     for batch in stream:
-        pos, conf = snapper.predict_crops(batch["image"])
         windows, sizes = _numpy(batch, "window"), _numpy(batch, "image_size")
+        pos, conf = snapper.predict_crops(batch["image"], windows)
         pred = _to_original(pos, windows, sizes, model_cfg.input_size)
         true, rough = _numpy(batch, "true"), _numpy(batch, "rough")
         df = box_table(pred, true, image_id=_numpy(batch, "image_id"), annotation_id=_numpy(batch, "annotation_id"),

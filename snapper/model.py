@@ -171,8 +171,13 @@ class SnapperNet(nn.Module):
         return edge_loss(out, target, self.cfg.input_size)
 
     @torch.no_grad()
-    def decode(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return decode_edges(out, self.cfg.input_size, self.cfg.decode_window, self.cfg.confidence_radius)
+    def decode(self, out: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (input px) and confidence: the probability that each edge is within
+        ``confidence_px`` original pixels; ``scale`` (B, 4) = original px per input px of each
+        edge's axis (None: crops at original scale). Without the scale a large box, where one
+        input pixel spans several original ones, would be trusted as much as a small one."""
+        tol = self.cfg.confidence_px if scale is None else self.cfg.confidence_px / scale.to(out.device).float()
+        return decode_edges(out, self.cfg.input_size, self.cfg.decode_window, tol)
 
 
 class RegressionNet(nn.Module):
@@ -205,7 +210,7 @@ class RegressionNet(nn.Module):
         return F.smooth_l1_loss(out.float() * s, target.float(), beta=1.0)
 
     @torch.no_grad()
-    def decode(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, out: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pos = (out.float() * self.cfg.input_size).clamp(0, self.cfg.input_size)
         return pos, torch.full_like(pos, float("nan"))
 

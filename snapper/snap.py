@@ -76,12 +76,23 @@ class Snapper:
         return cls(model, cfg, device=device, batch_size=batch_size)
 
     @torch.inference_mode()
-    def predict_crops(self, crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 3, S, S) crops -> edge positions in input pixels (B, 4) and confidence (B, 4)."""
+    def predict_crops(self, crops: torch.Tensor, windows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3, S, S) crops -> edge positions in input pixels (B, 4) and confidence (B, 4).
+
+        ``windows`` (B, 4): the crops' windows in original pixels, so that confidence is the
+        probability of being within ``confidence_px`` *original* pixels; without them the
+        crops are taken to be at original scale."""
+        scale = None
+        if windows is not None:
+            w = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
+            if len(w) != len(crops):
+                raise ValueError(f"{len(w)} windows for {len(crops)} crops")
+            sx, sy = (w[:, 2] - w[:, 0]) / self.cfg.input_size, (w[:, 3] - w[:, 1]) / self.cfg.input_size
+            scale = torch.from_numpy(np.stack([sx, sy, sx, sy], axis=1)).float()
         pos, conf = [], []
         for i in range(0, len(crops), self.batch_size):
             out = self.model(crops[i : i + self.batch_size].to(self.device, non_blocking=True))
-            p, c = self.model.decode(out)
+            p, c = self.model.decode(out, None if scale is None else scale[i : i + self.batch_size])
             pos.append(p.double().cpu())
             conf.append(c.double().cpu())
         if not pos:
@@ -116,7 +127,7 @@ class Snapper:
         xyxy = xywh_to_xyxy(rough)
         win = self.windows(xyxy, buffer_ratio)
         crops = crop_images(image.tensor, win, self.cfg.input_size, image.scale)
-        pos, conf = self.predict_crops(crops.round().to(torch.uint8))
+        pos, conf = self.predict_crops(crops.round().to(torch.uint8), win)
         snapped = self.to_original(pos, win, image.width, image.height)
         return SnapResult(boxes=xyxy_to_xywh(snapped), confidence=conf, rough=rough)
 

@@ -33,7 +33,7 @@ def test_soft_targets_decode_back_exactly():
     q = soft_targets(pos, 64, 65)
     assert torch.allclose(q.sum(-1), torch.ones(2, 4))
     logits = torch.log(q.clamp_min(1e-9))
-    dec, conf = decode_edges(logits, 64, window=2, radius=2)
+    dec, conf = decode_edges(logits, 64, window=2, tolerance=2.0)
     assert torch.allclose(dec, pos, atol=1e-4)
     assert (conf > 0.99).all()
     # The loss of the perfect distribution is its entropy: lower than any shifted one.
@@ -47,6 +47,30 @@ def test_confidence_is_low_for_spread_distributions():
     _, c_sharp = decode_edges(sharp, 64)
     _, c_flat = decode_edges(flat, 64)
     assert (c_sharp > 0.99).all() and (c_flat < 0.1).all()
+
+
+def test_confidence_is_the_probability_of_being_within_tolerance():
+    from snapper.edges import mass_within
+
+    p = torch.zeros(1, 4, 65)
+    p[..., 30] = 1.0  # all mass in the bin of position 30, which covers [29.5, 30.5)
+    pos = torch.full((1, 4), 30.0)
+    assert torch.allclose(mass_within(p, pos, 64, torch.full((1, 4), 0.5)), torch.ones(1, 4))
+    assert torch.allclose(mass_within(p, pos, 64, torch.full((1, 4), 0.25)), torch.full((1, 4), 0.5))
+    assert torch.allclose(mass_within(p, pos + 3, 64, torch.full((1, 4), 2.0)), torch.zeros(1, 4))
+    flat = torch.full((1, 4, 65), 1 / 65)
+    assert torch.allclose(mass_within(flat, pos, 64, torch.full((1, 4), 2.0)), torch.full((1, 4), 4 / 65))
+
+
+def test_confidence_accounts_for_the_crop_scale():
+    """The same distribution is less trustworthy for a big box: one input px is many original px."""
+    m = build_model(ModelConfig(**TINY)).eval()
+    logits = torch.zeros(1, 4, 65)
+    logits[..., 30], logits[..., 31], logits[..., 32] = 6.0, 4.0, 2.0
+    _, at_1 = m.decode(logits, torch.ones(1, 4))
+    _, at_4 = m.decode(logits, torch.full((1, 4), 4.0))
+    _, default = m.decode(logits)
+    assert torch.equal(at_1, default) and (at_4 < at_1).all()
 
 
 def test_channels_last_and_bf16_autocast():
@@ -133,3 +157,16 @@ def test_overfit_tiny_model_reaches_sub_pixel_edges():
     pred = input_to_original(pos.double().numpy(), np.concatenate(windows), cfg.input_size)
     dev = np.abs(pred - np.concatenate(truths))
     assert (dev < 1.0).mean() >= 0.95, f"edges within 1 px: {(dev < 1.0).mean():.2%}, loss {loss.item():.3f}"
+
+
+def test_checkpoints_of_earlier_versions_still_load(tmp_path):
+    import json
+
+    cfg = ModelConfig(**TINY)
+    path = save_checkpoint(tmp_path / "old", build_model(cfg), cfg)
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"].pop("confidence_px")
+    meta["model"]["confidence_radius"] = 2  # what session-1 checkpoints saved
+    (path / "config.json").write_text(json.dumps(meta))
+    _, loaded, _ = load_checkpoint(path)
+    assert loaded.confidence_px == ModelConfig().confidence_px
