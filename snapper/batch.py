@@ -295,16 +295,18 @@ _SNAPPERS: dict[tuple[str, str, str, int], Any] = {}
 _SNAPPERS_LOCK = threading.Lock()
 
 
-def get_snapper(ckpt: str | os.PathLike[str], device: str = "auto", batch_size: int = 128) -> Any:
-    """One loaded model per (checkpoint, device) per process: chunks run in threads share it
-    (inference in eval mode does not mutate the module)."""
+def get_snapper(ckpt: str | os.PathLike[str], device: str = "auto", batch_size: int = 128,
+                precision: str = "auto") -> Any:
+    """One loaded model per (checkpoint, device, precision) per process: chunks run in threads
+    share it (inference in eval mode does not mutate the module)."""
     from snapper.snap import Snapper
 
-    key = (str(Path(ckpt).resolve()), device, model_fingerprint(ckpt), int(batch_size))
+    key = (str(Path(ckpt).resolve()), device, model_fingerprint(ckpt), int(batch_size), precision)
     with _SNAPPERS_LOCK:
         s = _SNAPPERS.get(key)
         if s is None:
-            s = _SNAPPERS[key] = Snapper.from_checkpoint(ckpt, device=device, batch_size=batch_size)
+            s = _SNAPPERS[key] = Snapper.from_checkpoint(ckpt, device=device, batch_size=batch_size,
+                                                         precision=precision)
     return s
 
 
@@ -564,7 +566,8 @@ def _rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def chunk_result_path(chunk: Chunk, out_dir: str | os.PathLike[str], model_fp: str, cfg: BatchConfig) -> Path:
     """Where a chunk's result lives; the name changes with anything that changes the result
     (input file, images folder, images, weights, buffer ratio, size limit, decode scale)."""
-    h = hashlib.sha256(json.dumps([chunk.key, model_fp, cfg.buffer_ratio, cfg.min_box_size, cfg.draft_decode]).encode())
+    h = hashlib.sha256(json.dumps([chunk.key, model_fp, cfg.buffer_ratio, cfg.min_box_size, cfg.draft_decode,
+                                  cfg.precision]).encode())
     return Path(out_dir) / CHUNKS_DIR / f"chunk-{chunk.index:05d}-{h.hexdigest()[:12]}.parquet"
 
 
@@ -601,7 +604,7 @@ def snap_chunk(
     if inp.sha256 != chunk.input_sha256:
         raise BatchInputError(f"{chunk.ann_file}: the file changed since the chunks were planned; plan again")
     jobs, kept = _chunk_jobs(inp, chunk)
-    snapper = get_snapper(ckpt, cfg.device, cfg.batch_size)
+    snapper = get_snapper(ckpt, cfg.device, cfg.batch_size, cfg.precision)
     batcher = _Batcher(snapper, cfg.batch_size)
     batcher.rows += kept
     for item in iter_image_crops(jobs, snapper.cfg.input_size, snapper.cfg.context, cfg, snapper.device.type == "cuda"):

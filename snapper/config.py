@@ -120,6 +120,7 @@ class EvalConfig:
     max_boxes: int | None = None
     workers: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
 
 
 @dataclass
@@ -139,6 +140,7 @@ class BatchConfig:
     workers: int = 2  # DataLoader processes decoding + cropping; 0 = in the main process
     prefetch_factor: int = 4
     device: str = "auto"
+    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     buffer_ratio: float = 1.0
     min_box_size: float = 2.0
     review_threshold: float = 0.5

@@ -107,7 +107,7 @@ def evaluate_model(
     from snapper.snap import Snapper, resolve_device
 
     dev = resolve_device(cfg.device) if device is None else torch.device(device)
-    snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size)
+    snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size, precision=cfg.precision)
     stream = _stream(cfg, model_cfg)
     tables = []
     candidates: list[tuple[int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys
@@ -389,6 +389,8 @@ def cli_main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0, help="jitter seed (per annotation id)")
     p.add_argument("--jitter-shift", type=float, default=JitterConfig.shift)
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default=EvalConfig.precision, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="inference precision (auto: bf16/fp16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--no-identity", action="store_true", help="leave out the rough-box floor")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
@@ -417,7 +419,7 @@ def cli_main(argv: list[str]) -> int:
             checkpoints[name] = str(path)
         cfg = EvalConfig(shards=shards, jitter=JitterConfig(shift=args.jitter_shift), batch_size=args.batch_size,
                          buffer_ratio=args.buffer_ratio, seed=args.seed, max_boxes=args.max_boxes,
-                         workers=args.workers, device=args.device)
+                         workers=args.workers, device=args.device, precision=args.precision)
         result = evaluate(checkpoints, cfg, args.out_dir, include_identity=not args.no_identity,
                           plots=not args.no_plots)
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -44,6 +44,19 @@ def test_snap_returns_boxes_and_confidence(ckpt, photo):
     assert s.snap(photo, []).boxes.shape == (0, 4)
 
 
+def test_reduced_precision_inference_agrees_with_fp32(ckpt, photo):
+    """bf16 autocast (the default on GPUs that have it; testable on CPU) changes little."""
+    boxes = [[18, 12, 55, 26], [0, 0, 90, 60]]
+    ref = Snapper.from_checkpoint(ckpt, device="cpu", precision="fp32").snap(photo, boxes)
+    low = Snapper.from_checkpoint(ckpt, device="cpu", precision="bf16")
+    assert low.autocast_dtype == torch.bfloat16
+    r = low.snap(photo, boxes)
+    assert np.isfinite(r.boxes).all() and np.abs(r.confidence - ref.confidence).max() < 0.05
+    assert Snapper.from_checkpoint(ckpt, device="cpu").autocast_dtype is None  # auto on CPU: fp32
+    with pytest.raises(ValueError, match="precision"):
+        Snapper.from_checkpoint(ckpt, device="cpu", precision="fp8")
+
+
 @pytest.mark.parametrize(
     "box, reason",
     [([10, 10, 0, 5], "degenerate"), ([10, 10, -3, 5], "degenerate"), ([np.nan, 1, 2, 3], "non_finite"),
