@@ -78,36 +78,52 @@ def usable_boxes(anns: list[dict], min_size: float) -> np.ndarray:
     return b[(b[:, 2] >= min_size) & (b[:, 3] >= min_size)]
 
 
-def bench_decode(coco: dict, size: int, k: int, cfg: TrainConfig) -> tuple[dict, dict]:
-    """Units decoding every image in full and at the stream's draft scale (same box sampling)."""
+def _images_with_boxes(coco: dict, cfg: TrainConfig):
+    """(image record, its usable COCO xywh boxes) for every image that has any."""
     by_img: dict[int, list] = {}
     for a in coco["annotations"]:
         by_img.setdefault(a["image_id"], []).append(a)
-    rng = np.random.default_rng(0)
-    items = []
     for im in coco["images"]:
         boxes = usable_boxes(by_img.get(im["id"], []), cfg.data.min_box_size)
-        if not len(boxes):
-            continue
-        chosen = boxes[rng.choice(len(boxes), size=min(k, len(boxes)), replace=False)]
-        rough = jitter_boxes(xywh_to_xyxy(chosen), im["width"], im["height"], rng, cfg.jitter)
-        scale = stream.decode_scale(crop_windows(rough, 1.0, cfg.model.context), size)
-        items.append(((DATA / "images" / im["file_name"]).read_bytes(), scale, len(chosen)))
-    crops_per_image = float(np.mean([c for _, _, c in items]))
+        if len(boxes):
+            yield im, boxes
+
+
+def _sample_scale(boxes: np.ndarray, w: int, h: int, size: int, k: int, cfg: TrainConfig,
+                  rng: np.random.Generator) -> tuple[float, int]:
+    """The draft scale the stream would pick for ``k`` jittered boxes of the image, and k."""
+    chosen = boxes[rng.choice(len(boxes), size=min(k, len(boxes)), replace=False)]
+    rough = jitter_boxes(xywh_to_xyxy(chosen), w, h, rng, cfg.jitter)
+    return stream.decode_scale(crop_windows(rough, 1.0, cfg.model.context), size), len(chosen)
+
+
+def _decode_units(items: list[tuple[bytes, float]], prefix: str) -> tuple[float, dict]:
+    """Fraction of images decodable smaller, and units decoding them in full / at draft scale."""
 
     def full() -> int:
-        for data, _, _ in items:
+        for data, _ in items:
             load_image(data)
         return len(items)
 
     def draft() -> int:
-        for data, s, _ in items:
+        for data, s in items:
             load_image(data, min_scale=s)
         return len(items)
 
-    reduced = [load_image(data, min_scale=s).scale[0] < 1.0 for data, s, _ in items]
-    meta = {"crops_per_image": crops_per_image, "draft_fraction": float(np.mean(reduced))}
-    return meta, {"decode_full_images_per_s": full, "decode_draft_images_per_s": draft}
+    reduced = float(np.mean([load_image(data, min_scale=s).scale[0] < 1.0 for data, s in items]))
+    return reduced, {f"{prefix}_full_images_per_s": full, f"{prefix}_draft_images_per_s": draft}
+
+
+def bench_decode(coco: dict, size: int, k: int, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Units decoding every image in full and at the stream's draft scale (same box sampling)."""
+    rng = np.random.default_rng(0)
+    items, counts = [], []
+    for im, boxes in _images_with_boxes(coco, cfg):
+        scale, n = _sample_scale(boxes, im["width"], im["height"], size, k, cfg, rng)
+        items.append(((DATA / "images" / im["file_name"]).read_bytes(), scale))
+        counts.append(n)
+    reduced, units = _decode_units(items, "decode")
+    return {"crops_per_image": float(np.mean(counts)), "draft_fraction": reduced}, units
 
 
 def bench_large_photos(coco: dict, size: int, k: int, cfg: TrainConfig, n: int = 8, long_side: int = 4032):
@@ -116,39 +132,19 @@ def bench_large_photos(coco: dict, size: int, k: int, cfg: TrainConfig, n: int =
     stream would pick for ``k`` jittered boxes."""
     import io
 
-    by_img: dict[int, list] = {}
-    for a in coco["annotations"]:
-        by_img.setdefault(a["image_id"], []).append(a)
     rng = np.random.default_rng(1)
     items = []
-    for im in coco["images"]:
-        boxes = usable_boxes(by_img.get(im["id"], []), cfg.data.min_box_size)
-        if not len(boxes):
-            continue
+    for im, boxes in _images_with_boxes(coco, cfg):
         f = long_side / max(im["width"], im["height"])
         w, h = round(im["width"] * f), round(im["height"] * f)
         buf = io.BytesIO()
         Image.open(DATA / "images" / im["file_name"]).convert("RGB").resize((w, h), Image.BILINEAR).save(
             buf, "JPEG", quality=90)
-        chosen = boxes[rng.choice(len(boxes), size=min(k, len(boxes)), replace=False)] * f
-        rough = jitter_boxes(xywh_to_xyxy(chosen), w, h, rng, cfg.jitter)
-        items.append((buf.getvalue(), stream.decode_scale(crop_windows(rough, 1.0, cfg.model.context), size)))
+        items.append((buf.getvalue(), _sample_scale(boxes * f, w, h, size, k, cfg, rng)[0]))
         if len(items) == n:
             break
-
-    def full() -> int:
-        for data, _ in items:
-            load_image(data)
-        return len(items)
-
-    def draft() -> int:
-        for data, sc in items:
-            load_image(data, min_scale=sc)
-        return len(items)
-
-    reduced = float(np.mean([load_image(d, min_scale=sc).scale[0] < 1.0 for d, sc in items]))
-    return {"large_draft_fraction": reduced}, {"large_decode_full_images_per_s": full,
-                                               "large_decode_draft_images_per_s": draft}
+    reduced, units = _decode_units(items, "large_decode")
+    return {"large_draft_fraction": reduced}, units
 
 
 class PlainBoxes:
