@@ -317,8 +317,12 @@ def load_state(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _check_resumable(cfg: TrainConfig, state: dict[str, Any], path: Path) -> None:
+    from snapper.checkpoint import OBSOLETE_MODEL_KEYS
+
     saved = state.get("config", {})
-    if saved.get("model") != to_dict(cfg.model):
+    saved_model = {k: v for k, v in (saved.get("model") or {}).items() if k not in OBSOLETE_MODEL_KEYS}
+    current = {k: v for k, v in to_dict(cfg.model).items() if k in saved_model or k not in ("confidence_px",)}
+    if saved_model != current:
         raise ValueError(f"{path}: the saved run used a different model config "
                          f"({saved.get('model')}) than this one ({to_dict(cfg.model)}); "
                          "use a new out_dir to train a different model")
