@@ -31,7 +31,7 @@ from snapper.checkpoint import load_checkpoint  # noqa: E402
 from snapper.config import JitterConfig  # noqa: E402
 from snapper.data.stream import eval_batches, expand_urls  # noqa: E402
 from snapper.edges import decode_edges, mass_within  # noqa: E402
-from snapper.evaluate import _to_original  # noqa: E402
+from snapper.crop import CropGeometry  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             pos, conf = decode_edges(logits, S)
             win = b["window"].numpy() if torch.is_tensor(b["window"]) else np.asarray(b["window"])
             sizes = b["image_size"].numpy() if torch.is_tensor(b["image_size"]) else np.asarray(b["image_size"])
-            pred = _to_original(pos.double().numpy(), win, sizes, S)
+            pred = CropGeometry(win, S).to_original(pos.double().numpy(), sizes[:, 0], sizes[:, 1])
             true = b["true"].numpy() if torch.is_tensor(b["true"]) else np.asarray(b["true"])
             devs.append(np.abs(pred - true))  # per edge (left, top, right, bottom), original px
             p = F.softmax(logits, -1)

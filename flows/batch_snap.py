@@ -74,7 +74,7 @@ from snapper.batch import (
     result_for,
     snap_chunk,
 )
-from snapper.checkpoint import atomic_write_text
+from snapper.atomic import atomic_write_text
 from snapper.config import BatchConfig, from_dict, to_dict
 
 REVIEW_ROWS = 200  # rows of the review list shown in the Prefect artifact (the CSV has them all)

@@ -25,15 +25,15 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.common import DEMO_DATASET, jsonable, override, resolve
 from flows.runners import task_runner_from_env
 from flows.train import evaluate_task, mlflow_run_link, shard_urls_task
+from snapper import tracking
 from snapper.config import EvalConfig, to_dict
+from snapper.registry import resolve_model
 
 TABLE_KEY = "snapper-eval-table1"
 
 
 @task(name="resolve-model")
 def resolve_task(ref: str) -> str:
-    from snapper.tracking import resolve_model
-
     if not ref.startswith(("models:/", "runs:/")) and resolve(ref).exists():
         ref = str(resolve(ref))  # relative checkpoint paths are relative to SNAPPER_HOME, like all others
     return str(resolve_model(ref))
@@ -42,8 +42,6 @@ def resolve_task(ref: str) -> str:
 @task(name="start-mlflow-run")
 def start_run_task(experiment: str, run_name: str, tags: dict[str, str]) -> str:
     """An MLflow run to hold this evaluation (closed at once; evaluate() logs into it by id)."""
-    from snapper import tracking
-
     with tracking.start_run(experiment, run_name=run_name, tags=tags) as run:
         return run.info.run_id
 

@@ -47,6 +47,7 @@ from prefect.context import FlowRunContext
 from flows.common import SYNTHETIC, jsonable, override, resolve, synthetic_name
 from flows.runners import task_runner_from_env
 from flows.shard import shard_coco
+from snapper import registry, tracking
 from snapper.config import EvalConfig, TrainConfig, to_dict
 
 TABLE_KEY = "snapper-table1"
@@ -218,8 +219,9 @@ def evaluate_task(
     from snapper.config import from_dict
     from snapper.evaluate import evaluate
 
-    res = evaluate(checkpoints, from_dict(EvalConfig, eval_cfg), out_dir, include_identity=True,
-                   mlflow_run_id=mlflow_run_id)
+    res = evaluate(checkpoints, from_dict(EvalConfig, eval_cfg), out_dir, include_identity=True)
+    if mlflow_run_id:
+        tracking.log_evaluation(res.metrics, [*res.files.values(), *res.plots.values()], run_id=mlflow_run_id)
     overall = res.summary[res.summary["size"] == "all"]
     return {
         "out_dir": res.out_dir,
@@ -234,9 +236,7 @@ def evaluate_task(
 
 @task(name="register-model")
 def register_task(run_id: str, checkpoint: str, name: str, tags: dict[str, str]) -> int:
-    """``snapper.tracking.register_checkpoint``; a re-run of the same MLflow run reuses its version."""
-    from snapper import tracking
-
+    """``snapper.registry.register_checkpoint``; a re-run of the same MLflow run reuses its version."""
     import mlflow
 
     tracking.configure()
@@ -248,7 +248,7 @@ def register_task(run_id: str, checkpoint: str, name: str, tags: dict[str, str])
     if existing:
         get_run_logger().info("run %s is already registered as %s version %d", run_id, name, max(existing))
         return max(existing)
-    return tracking.register_checkpoint(run_id, checkpoint, name, tags=tags)
+    return registry.register_checkpoint(run_id, checkpoint, name, tags=tags)
 
 
 # ---------------------------------------------------------------------------- report

@@ -76,14 +76,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from snapper.checkpoint import CONFIG_FILE, MODEL_FILE, atomic_write_text
+from snapper.atomic import atomic_write_text
+from snapper.registry import resolve_model
+from snapper.checkpoint import CONFIG_FILE, MODEL_FILE
 from snapper.config import BatchConfig, apply_overrides, to_dict
-from snapper.crop import crop_images, crop_windows
+from snapper.crop import CropGeometry, crop_images, crop_windows
 from snapper.data.coco import structure_problem
 from snapper.data.shards import sha256_file
 from snapper.geometry import EDGE_NAMES, clip_boxes, paired_iou, xywh_to_xyxy, xyxy_to_xywh
 from snapper.imageio import ImageError, image_size, load_image
-from snapper.snap import tidy_boxes
+from snapper.crop import tidy_boxes
 
 SNAPPED, KEPT = "snapped", "kept"
 # Kept reasons in the order they are checked (the first that applies is reported).
@@ -266,16 +268,8 @@ def plan_chunks(
 
 
 def resolve_checkpoint(model_ref: str | os.PathLike[str]) -> Path:
-    """A local checkpoint folder for ``model_ref``: a checkpoint folder itself, or anything
-    :func:`snapper.tracking.resolve_model` takes (``models:/snapper/latest``,
-    ``models:/snapper/3``, a bare registered name, ``runs:/...``, a downloaded pyfunc model).
-    MLflow is imported only when the reference is not a plain checkpoint folder."""
-    p = Path(model_ref).expanduser()
-    if (p / MODEL_FILE).is_file() and (p / CONFIG_FILE).is_file():
-        return p
-    from snapper.tracking import resolve_model
-
-    return Path(resolve_model(os.fspath(model_ref)))
+    """See :func:`snapper.registry.resolve_model`."""
+    return resolve_model(model_ref)
 
 
 @functools.lru_cache(maxsize=8)
@@ -486,7 +480,7 @@ class _Batcher:
         if self.snapper.device.type == "cuda":
             batch = batch.pin_memory()
         t = time.perf_counter()
-        pos, conf = self.snapper.predict_crops(batch, windows)
+        pos, conf = self.snapper.predict_crops(batch, CropGeometry(windows, self.snapper.cfg.input_size))
         self.forward_s += time.perf_counter() - t
         self.queued -= n
         off = 0
@@ -501,7 +495,7 @@ class _Batcher:
 
     def _emit(self, item: dict[str, Any]) -> None:
         w, h = item["size"]
-        snapped = self.snapper.to_original(item["pos"], item["windows"], w, h)
+        snapped = CropGeometry(item["windows"], self.snapper.cfg.input_size).to_original(item["pos"], w, h)
         rough_c = clip_boxes(xywh_to_xyxy(np.array(item["rough"])), w, h)
         iou = paired_iou(snapped, rough_c)
         delta = np.abs(snapped - rough_c)

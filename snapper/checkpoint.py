@@ -9,52 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from snapper.atomic import atomic_torch_save, atomic_write_text
 from snapper.config import ModelConfig, from_dict, to_dict
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
-
-
-def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place, so
-    readers see the old file or the whole new one, never half of it (and a killed job leaves
-    no partial output). Files are 0644: mkstemp makes them private, outputs are shared."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write_with(path, write)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 T = TypeVar("T")
+
+# Field metadata of settings that only affect how a trained model is read out, not its
+# weights: a training run resumes across changes to them.
+INFERENCE_ONLY = {"inference_only": True}
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # see snapper.device
+
+# Three stages drop tiny boxes, for three reasons; each default is named here, once.
+SHARD_MIN_BOX_SIZE = 1.0  # sharding: below a pixel a COCO box is an annotation error
+TRAIN_MIN_BOX_SIZE = 4.0  # training: edges of a box this thin carry no signal worth learning
+SNAP_MIN_BOX_SIZE = 2.0  # batch snapping: thinner rough boxes are kept unchanged, with a reason
 
 
 @dataclass
@@ -52,7 +65,9 @@ class ModelConfig:
     decoder_channels: int = 128
     decoder_layers: int = 3
     decode_window: int = 3  # half-width (bins) of the local soft-argmax around the peak
-    confidence_px: float = 3.0  # confidence = the model's probability that the edge is within this (original px)
+    # confidence = the model's probability that the edge is within this many original px.
+    # Inference-only: changing it changes no weight, so a run may resume with another value.
+    confidence_px: float = field(default=3.0, metadata=INFERENCE_ONLY)
 
     @property
     def num_bins(self) -> int:
@@ -66,7 +81,7 @@ class DataConfig:
     train_shards: list[str] = field(default_factory=list)
     val_shards: list[str] = field(default_factory=list)
     boxes_per_image: int = 4  # boxes sampled per decoded image in the training stream
-    min_box_size: float = 4.0  # boxes with w or h below this (px) are not trained on
+    min_box_size: float = TRAIN_MIN_BOX_SIZE  # boxes with w or h below this (px) are not trained on
     shuffle_buffer: int = 256
     workers: int = 2
     hflip: bool = True
@@ -120,7 +135,7 @@ class EvalConfig:
     max_boxes: int | None = None
     workers: int = 0
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # one of PRECISION_CHOICES: auto (bf16/fp16 autocast on CUDA, fp32 on CPU)
 
 
 @dataclass
@@ -140,9 +155,9 @@ class BatchConfig:
     workers: int = 2  # DataLoader processes decoding + cropping; 0 = in the main process
     prefetch_factor: int = 4
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: str = "auto"  # one of PRECISION_CHOICES: auto (bf16/fp16 autocast on CUDA, fp32 on CPU)
     buffer_ratio: float = 1.0
-    min_box_size: float = 2.0
+    min_box_size: float = SNAP_MIN_BOX_SIZE
     review_threshold: float = 0.5
     review_moved_frac: float = 0.25
     fuse_key: str | None = "object_id"
@@ -152,71 +167,194 @@ class BatchConfig:
 # ---------------------------------------------------------------------------- (de)serialisation
 
 
+class ConfigError(ValueError):
+    """A configuration key or value that does not fit the dataclass (names the key)."""
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _resolve(tp: Any) -> Any:
-    """Strip Optional/Union down to the dataclass type, if any."""
+def _optional(tp: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else tp
-    return tp
+        allows_none = len(args) < len(typing.get_args(tp))
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), allows_none
+    return tp, False
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
-    """Build a dataclass from a (possibly partial) dict; unknown keys are an error."""
+def type_name(tp: Any) -> str:
+    inner, allows_none = _optional(tp)
+    origin = typing.get_origin(inner)
+    if origin is list:
+        (arg,) = typing.get_args(inner) or (Any,)
+        name = f"list of {type_name(arg)}"
+    else:
+        name = getattr(inner, "__name__", str(inner))
+    return f"{name} or null" if allows_none else name
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_NULL = {"null", "none", "~", ""}
+
+
+def _parse_text(text: str, tp: Any) -> Any:
+    """A command-line string as a value of ``tp`` (no YAML guessing for scalars: ``1e-3`` is
+    a float where a float is expected, ``abc`` is an error where an int is expected)."""
+    inner, allows_none = _optional(tp)
+    t = text.strip()
+    if allows_none and t.lower() in _NULL:
+        return None
+    if inner is bool:
+        if t.lower() in _TRUE:
+            return True
+        if t.lower() in _FALSE:
+            return False
+        raise TypeError
+    if inner is int:
+        return int(t)
+    if inner is float:
+        return float(t)
+    if inner is str:
+        return text
+    if typing.get_origin(inner) is list:
+        value = yaml.safe_load(t) if t.startswith("[") else [v for v in t.split(",") if v.strip()]
+        return _check_value(value, tp)
+    return _check_value(yaml.safe_load(t), tp)
+
+
+def _check_value(value: Any, tp: Any) -> Any:
+    """``value`` (already typed: JSON/YAML) as ``tp``; ints widen to float, nothing else is cast."""
+    inner, allows_none = _optional(tp)
+    if value is None:
+        if allows_none:
+            return None
+        raise TypeError
+    if inner is Any:
+        return value
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError
+    if inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if inner is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    if typing.get_origin(inner) is list:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        (arg,) = typing.get_args(inner) or (Any,)
+        return [_check_value(v, arg) for v in value]
+    if isinstance(inner, type) and isinstance(value, inner):
+        return value
+    raise TypeError
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _cast(cls: type, key: str, value: Any, where: str) -> Any:
+    tp = _field_types(cls)[key]
+    try:
+        return _parse_text(value, tp) if isinstance(value, str) else _check_value(value, tp)
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}") from None
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build a dataclass from a (possibly partial) dict, checking every key and value type."""
     data = dict(data or {})
-    hints = typing.get_type_hints(cls)
+    hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = set(data) - names
+    unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {sorted(unknown)}; known: {sorted(names)}")
+        raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(where + k for k in unknown)}; "
+                          f"known: {', '.join(sorted(names))}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        tp = _resolve(hints[name])
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value)
+        tp, _ = _optional(hints[name])
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, dict):
+                value = from_dict(tp, value, f"{where}{name}.")  # type: ignore[type-var]
+            elif not isinstance(value, tp):
+                raise ConfigError(f"{where}{name}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        else:
+            value = _cast(cls, name, value, f"{where}{name}")
         kwargs[name] = value
     return cls(**kwargs)  # type: ignore[call-arg]
 
 
-def _coerce(text: str) -> Any:
-    """Parse a command-line value with YAML rules (numbers, bools, null, lists)."""
-    import yaml
+def parse_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has no key")
+    return key.strip(), value
 
-    return yaml.safe_load(text)
 
-
-def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Apply ``a.b=value`` overrides (YAML-typed values) and return a new config."""
+def apply_overrides(cfg: T, overrides: "list[str] | dict[str, Any]") -> T:
+    """Apply ``a.b=value`` strings (cast to the field's type) or a ``{"a.b": value}`` dict
+    (values already typed, e.g. JSON from a flow parameter), checked before any work starts."""
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
     data = to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key=value")
-        key, value = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
+    for key, value in items:
+        node: dict[str, Any] = data
+        cls: type = type(cfg)
+        parts = key.split(".")
         for p in parts[:-1]:
-            if p not in node or not isinstance(node[p], dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a config section")
-            node = node[p]
-        if parts[-1] not in node:
-            raise ValueError(f"override {item!r}: unknown key {parts[-1]!r}")
-        node[parts[-1]] = _coerce(value)
+            tp = _optional(_field_types(cls).get(p, None))[0] if p in node else None
+            if tp is None or not dataclasses.is_dataclass(tp):
+                raise ConfigError(f"{key}: {p!r} is not a section of {cls.__name__}")
+            node, cls = node[p], tp
+        leaf = parts[-1]
+        if leaf not in node:
+            known = ", ".join(sorted(node))
+            raise ConfigError(f"{key}: unknown key {leaf!r} of {cls.__name__} (known: {known})")
+        if dataclasses.is_dataclass(_optional(_field_types(cls)[leaf])[0]):
+            raise ConfigError(f"{key} is a section; set its fields ({key}.<field>=...)")
+        node[leaf] = _cast(cls, leaf, value, key)
     return from_dict(type(cfg), data)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    import yaml
-
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The one YAML loader: a mapping at the top level, or a ConfigError naming the file."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return from_dict(cls, data)
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_yaml(cls: type[T], path: str | os.PathLike[str]) -> T:
+    return from_dict(cls, read_yaml(path))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def dump_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def inference_only_fields(cls: type) -> set[str]:
+    """Names of the fields marked ``INFERENCE_ONLY`` (see its comment)."""
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("inference_only")}

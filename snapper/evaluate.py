@@ -20,13 +20,10 @@ reason), and PNG plots.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import heapq
-import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +32,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from snapper.checkpoint import atomic_write_text, atomic_write_with
-from snapper.config import EvalConfig, JitterConfig, ModelConfig
+from snapper import plots as P
+from snapper.atomic import atomic_write_csv, atomic_write_json, atomic_write_parquet, atomic_write_text
+from snapper.checkpoint import load_checkpoint
+from snapper.config import EvalConfig, ModelConfig
+from snapper.crop import CropGeometry
+from snapper.data.stream import EvalStream, eval_batches
+from snapper.device import resolve_device
 from snapper.geometry import xywh_to_xyxy
+from snapper.metrics import box_table, confidence_report, format_table, summarize, summary_metrics
+from snapper.registry import resolve_model
+from snapper.snap import Snapper
 
 log = logging.getLogger("snapper.evaluate")
 
@@ -61,27 +66,12 @@ class EvalResult:
 # ------------------------------------------------------------------------------- predictions
 
 
-def _to_original(pos_input: np.ndarray, windows: np.ndarray, sizes: np.ndarray, input_size: int) -> np.ndarray:
-    """Model-input edge positions -> original-image boxes, tidied per image size."""
-    from snapper.crop import input_to_original
-    from snapper.snap import tidy_boxes
-
-    boxes = input_to_original(pos_input, windows, input_size)
-    out = np.empty_like(boxes)
-    for wh in np.unique(sizes, axis=0):
-        m = (sizes == wh).all(axis=1)
-        out[m] = tidy_boxes(boxes[m], float(wh[0]), float(wh[1]))
-    return out
-
-
 def _numpy(batch: dict[str, Any], key: str) -> np.ndarray:
     v = batch[key]
     return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
 
 
-def _stream(cfg: EvalConfig, model_cfg: ModelConfig):
-    from snapper.data.stream import eval_batches
-
+def _stream(cfg: EvalConfig, model_cfg: ModelConfig) -> EvalStream:
     if not cfg.shards:
         raise ValueError("EvalConfig.shards is empty: give the held-out shard URLs/globs")
     return eval_batches(cfg.shards, model_cfg, cfg.jitter, seed=cfg.seed, buffer_ratio=cfg.buffer_ratio,
@@ -103,18 +93,16 @@ def evaluate_model(
     ``examples`` (if given) receives up to ``n_examples`` crops with their boxes for plots;
     ``stats`` receives the stream's delivered/skipped counts.
     """
-    from snapper.metrics import box_table
-    from snapper.snap import Snapper, resolve_device
-
-    dev = resolve_device(cfg.device) if device is None else torch.device(device)
+    dev = resolve_device(cfg.device if device is None else device)
     snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size, precision=cfg.precision)
     stream = _stream(cfg, model_cfg)
     tables = []
     candidates: list[tuple[int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys
     for batch in stream:
         windows, sizes = _numpy(batch, "window"), _numpy(batch, "image_size")
-        pos, conf = snapper.predict_crops(batch["image"], windows)
-        pred = _to_original(pos, windows, sizes, model_cfg.input_size)
+        geo = CropGeometry(windows, model_cfg.input_size)
+        pos, conf = snapper.predict_crops(batch["image"], geo)
+        pred = geo.to_original(pos, sizes[:, 0], sizes[:, 1])
         true, rough = _numpy(batch, "true"), _numpy(batch, "rough")
         df = box_table(pred, true, image_id=_numpy(batch, "image_id"), annotation_id=_numpy(batch, "annotation_id"),
                        category_id=_numpy(batch, "category_id"), rough_xyxy=rough, confidence=conf,
@@ -171,17 +159,6 @@ def _report_skips(stats: dict[str, Any], what: str) -> None:
                     stats.get("boxes", 0))
 
 
-def resolve_checkpoint(ref: str | os.PathLike[str]) -> Path:
-    """A checkpoint folder as is; anything else (``models:/snapper/latest``, a registered
-    name, ``runs:/...``) through the MLflow registry."""
-    path = Path(ref)
-    if path.is_dir():
-        return path
-    from snapper.tracking import resolve_model
-
-    return resolve_model(ref)
-
-
 def evaluate_checkpoint(
     checkpoint_dir: str | os.PathLike[str],
     cfg: EvalConfig,
@@ -191,19 +168,15 @@ def evaluate_checkpoint(
     stats: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Per-box table (with per-edge confidence) of the checkpoint in ``checkpoint_dir`` (or an
-    MLflow model reference, see :func:`resolve_checkpoint`);
+    MLflow model reference, see :func:`snapper.registry.resolve_model`);
     ``method`` defaults to the model's head ("edges" -> "snapper", "regression")."""
-    from snapper.checkpoint import load_checkpoint
-
-    model, model_cfg, _ = load_checkpoint(resolve_checkpoint(checkpoint_dir))
+    model, model_cfg, _ = load_checkpoint(resolve_model(checkpoint_dir))
     name = method or ("snapper" if model_cfg.head == "edges" else model_cfg.head)
     return evaluate_model(model, model_cfg, cfg, method=name, examples=examples, n_examples=n_examples, stats=stats)
 
 
 def identity_from(df: pd.DataFrame) -> pd.DataFrame:
     """The identity rows (prediction = rough box) for the boxes of a model's table."""
-    from snapper.metrics import box_table
-
     rough = xywh_to_xyxy(df[["rough_x", "rough_y", "rough_w", "rough_h"]].to_numpy(np.float64))
     true = xywh_to_xyxy(df[["true_x", "true_y", "true_w", "true_h"]].to_numpy(np.float64))
     extra = {"file_name": df["file_name"].to_numpy(object)} if "file_name" in df else None
@@ -214,8 +187,6 @@ def identity_from(df: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_identity(cfg: EvalConfig, stats: dict[str, Any] | None = None) -> pd.DataFrame:
     """The paper's floor: the rough (jittered) box itself as the prediction."""
-    from snapper.metrics import box_table
-
     # Crops are not looked at; the smallest input keeps the stream's work to decoding.
     stream = _stream(cfg, ModelConfig(input_size=8))
     tables = []
@@ -239,12 +210,11 @@ def evaluate_identity(cfg: EvalConfig, stats: dict[str, Any] | None = None) -> p
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
-    return atomic_write_with(path, lambda tmp: df.to_parquet(tmp, index=False))
+    return atomic_write_parquet(df, path)
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    atomic_write_text(path, df.to_csv(index=False))
-    return path
+    return atomic_write_csv(df, path)
 
 
 def _check_same_boxes(tables: dict[str, pd.DataFrame]) -> None:
@@ -259,20 +229,8 @@ def _check_same_boxes(tables: dict[str, pd.DataFrame]) -> None:
                                "skip counts in the log")
 
 
-def _active_run_id(run_id: str | None) -> str | None:
-    if run_id:
-        return run_id
-    mlflow = sys.modules.get("mlflow")  # no run can be active if MLflow was never imported
-    if mlflow is None:
-        return None
-    run = mlflow.active_run()
-    return run.info.run_id if run is not None else None
-
-
 def method_metrics(summary: pd.DataFrame) -> dict[str, float]:
     """``{"<method>/<size>/<metric>": value}`` for every method of a summary."""
-    from snapper.metrics import summary_metrics
-
     out: dict[str, float] = {}
     for method, rows in summary.groupby("method", sort=False):
         out.update(summary_metrics(rows.drop(columns=["method"]), prefix=str(method)))
@@ -284,15 +242,12 @@ def evaluate(
     cfg: EvalConfig,
     out_dir: str | os.PathLike[str],
     include_identity: bool = True,
-    mlflow_run_id: str | None = None,
     n_examples: int = 16,
     plots: bool = True,
 ) -> EvalResult:
     """Evaluate each checkpoint (method name -> checkpoint folder) on the same boxes and write
-    the per-box table, summaries and plots to ``out_dir``; log to MLflow when a run is
-    active or ``mlflow_run_id`` is given."""
-    from snapper.metrics import confidence_report, format_table, summarize
-
+    the per-box table, summaries and plots to ``out_dir`` (:func:`snapper.tracking.log_evaluation`
+    puts them in an MLflow run)."""
     if not checkpoints and not include_identity:
         raise ValueError("nothing to evaluate: no checkpoints and include_identity=False")
     for name in checkpoints:
@@ -333,13 +288,11 @@ def evaluate(
     report = confidence_report(df, flag_percents=FLAG_PERCENTS)
     files["confidence_csv"] = str(_write_csv(report.deciles, out / "confidence.csv"))
     files["flagging_csv"] = str(_write_csv(report.flagging, out / "flagging.csv"))
-    atomic_write_text(out / "stream_stats.json", json.dumps(stream_stats, indent=2, sort_keys=True))
+    atomic_write_json(out / "stream_stats.json", stream_stats, sort_keys=True)
     files["stream_stats"] = str(out / "stream_stats.json")
 
     plot_paths: dict[str, str] = {}
     if plots:
-        from snapper import plots as P
-
         plot_paths["deviance"] = str(P.deviance_histograms(df, out / "deviance.png"))
         if len(report.deciles):
             plot_paths["confidence"] = str(P.confidence_calibration(report, out / "confidence.png"))
@@ -351,80 +304,5 @@ def evaluate(
     for method, s in stream_stats.items():
         metrics[f"{method}/stream/skipped_images"] = float(sum(s.get("skipped_images", {}).values()))
         metrics[f"{method}/stream/skipped_boxes"] = float(sum(s.get("skipped_boxes", {}).values()))
-    run_id = _active_run_id(mlflow_run_id)
-    if run_id is not None:
-        from snapper import tracking
-
-        tracking.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, run_id=run_id)
-        for p in [*files.values(), *plot_paths.values()]:
-            tracking.log_artifact(p, "eval", run_id=run_id)
     return EvalResult(out_dir=str(out), parquet=str(parquet), summary=summary, metrics=metrics, plots=plot_paths,
                       table_md=table_md, stream_stats=stream_stats, files=files)
-
-
-# ----------------------------------------------------------------------------------- the CLI
-
-
-def _parse_checkpoint(text: str) -> tuple[str | None, str]:
-    """``NAME=PATH_OR_REF`` or a bare path/ref (name from the model's head)."""
-    name, sep, ref = text.partition("=")
-    if sep and name and "/" not in name and not Path(text).exists():
-        return name, ref
-    return None, text
-
-
-def cli_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="snapper evaluate",
-                                description="Evaluate checkpoints on held-out shards; prints the Table 1 markdown.")
-    p.add_argument("--shards", nargs="+", required=True,
-                   help="shard URLs/globs, or a shard folder (its --split manifest is used)")
-    p.add_argument("--split", default="val", help="manifest split when --shards is a folder (default: val)")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_MODELREF",
-                   help="checkpoint folder or MLflow model ref (models:/snapper/latest); repeatable")
-    p.add_argument("--out-dir", default="eval")
-    p.add_argument("--max-boxes", type=int)
-    p.add_argument("--buffer-ratio", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=EvalConfig.batch_size)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0, help="jitter seed (per annotation id)")
-    p.add_argument("--jitter-shift", type=float, default=JitterConfig.shift)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default=EvalConfig.precision, choices=("auto", "fp32", "bf16", "fp16"),
-                   help="inference precision (auto: bf16/fp16 autocast on CUDA, fp32 on CPU)")
-    p.add_argument("--no-identity", action="store_true", help="leave out the rough-box floor")
-    p.add_argument("--no-plots", action="store_true")
-    args = p.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        shards: list[str] = []
-        for s in args.shards:
-            if Path(s).is_dir():
-                from snapper.data.shards import shard_urls
-
-                shards.extend(shard_urls(s, args.split))
-            else:
-                shards.append(s)
-        checkpoints: dict[str, str] = {}
-        for item in args.checkpoint:
-            name, ref = _parse_checkpoint(item)
-            path = resolve_checkpoint(ref)
-            if name is None:
-                from snapper.checkpoint import read_config
-
-                head = read_config(path)[0].head
-                name = "snapper" if head == "edges" else head
-            if name in checkpoints:
-                raise ValueError(f"method name {name!r} given twice; use NAME=PATH")
-            checkpoints[name] = str(path)
-        cfg = EvalConfig(shards=shards, jitter=JitterConfig(shift=args.jitter_shift), batch_size=args.batch_size,
-                         buffer_ratio=args.buffer_ratio, seed=args.seed, max_boxes=args.max_boxes,
-                         workers=args.workers, device=args.device, precision=args.precision)
-        result = evaluate(checkpoints, cfg, args.out_dir, include_identity=not args.no_identity,
-                          plots=not args.no_plots)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"snapper evaluate: {e}", file=sys.stderr)
-        return 2
-    print(result.table_md)
-    print(f"per-box table: {result.parquet}", file=sys.stderr)
-    return 0

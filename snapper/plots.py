@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from snapper.checkpoint import atomic_write_with
+from snapper.atomic import atomic_write_with
 from snapper.geometry import EDGE_NAMES
 
 IDENTITY = "identity"

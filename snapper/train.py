@@ -55,7 +55,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from snapper.checkpoint import atomic_torch_save, atomic_write_text, save_checkpoint, unwrap
+from snapper.atomic import atomic_torch_save, atomic_write_text
+from snapper.checkpoint import save_checkpoint, unwrap
+from snapper.device import autocast_dtype as autocast_dtype_for, resolve_device
 from snapper.config import EvalConfig, TrainConfig, apply_overrides, from_dict, to_dict
 
 log = logging.getLogger("snapper.train")
@@ -185,17 +187,6 @@ def weights_digest(model: torch.nn.Module) -> str:
         h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
                  if v.numel() else b"")
     return h.hexdigest()
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
 
 
 @dataclass
@@ -468,13 +459,6 @@ class _Tracker:
 # --------------------------------------------------------------------------------- train
 
 
-def amp_dtype(device: torch.device, cfg: TrainConfig) -> torch.dtype | None:
-    """bf16 where the GPU has it (no scaler needed), else fp16; None = fp32 (CPU, or amp off)."""
-    if device.type == "cuda" and cfg.amp:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
-
-
 def _result_from_state(cfg: TrainConfig, state: dict[str, Any]) -> TrainResult:
     out = Path(cfg.out_dir)
     info = state.get("result", {})
@@ -563,7 +547,7 @@ def _train(cfg: TrainConfig, info: DistInfo, max_steps_this_run: int | None,
                                   **({"fused": True} if device.type == "cuda" else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-    autocast_dtype = amp_dtype(device, cfg)
+    autocast_dtype = autocast_dtype_for(device, "auto" if cfg.amp else "fp32")
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
 
     step = 0

@@ -18,7 +18,8 @@ from snapper import batch as B
 from snapper.cli import main as cli
 from snapper.config import BatchConfig
 from snapper.geometry import xywh_to_xyxy
-from snapper.snap import Snapper, tidy_boxes
+from snapper.crop import tidy_boxes
+from snapper.snap import Snapper
 
 from _batchdata import EXPECTED, make_rough, tiny_checkpoint
 

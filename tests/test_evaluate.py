@@ -16,7 +16,8 @@ from helpers import TINY_MODEL, make_tiny_shards  # noqa: E402
 
 from snapper.checkpoint import save_checkpoint  # noqa: E402
 from snapper.config import EvalConfig, ModelConfig  # noqa: E402
-from snapper.evaluate import IDENTITY, cli_main, evaluate, evaluate_identity  # noqa: E402
+from snapper.cli.evaluate import main as cli_main  # noqa: E402
+from snapper.evaluate import IDENTITY, evaluate, evaluate_identity  # noqa: E402
 from snapper.geometry import paired_iou, xywh_to_xyxy  # noqa: E402
 from snapper.metrics import TABLE1_COLUMNS  # noqa: E402
 from snapper.model import build_model  # noqa: E402
@@ -132,17 +133,14 @@ def test_cli_prints_table_and_logs_to_mlflow(setup, tmp_path, capsys, monkeypatc
     root, shards, ckpts = setup
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("SNAPPER_HOME", str(tmp_path))
-    from snapper import tracking
-
-    with tracking.start_run("test-eval", "eval") as run:
-        rc = cli_main(["--shards", str(shards["dir"]), "--split", "val",
-                       "--checkpoint", f"edges={ckpts['snapper']}", "--checkpoint", ckpts["regression"],
-                       "--out-dir", str(tmp_path / "cli"), "--device", "cpu", "--no-plots"])
+    rc = cli_main(["--shards", str(shards["dir"]), "--split", "val",
+                   "--checkpoint", f"edges={ckpts['snapper']}", "--checkpoint", ckpts["regression"],
+                   "--out-dir", str(tmp_path / "cli"), "--device", "cpu", "--no-plots", "--mlflow"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| edges | all |" in out and "| regression | all |" in out and "| identity | all |" in out
     import mlflow
 
-    logged = mlflow.MlflowClient().get_run(run.info.run_id)
+    (logged,) = mlflow.search_runs(experiment_names=["snapper-eval"], output_format="list")
     assert "eval/edges/all/miou" in logged.data.metrics
     assert cli_main(["--shards", str(tmp_path / "missing-*.tar"), "--out-dir", str(tmp_path / "x")]) == 2

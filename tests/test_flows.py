@@ -175,7 +175,7 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     assert trained["registered"]["name"] == "snapper"
     mv = client.get_model_version("snapper", str(trained["registered"]["version"]))
     assert mv.run_id == run.info.run_id
-    assert tracking.resolve_model(f"models:/snapper/{trained['registered']['version']}").joinpath("model.pt").is_file()
+    assert registry.resolve_model(f"models:/snapper/{trained['registered']['version']}").joinpath("model.pt").is_file()
 
     md = Artifact.get(TABLE_KEY)
     assert md is not None and md.type == "markdown"

@@ -24,11 +24,11 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("SNAPPER_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.chdir(cwd)
-    from snapper import tracking
+    from snapper import registry, tracking
 
     previous_uri = tracking.mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
     uri = tracking.configure()
-    yield {"tracking": tracking, "home": home, "cwd": cwd, "uri": uri}
+    yield {"tracking": tracking, "registry": registry, "home": home, "cwd": cwd, "uri": uri}
     if tracking._artifact_env_set_by_us and os.environ.get(tracking._ARTIFACT_ROOT_ENV) == tracking._artifact_env_set_by_us:
         del os.environ[tracking._ARTIFACT_ROOT_ENV]
         tracking._artifact_env_set_by_us = None
@@ -45,7 +45,7 @@ def _checkpoint(path: Path, tag: str) -> Path:
 
 
 def test_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from snapper import tracking
+    from snapper import registry, tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("SNAPPER_HOME", str(tmp_path))
@@ -83,7 +83,7 @@ def test_run_logs_params_metrics_artifacts(store, tmp_path: Path) -> None:
             tracking.log_config(cfg)
     assert logged == {"all/iou_gt_0.9": 8.7, "edge_1px": 3.0}
     assert (store["home"] / "mlflow" / "mlflow.db").is_file()
-    client = tracking._client()
+    client = tracking.mlflow_client()
     r = client.get_run(run.info.run_id)
     assert r.data.params["model.backbone"] == "resnet50" and r.data.params["steps"] == "7"
     assert r.data.params["data.train_shards"] == '["s-{000..003}.tar"]'
@@ -96,19 +96,19 @@ def test_run_logs_params_metrics_artifacts(store, tmp_path: Path) -> None:
     assert {"config.json", "report.md", "plots/a.txt"} <= names
     exp = client.get_experiment_by_name("unit")
     assert exp.artifact_location.startswith((store["home"] / "mlflow" / "artifacts").resolve().as_uri())
-    art = Path(tracking._local_dir(r.info.artifact_uri))
+    art = Path(store["registry"]._local_dir(r.info.artifact_uri))
     assert (art / "plots" / "a.txt").is_file()
 
 
 def test_register_and_resolve(store, tmp_path: Path) -> None:
-    tracking = store["tracking"]
+    tracking, registry = store["tracking"], store["registry"]
     ck1 = _checkpoint(tmp_path / "ck_a", "one")
     ck2 = _checkpoint(tmp_path / "ck_b", "two")
     with tracking.start_run("unit", run_name="train") as run:
         t = time.perf_counter()
-        v1 = tracking.register_checkpoint(run.info.run_id, ck1, "unit-model")
+        v1 = registry.register_checkpoint(run.info.run_id, ck1, "unit-model")
         elapsed = time.perf_counter() - t
-    v2 = tracking.register_checkpoint(run.info.run_id, ck2, "unit-model", tags={"step": 500})
+    v2 = registry.register_checkpoint(run.info.run_id, ck2, "unit-model", tags={"step": 500})
     print(f"\nregister_checkpoint: {elapsed:.2f}s")
     assert (v1, v2) == (1, 2)
     assert elapsed < 30  # requirement inference (minutes) must never creep back in
@@ -117,20 +117,20 @@ def test_register_and_resolve(store, tmp_path: Path) -> None:
         assert (p / "model.pt").is_file()
         return json.loads((p / "config.json").read_text())["tag"]
 
-    assert tag(tracking.resolve_model("models:/unit-model/latest")) == "two"
-    assert tag(tracking.resolve_model("models:/unit-model/1")) == "one"
-    assert tag(tracking.resolve_model("unit-model")) == "two"
-    assert tracking.resolve_model(str(ck1)) == ck1
-    assert tracking.resolve_model(ck1 / "model.pt") == ck1
-    from_run = tracking.resolve_model(f"runs:/{run.info.run_id}/model")
+    assert tag(registry.resolve_model("models:/unit-model/latest")) == "two"
+    assert tag(registry.resolve_model("models:/unit-model/1")) == "one"
+    assert tag(registry.resolve_model("unit-model")) == "two"
+    assert registry.resolve_model(str(ck1)) == ck1
+    assert registry.resolve_model(ck1 / "model.pt") == ck1
+    from_run = registry.resolve_model(f"runs:/{run.info.run_id}/model")
     assert tag(from_run) in {"one", "two"}
-    assert tracking._client().get_model_version("unit-model", "2").tags["step"] == "500"
+    assert tracking.mlflow_client().get_model_version("unit-model", "2").tags["step"] == "500"
     with pytest.raises(LookupError, match="no-such-model"):
-        tracking.resolve_model("no-such-model")
+        registry.resolve_model("no-such-model")
     with pytest.raises(FileNotFoundError):
-        tracking.resolve_model("./missing/dir/model.pt")
+        registry.resolve_model("./missing/dir/model.pt")
     with pytest.raises(FileNotFoundError, match="not a snapper checkpoint"):
-        tracking.register_checkpoint(run.info.run_id, tmp_path, "unit-model")
+        registry.register_checkpoint(run.info.run_id, tmp_path, "unit-model")
 
 
 def test_pyfunc_serves_a_real_checkpoint(store, tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_pyfunc_serves_a_real_checkpoint(store, tmp_path: Path) -> None:
 
     from snapper.config import ModelConfig
 
-    tracking = store["tracking"]
+    tracking, registry = store["tracking"], store["registry"]
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
     ck = checkpoint.save_checkpoint(tmp_path / "ck", model_mod.build_model(cfg), cfg)
@@ -150,7 +150,7 @@ def test_pyfunc_serves_a_real_checkpoint(store, tmp_path: Path) -> None:
     img[10:40, 20:50] = 255
     Image.fromarray(img).save(tmp_path / "im.png")
     with tracking.start_run("unit", run_name="pyfunc") as run:
-        version = tracking.register_checkpoint(None, ck, "unit-pyfunc")
+        version = registry.register_checkpoint(None, ck, "unit-pyfunc")
     assert run.info.run_id
     loaded = tracking.mlflow.pyfunc.load_model(f"models:/unit-pyfunc/{version}")
     import pandas as pd
@@ -172,5 +172,5 @@ def test_nothing_in_cwd(store) -> None:
         tracking.log_metrics({"x": 1.0})
     assert not (store["cwd"] / "mlruns").exists()
     assert sorted(os.listdir(store["cwd"])) == []
-    default = tracking._client().get_experiment("0")
+    default = tracking.mlflow_client().get_experiment("0")
     assert str(store["home"]) in default.artifact_location

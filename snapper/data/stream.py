@@ -32,7 +32,6 @@ import math
 import os
 import re
 import tarfile
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import tarfile_samples
 
 from snapper.config import DataConfig, JitterConfig, ModelConfig, TrainConfig
-from snapper.crop import crop_images, crop_windows, edge_targets
+from snapper.crop import crop_images, crop_windows, cut_crops, decode_scale, edge_targets
 from snapper.geometry import box_problem, jitter_boxes, jitter_by_annotation, xywh_to_xyxy
 from snapper.imageio import ImageError, LoadedImage, dct_scale, load_image
 
@@ -374,16 +373,6 @@ def _usable(rec: ImageRecord, tally: _Tally, min_size: float = 0.0) -> np.ndarra
 # ------------------------------------------------------------------------------ decode and crop
 
 
-def decode_scale(windows: np.ndarray, size: int) -> float:
-    """The smallest decoded/original ratio that still gives every crop full input resolution:
-    the largest input/window ratio over the image's crops, capped at 1."""
-    w = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
-    if len(w) == 0:
-        return 1.0
-    ratio = np.maximum(size / (w[:, 2] - w[:, 0]), size / (w[:, 3] - w[:, 1]))
-    return float(min(1.0, ratio.max()))
-
-
 def _decode(rec: ImageRecord, windows: np.ndarray, size: int, draft: bool) -> tuple[LoadedImage, tuple[float, float]]:
     li = load_image(rec.data, name=rec.name, min_scale=decode_scale(windows, size) if draft else 1.0)
     if (li.width, li.height) != (rec.width, rec.height):
@@ -391,110 +380,6 @@ def _decode(rec: ImageRecord, windows: np.ndarray, size: int, draft: bool) -> tu
                           f"metadata says {rec.width}x{rec.height}")
     h, w = li.tensor.shape[1:]
     return li, (dct_scale(w, li.width), dct_scale(h, li.height))
-
-
-@dataclass
-class _AxisTaps:
-    """One axis of one crop: output pixel i reads span pixels ``index[i, :]`` (relative to
-    ``lo``) with ``weight[i, :]``; ``span`` pixels from ``lo`` on are all the crop touches."""
-
-    lo: int
-    span: int
-    index: torch.Tensor  # (size, taps) int64
-    weight: torch.Tensor  # (size, taps) float32
-
-
-def _axis_taps(a: np.ndarray, b: np.ndarray, size: int, length: np.ndarray,
-               reverse: np.ndarray | None = None) -> list[_AxisTaps | None]:
-    """One axis of ``roi_align(aligned=True, sampling_ratio=-1)`` per problem, for the window
-    [a_i, b_i) over an axis of ``length_i`` pixels; None when the window misses the axis.
-    Mirrors torchvision's kernel: ceil(width / size) bilinear samples per bin, samples beyond
-    [-1, length] read zero, samples in [-1, 0] clamp to pixel 0. Vectorised over problems
-    (all crops, both axes) because the per-call overhead, not the arithmetic, is what costs
-    here. ``reverse`` flags problems whose output comes in reverse order: a mirrored crop at no
-    extra cost."""
-    a, b, length = (np.asarray(v, dtype=np.float64).reshape(-1) for v in (a, b, length))
-    width = b - a
-    binsz = width / size
-    g = np.maximum(1.0, np.ceil(width / size))
-    k = np.arange(int(g.max()), dtype=np.float64)[None, None, :]
-    ln = length[:, None, None]
-    y = ((a - 0.5)[:, None, None] + np.arange(size, dtype=np.float64)[None, :, None] * binsz[:, None, None]
-         + (k + 0.5) * (binsz / g)[:, None, None])
-    valid = (y >= -1.0) & (y <= ln) & (k < g[:, None, None])
-    y = np.maximum(y, 0.0)
-    low = np.floor(y)
-    edge = low >= ln - 1
-    low = np.where(edge, ln - 1, low)
-    frac = np.where(edge, 0.0, y - low)
-    idx = np.concatenate([low, np.where(edge, low, low + 1)], axis=2).astype(np.int64)  # (m, S, 2G)
-    w = np.concatenate([np.where(valid, 1.0 - frac, 0.0), np.where(valid, frac, 0.0)], axis=2) / g[:, None, None]
-    pos = w > 0
-    hit = pos.any(axis=(1, 2))
-    big = np.iinfo(np.int64).max
-    lo = np.where(hit, np.where(pos, idx, big).min(axis=(1, 2)), 0)
-    hi = np.where(hit, np.where(pos, idx, -1).max(axis=(1, 2)) + 1, 1)
-    idx = np.clip(idx, lo[:, None, None], (hi - 1)[:, None, None]) - lo[:, None, None]
-    if reverse is not None and reverse.any():
-        idx[reverse], w[reverse] = idx[reverse, ::-1], w[reverse, ::-1]
-    gmax = int(g.max())  # taps are [low samples | high samples], gmax each; problem i uses g_i of each
-    out: list[_AxisTaps | None] = []
-    for i in range(len(a)):
-        if not hit[i]:
-            out.append(None)
-            continue
-        gi = int(g[i])
-        t = np.r_[0:gi, gmax : gmax + gi]
-        out.append(_AxisTaps(int(lo[i]), int(hi[i] - lo[i]), torch.from_numpy(np.ascontiguousarray(idx[i][:, t])),
-                             torch.from_numpy(w[i][:, t].astype(np.float32))))
-    return out
-
-
-def _resample(taps: _AxisTaps, rows: torch.Tensor) -> torch.Tensor:
-    """(size, cols) = taps applied to the (span, cols) rows: a weighted gather-sum, which
-    ``embedding_bag`` does in one call, ~3x faster than building and applying a sparse matrix."""
-    return torch.nn.functional.embedding_bag(taps.index, rows, per_sample_weights=taps.weight, mode="sum")
-
-
-def cut_crops(
-    image: torch.Tensor,
-    windows: np.ndarray,
-    size: int,
-    image_scale: tuple[float, float] = (1.0, 1.0),
-    mirror: "np.ndarray | torch.Tensor | None" = None,
-) -> torch.Tensor:
-    """``crop.crop_images`` (same numbers, to float rounding) computed as two separable
-    gather-sums over just the pixels each window covers: roi_align's sampling is separable,
-    and on CPU this avoids converting the whole image to float and roi_align's scalar inner
-    loop (several times faster per crop, which is most of the stream's cost after the
-    decode). ``mirror`` (n,) bool flips those crops left-right inside the resampling, for free."""
-    c, h, w = image.shape
-    win = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
-    n = len(win)
-    out = torch.zeros((n, c, size, size), dtype=torch.float32)
-    if n == 0:
-        return out
-    sx, sy = image_scale
-    reverse = None
-    if mirror is not None:
-        reverse = np.concatenate([np.zeros(n, dtype=bool), np.asarray(mirror, dtype=bool).reshape(n)])
-    taps = _axis_taps(
-        np.concatenate([win[:, 1] * sy, win[:, 0] * sx]),
-        np.concatenate([win[:, 3] * sy, win[:, 2] * sx]),
-        size,
-        np.concatenate([np.full(n, h), np.full(n, w)]),
-        reverse,
-    )
-    hwc = image.permute(1, 2, 0)  # decoded images are HWC in memory: rows of w * C values
-    for i in range(n):
-        ty, tx = taps[i], taps[n + i]
-        if ty is None or tx is None:
-            continue  # the window misses the image: all padding
-        rows = hwc[ty.lo : ty.lo + ty.span, tx.lo : tx.lo + tx.span].to(torch.float32).reshape(ty.span, -1)
-        tmp = _resample(ty, rows)  # (S_y, span_x * C): rows resampled
-        tmp = tmp.reshape(size, tx.span, c).transpose(0, 1).reshape(tx.span, size * c)
-        out[i] = _resample(tx, tmp).reshape(size, size, c).permute(2, 1, 0)  # (S_x, S_y * C)
-    return out
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,33 @@
+"""``snapper <command> ...``: one module per command under ``snapper/cli/``, each with
+``build_parser()`` and ``main(argv) -> int``. The library modules hold no argument parsing,
+printing or exit codes; this package is the only place that does."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("snapper.cli.synth", "generate the embedded synthetic COCO-format dataset"),
+    "shard": ("snapper.cli.shard", "write a COCO dataset as WebDataset shards + manifest"),
+    "train": ("snapper.cli.train", "train a model (CPU, GPU, or torchrun DDP)"),
+    "evaluate": ("snapper.cli.evaluate", "evaluate a checkpoint: per-box Parquet + Table 1 summary"),
+    "snap": ("snapper.cli.snap", "snap rough boxes on one image; print JSON, optionally draw"),
+    "batch-snap": ("snapper.cli.batch_snap", "snap every box of a rough COCO file with full accounting"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: snapper <command> [options]\n\ncommands:")
+        for name, (_, desc) in COMMANDS.items():
+            print(f"  {name:<12} {desc}")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"snapper: unknown command {name!r}; try 'snapper --help'", file=sys.stderr)
+        return 2
+    # Imported on demand: `snapper snap` should not pay for MLflow, `snapper synth` not for torch.
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)

@@ -1,0 +1,85 @@
+"""What every command shares: ``--set`` overrides checked against the config dataclasses
+before any work starts, one-line errors with exit status 2, and logging setup."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from snapper.config import ConfigError, apply_overrides
+
+T = TypeVar("T")
+
+EXIT_USAGE = 2  # bad arguments, configuration, input files or checkpoints: the user can fix it
+
+# Errors whose message already says what is wrong with the user's input: printed as one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError)
+
+
+def add_set_option(parser: argparse.ArgumentParser, section: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a {section} field (dotted keys for nested sections; repeatable), "
+                             "checked against the field's type before anything runs")
+
+
+def apply_sets(parser: argparse.ArgumentParser, cfg: T, overrides: list[str]) -> T:
+    """``cfg`` with the ``--set`` values applied; a bad key or value exits 2 naming it."""
+    try:
+        return apply_overrides(cfg, list(overrides))
+    except ConfigError as e:
+        parser.error(f"--set {e}")
+        raise  # unreachable: parser.error exits
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (thresholds, fractions); NaN is refused."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:  # also False for NaN
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return v
+
+
+def fail(prog: str, message: Any) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def run(prog: str, body: Callable[[], int | None]) -> int:
+    """Run a command body; an error about the user's input ends in one line and exit 2
+    instead of a traceback (bugs still raise)."""
+    try:
+        return int(body() or 0)
+    except USER_ERRORS as e:
+        return fail(prog, e)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")

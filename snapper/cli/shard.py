@@ -1,0 +1,9 @@
+"""TEMPORARY during the restructure: delegates to the old ``cli_main`` (to be moved here)."""
+
+from __future__ import annotations
+
+from snapper.data.shards import cli_main
+
+
+def main(argv: list[str]) -> int:
+    return cli_main(argv)

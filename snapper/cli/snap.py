@@ -1,0 +1,69 @@
+"""``snapper snap IMAGE --box x,y,w,h ...``: snap rough boxes on one image, print JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from snapper.cli.common import fail, positive_float, run
+from snapper.imageio import load_image
+from snapper.registry import resolve_model
+from snapper.snap import Snapper, SnapResult
+
+PROG = "snapper snap"
+DEFAULT_MODEL = "models:/snapper/latest"
+
+
+def parse_box(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: expected x,y,w,h numbers") from None
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(f"--box {text!r}: expected 4 numbers x,y,w,h")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Snap rough boxes on one image; prints JSON.")
+    p.add_argument("image")
+    p.add_argument("--box", action="append", type=parse_box, required=True, help="x,y,w,h (repeatable)")
+    p.add_argument("--checkpoint", default=DEFAULT_MODEL,
+                   help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, models:/NAME@ALIAS)")
+    p.add_argument("--buffer-ratio", type=positive_float, default=1.0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="write a PNG with rough (red) and snapped (green) boxes")
+    return p
+
+
+def draw_overlay(image_path: str, result: SnapResult, out: str) -> None:
+    img = load_image(image_path)
+    im = Image.fromarray(img.tensor.permute(1, 2, 0).numpy())
+    d = ImageDraw.Draw(im)
+    for r, b in zip(result.rough, result.boxes):
+        d.rectangle([r[0], r[1], r[0] + r[2] - 1, r[1] + r[3] - 1], outline=(255, 64, 64), width=1)
+        d.rectangle([b[0], b[1], b[0] + b[2] - 1, b[1] + b[3] - 1], outline=(64, 255, 64), width=1)
+    im.save(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        return fail(PROG, f"--out {args.out}: folder {Path(args.out).parent} does not exist")
+
+    def body() -> int:
+        snapper = Snapper.from_checkpoint(resolve_model(args.checkpoint), device=args.device)
+        result = snapper.snap(args.image, args.box, buffer_ratio=args.buffer_ratio)
+        print(json.dumps({"image": args.image, "boxes": result.to_json()}, indent=2))
+        if args.out:
+            draw_overlay(args.image, result, args.out)
+        return 0
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

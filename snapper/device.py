@@ -1,0 +1,60 @@
+"""Device and numeric precision, one policy for training, snapping, evaluation and batch jobs.
+
+``auto`` means: CUDA when present (bf16 autocast where the GPU has it, else fp16;
+channels_last memory format, which cuDNN's fast convolutions want), plain fp32 on CPU, where
+bf16 is rarely faster and fp16 is not supported by every kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import ContextManager
+
+import torch
+
+from snapper.config import PRECISION_CHOICES as PRECISIONS
+
+
+def resolve_device(device: "str | torch.device" = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else CPU; a bare ``cuda`` gets
+    the local rank's index (torchrun starts one process per GPU)."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device {device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None = plain fp32)."""
+    check_precision(precision)
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager[object]:
+    """Autocast to ``dtype`` on ``device``; a no-op context for ``None``."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def use_channels_last(device: torch.device) -> bool:
+    return device.type == "cuda"

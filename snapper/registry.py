@@ -1,0 +1,266 @@
+"""The model registry: registering a checkpoint as an MLflow model, the pyfunc wrapper that
+serves it, and :func:`resolve_model`, the one way every command turns a model reference
+(checkpoint folder, ``models:/name/3``, ``models:/name@alias``, ``runs:/...``) into a local
+checkpoint folder.
+
+A registered model is a pyfunc wrapper around our checkpoint directory (``model.pt`` +
+``config.json``), logged with explicit requirements and signature: no inference, no network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version as package_version
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from snapper.checkpoint import CONFIG_FILE, MODEL_FILE
+from snapper.geometry import EDGE_NAMES
+from snapper.snap import Snapper
+from snapper.tracking import active_run_id, mlflow, mlflow_client, project_root, safe_dirname, tracking_uri
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "snapper"
+MODEL_ARTIFACT = "model"  # name of the pyfunc model inside a run
+CHECKPOINT_FILES = (MODEL_FILE, CONFIG_FILE)
+
+# Runtime packages a registered model needs (pinned to what logged it); listed, not inferred.
+_RUNTIME_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml")
+
+
+# ------------------------------------------------------------------------------- the model
+
+
+class SnapperPyfunc(mlflow.pyfunc.PythonModel):
+    """Serve a checkpoint through MLflow's pyfunc interface.
+
+    Input rows: ``image`` (path or URL the server can read), rough ``x, y, w, h`` (COCO, original
+    pixels), optional ``buffer_ratio``. Output rows: snapped ``x, y, w, h`` and ``conf_<edge>``.
+    Rows of one image are snapped together so each image is decoded once.
+    """
+
+    def load_context(self, context: Any) -> None:
+        self._snapper = Snapper.from_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        df = pd.DataFrame(model_input).reset_index(drop=True)
+        missing = [c for c in ("image", "x", "y", "w", "h") if c not in df.columns]
+        if missing:
+            raise ValueError(f"snapper model input lacks column(s) {missing}")
+        default_ratio = float((params or {}).get("buffer_ratio", 1.0))
+        ratio = df["buffer_ratio"].fillna(default_ratio) if "buffer_ratio" in df else pd.Series(default_ratio, index=df.index)
+        boxes = np.full((len(df), 4), np.nan)
+        conf = np.full((len(df), 4), np.nan)
+        for (image, r), rows in df.groupby([df["image"].astype(str), ratio], sort=False):
+            idx = rows.index.to_numpy()
+            res = self._snapper.snap(image, rows[["x", "y", "w", "h"]].to_numpy(np.float64), buffer_ratio=float(r))
+            boxes[idx], conf[idx] = res.boxes, res.confidence
+        out = pd.DataFrame(boxes, columns=["x", "y", "w", "h"])
+        for j, e in enumerate(EDGE_NAMES):
+            out[f"conf_{e}"] = conf[:, j]
+        return out
+
+
+def _signature() -> "mlflow.models.ModelSignature":
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("string", "image"), *[ColSpec("double", c) for c in "xywh"],
+                     ColSpec("double", "buffer_ratio", required=False)])
+    outputs = Schema([*[ColSpec("double", c) for c in "xywh"],
+                      *[ColSpec("double", f"conf_{e}") for e in ("left", "top", "right", "bottom")]])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("buffer_ratio", "double", 1.0)]))
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for pkg in _RUNTIME_PACKAGES:
+        try:
+            reqs.append(f"{pkg}=={package_version(pkg)}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def check_checkpoint(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    missing = [f for f in CHECKPOINT_FILES if not (p / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{p} is not a snapper checkpoint directory (missing {', '.join(missing)})")
+    return p
+
+
+class _DropPickleWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # our class pickles by reference: nothing to warn about
+        return "serialized using CloudPickle" not in record.getMessage()
+
+
+def register_checkpoint(
+    run_id: str | None,
+    checkpoint_path: str | os.PathLike[str],
+    name: str = DEFAULT_MODEL_NAME,
+    tags: Mapping[str, Any] | None = None,
+) -> int:
+    """Log the checkpoint directory as a pyfunc model of run ``run_id`` (default: the active
+    run) and register it as a new version of ``name``; returns the version number.
+
+    The snapper package source goes with it (``code_paths``) and requirements are pinned from
+    the installed versions, so the registry entry is self-contained and nothing is inferred
+    (requirement inference imports the model and can take minutes).
+    """
+    ckpt = check_checkpoint(checkpoint_path)
+    rid = active_run_id(run_id)
+    active = mlflow.active_run()
+    package_dir = Path(__file__).resolve().parent
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    quiet = _DropPickleWarning()
+    with contextlib.ExitStack() as stack:
+        if active is None or active.info.run_id != rid:
+            stack.enter_context(mlflow.start_run(run_id=rid, nested=active is not None))
+        pyfunc_log.addFilter(quiet)
+        stack.callback(pyfunc_log.removeFilter, quiet)
+        # An input example would make MLflow load the model and run it at logging time.
+        stack.enter_context(warnings.catch_warnings())
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=SnapperPyfunc(),
+            artifacts={"checkpoint": str(ckpt)},
+            code_paths=[str(package_dir)],
+            pip_requirements=_pip_requirements(),
+            signature=_signature(),
+            registered_model_name=name,
+        )
+    version = int(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in {"checkpoint": str(ckpt.resolve()), **(tags or {})}.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+    log.info("registered %s version %d from %s (run %s)", name, version, ckpt, rid)
+    return version
+
+
+# ------------------------------------------------------------------------------ resolution
+
+_NAME_RE = re.compile(r"^[\w.\- ]+$")
+
+
+def latest_version(name: str) -> int:
+    """Highest registered version of ``name`` (LookupError when there is none)."""
+    client = mlflow_client()
+    escaped = name.replace("'", "\\'")
+    versions = [int(v.version) for v in client.search_model_versions(f"name='{escaped}'")]
+    if not versions:
+        raise LookupError(f"no registered model named {name!r} in {tracking_uri()}")
+    return max(versions)
+
+
+def find_checkpoint(root: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder in a checkpoint dir, a ``model.pt`` file, or a pyfunc model dir."""
+    root = Path(root)
+    if root.is_file():
+        root = root.parent
+    if all((root / f).is_file() for f in CHECKPOINT_FILES):
+        return root
+    mlmodel = root / "MLmodel"
+    if mlmodel.is_file():
+        meta = yaml.safe_load(mlmodel.read_text()) or {}
+        rel = (((meta.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}).get("checkpoint", {}).get("path")
+        if rel:
+            return check_checkpoint(root / rel)
+    found = sorted({p.parent for p in root.rglob(CHECKPOINT_FILES[0]) if (p.parent / CHECKPOINT_FILES[1]).is_file()})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"{root}: no snapper checkpoint ({' + '.join(CHECKPOINT_FILES)}) found")
+    raise ValueError(f"{root}: several checkpoints found ({[str(f) for f in found]}); point at one")
+
+
+def _normalise_ref(ref: str) -> str:
+    """A models:/ or runs:/ URI with 'latest', bare names and aliases pinned to a version."""
+    if ref.startswith("runs:/"):
+        return ref
+    if ref.startswith("models:/"):
+        body = ref[len("models:/"):].strip("/")
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return f"models:/{name}/{mlflow_client().get_model_version_by_alias(name, alias).version}"
+        parts = body.rsplit("/", 1)
+        if len(parts) == 1:  # models:/<logged model id> (MLflow 3) or models:/<name>
+            if parts[0].startswith("m-"):
+                return ref
+            return f"models:/{parts[0]}/{latest_version(parts[0])}"
+        name, version = parts
+        if version.lower() == "latest":
+            return f"models:/{name}/{latest_version(name)}"
+        if not version.isdigit():
+            raise ValueError(f"{ref}: version must be a number, 'latest' or '@alias' (stages are not used)")
+        return f"models:/{name}/{int(version)}"
+    return f"models:/{ref}/{latest_version(ref)}"
+
+
+def _local_dir(uri: str) -> Path | None:
+    if uri.startswith("file://"):
+        return Path(unquote(urlparse(uri).path))
+    if "://" not in uri and ":" not in uri.split("/", 1)[0]:
+        return Path(uri)
+    return None
+
+
+def resolve_model(ref: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """A local checkpoint directory (``model.pt`` + ``config.json``) for ``ref``.
+
+    ``ref`` may be a local path (checkpoint dir, its ``model.pt``, or a downloaded pyfunc
+    model), ``models:/<name>/<version|latest>``, ``models:/<name>@<alias>``, a bare registered
+    name (= its latest version), or ``runs:/<run_id>/model``. An existing path wins over a
+    registered name. Models in a local artifact store are used in place; remote ones are
+    downloaded once into ``cache_dir`` (default ``<project>/mlflow/cache``), keyed by the
+    pinned version, so "latest" always means the newest at call time.
+    """
+    text = os.fspath(ref)
+    path = Path(text).expanduser()
+    if path.exists():
+        try:
+            return find_checkpoint(path)
+        except FileNotFoundError:
+            # A folder that merely shares a registered model's name (e.g. the "snapper"
+            # package in a checkout) must not shadow the registry.
+            if not _NAME_RE.match(text):
+                raise
+    if not (text.startswith(("models:/", "runs:/")) or _NAME_RE.match(text)):
+        raise FileNotFoundError(f"{text}: no such checkpoint path, and not a models:/ or runs:/ URI "
+                                f"or registered model name")
+    uri = _normalise_ref(text)
+    if uri.startswith("models:/"):
+        from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+        local = _local_dir(ModelsArtifactRepository.get_underlying_uri(uri))
+        if local is not None and local.is_dir():
+            return find_checkpoint(local)
+    cache = Path(cache_dir) if cache_dir else project_root() / "mlflow" / "cache"
+    target = cache / safe_dirname(uri.replace(":/", "_").replace("/", "_"))
+    if not target.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+            try:
+                os.replace(tmp, target)
+            except OSError:  # another process finished the same download first
+                if not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return find_checkpoint(target)
