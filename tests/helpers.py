@@ -1,6 +1,6 @@
 """Tiny generated data for tests (no conftest magic; import what you need).
 
-    from helpers import make_tiny_coco, make_tiny_shards, tiny_train_config
+    from tests.helpers import make_tiny_coco, make_tiny_shards, tiny_train_config
 
 Everything is small enough for a 2-core CI box: a handful of synthetic 128x96 images.
 """

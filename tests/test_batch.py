@@ -21,7 +21,7 @@ from snapper.geometry import xywh_to_xyxy
 from snapper.crop import tidy_boxes
 from snapper.snap import Snapper
 
-from _batchdata import EXPECTED, make_rough, tiny_checkpoint
+from tests.batchdata import EXPECTED, make_rough, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from _batchdata import EXPECTED, make_rough, tiny_checkpoint
+from tests.batchdata import EXPECTED, make_rough, tiny_checkpoint
 from snapper import batch as B
 from snapper.config import BatchConfig
 

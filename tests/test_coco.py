@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cocofactory import add_image, image_bytes, make_dataset, write_json  # noqa: E402
+from tests.cocofactory import add_image, image_bytes, make_dataset, write_json
 
 from snapper.data.coco import CocoFormatError, load_coco, sniff_image_format  # noqa: E402
 

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import ddp_worker, free_port, make_tiny_shards, tiny_train_config  # noqa: E402
+from tests.helpers import ddp_worker, free_port, make_tiny_shards, tiny_train_config
 
 from snapper.checkpoint import load_checkpoint  # noqa: E402
 from snapper.config import to_dict  # noqa: E402

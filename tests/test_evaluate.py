@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import TINY_MODEL, make_tiny_shards  # noqa: E402
+from tests.helpers import TINY_MODEL, make_tiny_shards
 
 from snapper.checkpoint import save_checkpoint  # noqa: E402
 from snapper.config import EvalConfig, ModelConfig  # noqa: E402

@@ -7,15 +7,13 @@ import hashlib
 import io
 import json
 import math
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import webdataset as wds
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cocofactory import add_image, image_bytes, make_dataset, write_json  # noqa: E402
+from tests.cocofactory import add_image, image_bytes, make_dataset, write_json
 
 from snapper.data.coco import load_coco  # noqa: E402
 from snapper.data.shards import (  # noqa: E402

@@ -45,7 +45,7 @@ def _checkpoint(path: Path, tag: str) -> Path:
 
 
 def test_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from snapper import registry, tracking
+    from snapper import tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("SNAPPER_HOME", str(tmp_path))

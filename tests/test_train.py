@@ -15,8 +15,7 @@ import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_tiny_shards, tiny_train_config  # noqa: E402
+from tests.helpers import make_tiny_shards, tiny_train_config
 
 from snapper.checkpoint import load_checkpoint  # noqa: E402
 from snapper.config import TrainConfig, load_yaml, to_dict  # noqa: E402
