@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     cl = device.type == "cuda"
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}, "
           f"fpn/decoder {args.fpn_channels}/{args.decoder_channels}{', amp' if args.amp else ''}")
-    print(f"| backbone | input | fwd img/s | fwd+bwd+step img/s |\n|---|---|---|---|")
+    print("| backbone | input | fwd img/s | fwd+bwd+step img/s |\n|---|---|---|---|")
     for bb in args.backbones:
         for s in args.sizes:
             cfg = ModelConfig(backbone=bb, input_size=s, fpn_channels=args.fpn_channels,

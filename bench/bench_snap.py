@@ -14,7 +14,10 @@ timing does not depend on them):
     and from the file (decode included), the interactive Find-and-Snap case; one torch thread
     by default (``--latency-threads``), as one request of a snap server would get.
 
-    .venv/bin/python bench/bench_snap.py [--batch-size 64] [--workers 2] [--device auto]
+    .venv/bin/python bench/bench_snap.py [--batch-size 64] [--workers 2] [--device auto] [--max-images N]
+
+Crops are cut by the fast CPU kernel (``snapper.crop.cut_crops`` through ``CropGeometry.cut``)
+in the loader workers, as batch snapping does.
 
 Exits 0 with a message when the shared data is absent. Prints one JSON object.
 """
@@ -41,24 +44,25 @@ from snapper.config import BatchConfig, ModelConfig  # noqa: E402
 from snapper.geometry import jitter_by_annotation, xywh_to_xyxy, xyxy_to_xywh  # noqa: E402
 from snapper.imageio import load_image  # noqa: E402
 from snapper.model import build_model  # noqa: E402
+from snapper.presets import PRESETS  # noqa: E402
 from snapper.snap import Snapper  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "coco128-train"
-CPU_MODEL = {"backbone": "resnet18", "input_size": 128, "fpn_channels": 64, "decoder_channels": 64, "decoder_layers": 2}
 
 
 def cpu_preset_model() -> ModelConfig:
-    try:
-        from snapper.train import PRESETS
-
-        return ModelConfig(**PRESETS["cpu"]["model"])
-    except (ImportError, KeyError):  # the preset table is the source; this is its copy
-        return ModelConfig(**CPU_MODEL)
+    """The ``cpu`` training preset's architecture: what a user of this machine would snap with."""
+    return ModelConfig(**PRESETS["cpu"]["model"])
 
 
-def write_rough(ann_file: Path, out: Path, seed: int = 0) -> int:
-    """The dataset's annotations with jittered boxes (crowd boxes left as they are)."""
+def write_rough(ann_file: Path, out: Path, seed: int = 0, max_images: int | None = None) -> int:
+    """The dataset's annotations with jittered boxes (crowd boxes left as they are); with
+    ``max_images`` only the annotations of the first that many images (a quick run)."""
     data = json.loads(ann_file.read_text())
+    if max_images is not None:
+        data["images"] = data["images"][:max_images]
+        keep = {im["id"] for im in data["images"]}
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
     sizes = {im["id"]: (im["width"], im["height"]) for im in data["images"]}
     for a in data["annotations"]:
         if not a.get("iscrowd"):
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-threads", type=int, default=1,
                     help="torch threads for the latency runs (more threads on a busy machine give multi-second outliers)")
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs (best is reported)")
+    ap.add_argument("--max-images", type=int, help="only the first N images of the data (a quick run)")
     a = ap.parse_args(argv)
     ann_file, images_dir = a.data / "annotations.json", a.data / "images"
     if not ann_file.is_file():
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp_p = Path(tmp)
         ckpt = save_checkpoint(tmp_p / "ckpt", build_model(mcfg), mcfg)
         rough = tmp_p / "rough.json"
-        n_boxes = write_rough(ann_file, rough)
+        n_boxes = write_rough(ann_file, rough, max_images=a.max_images)
         cfg = BatchConfig(batch_size=a.batch_size, workers=a.workers, device=a.device)
         snapper = Snapper.from_checkpoint(ckpt, device=a.device, batch_size=a.batch_size)
         limits, runs = [], []

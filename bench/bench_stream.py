@@ -10,7 +10,7 @@ one thread, no loader workers (so samples per CPU-second = per-core throughput):
     augmentation a user would add (random mirror + ``torchvision.transforms.ColorJitter``,
     the stream's flip and brightness/contrast/saturation jitter); and the same cutting
     ``--boxes-per-image`` boxes per decode (the stream's amortisation without the stream);
-(c) ``snapper.data.stream.train_loader`` with and without augmentation, with draft decode on
+(c) ``snapper.data.train_stream.train_loader`` with and without augmentation, with draft decode on
     and off. Every batch goes through ``loader.to_device(batch, "cpu")``, so augmentation is
     counted wherever it runs.
 
@@ -28,6 +28,7 @@ the floor for all of them.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import tempfile
@@ -42,8 +43,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from snapper.config import DataConfig, JitterConfig, ModelConfig, TrainConfig  # noqa: E402
-from snapper.crop import crop_windows, edge_targets  # noqa: E402
-from snapper.data import stream  # noqa: E402
+from snapper.crop import CropGeometry  # noqa: E402
+from snapper.data.manifest import expand_urls  # noqa: E402
+from snapper.data.shards import shard_dataset  # noqa: E402
+from snapper.data.train_stream import train_loader  # noqa: E402
 from snapper.geometry import jitter_boxes, xywh_to_xyxy  # noqa: E402
 from snapper.imageio import load_image  # noqa: E402
 
@@ -51,12 +54,8 @@ DATA = ROOT.parent / "shared" / "data" / "coco128-train"
 
 
 def make_shards(out: Path) -> list[str]:
-    try:
-        from snapper.data.shards import shard_dataset
-    except ImportError:  # pragma: no cover - the shard writer is part of the project
-        sys.exit("snapper.data.shards is missing")
     shard_dataset(DATA / "annotations.json", DATA / "images", out, shard_size=32)
-    return stream.expand_urls(str(out))
+    return expand_urls(str(out))
 
 
 def measure(units: dict[str, "callable"], seconds: float, rounds: int) -> dict[str, float]:
@@ -94,7 +93,7 @@ def _sample_scale(boxes: np.ndarray, w: int, h: int, size: int, k: int, cfg: Tra
     """The draft scale the stream would pick for ``k`` jittered boxes of the image, and k."""
     chosen = boxes[rng.choice(len(boxes), size=min(k, len(boxes)), replace=False)]
     rough = jitter_boxes(xywh_to_xyxy(chosen), w, h, rng, cfg.jitter)
-    return stream.decode_scale(crop_windows(rough, 1.0, cfg.model.context), size), len(chosen)
+    return CropGeometry.around(rough, size, cfg.model.context).decode_scale(), len(chosen)
 
 
 def _decode_units(items: list[tuple[bytes, float]], prefix: str) -> tuple[float, dict]:
@@ -130,8 +129,6 @@ def bench_large_photos(coco: dict, size: int, k: int, cfg: TrainConfig, n: int =
     """Where draft decoding pays: the first ``n`` images upscaled to phone-photo size (12 MP,
     the crowd-sourced case), same boxes scaled with them; decode in full vs at the scale the
     stream would pick for ``k`` jittered boxes."""
-    import io
-
     rng = np.random.default_rng(1)
     items = []
     for im, boxes in _images_with_boxes(coco, cfg):
@@ -180,10 +177,10 @@ class PlainBoxes:
             else boxes[j : j + 1]
         true = xywh_to_xyxy(chosen)
         rough = jitter_boxes(true, img.width, img.height, self.rng, self.cfg.jitter)
-        windows = crop_windows(rough, 1.0, self.cfg.model.context)
-        targets = edge_targets(true, windows, self.size).astype(np.float32)
+        geometry = CropGeometry.around(rough, self.size, self.cfg.model.context)
+        targets = geometry.targets(true).astype(np.float32)
         crops = []
-        for w, t in zip(windows, targets):
+        for w, t in zip(geometry.windows, targets):
             crop = img.crop(tuple(w)).resize((self.size, self.size), Image.BILINEAR)
             if self.jitter is not None:
                 if self.rng.random() < 0.5:
@@ -205,7 +202,7 @@ def bench_plain(size: int, k: int, cfg: TrainConfig, batch_size: int, per_image:
 
 
 def bench_stream(cfg: TrainConfig):
-    loader = stream.train_loader(cfg)
+    loader = train_loader(cfg)
 
     def epoch() -> int:
         n = sum(len(loader.to_device(b, "cpu")["image"]) for b in loader)

@@ -21,7 +21,6 @@ the same cores, so this ratio is the honest measure of the input pipeline's cost
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -37,17 +36,20 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import torch  # noqa: E402
 
 from bench_model import measure  # noqa: E402
-from snapper.train import _deep_merge, preset_config, train  # noqa: E402
+from snapper.config import apply_overrides  # noqa: E402
+from snapper.data.manifest import shard_urls  # noqa: E402
+from snapper.data.shards import shard_dataset  # noqa: E402
+from snapper.data.train_stream import train_loader  # noqa: E402
+from snapper.data.synthetic import generate  # noqa: E402
+from snapper.presets import preset_config  # noqa: E402
+from snapper.train import train  # noqa: E402
+from snapper.train_log import HISTORY_FILE, read_history  # noqa: E402
 
 
 def make_shards(data: str | None, work: Path, n_images: int) -> list[str]:
-    from snapper.data.shards import shard_dataset, shard_urls
-
     if data:
         ann, images = Path(data) / "annotations.json", Path(data) / "images"
     else:
-        from snapper.data.synthetic import generate
-
         ann = generate(work / "synth", num_images=n_images, seed=0)
         images = ann.parent / "images"
     shard_dataset(ann, images, work / "shards", split="train", shard_size=16)
@@ -55,8 +57,6 @@ def make_shards(data: str | None, work: Path, n_images: int) -> list[str]:
 
 
 def stream_rate(cfg, batches: int) -> float:
-    from snapper.data.stream import train_loader
-
     loader = train_loader(cfg)
     it = iter(loader)
     next(it)  # start-up (worker processes, first decode) excluded
@@ -102,8 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             over["model"] = {"input_size": args.size}
         cfg = preset_config(args.preset, over)
         if args.overrides:
-            from snapper.config import apply_overrides
-
             cfg = apply_overrides(cfg, args.overrides)
         print(f"preset {args.preset}: {cfg.model.backbone} {cfg.model.input_size}px fpn/dec "
               f"{cfg.model.fpn_channels}/{cfg.model.decoder_channels}, batch {cfg.batch_size}, workers "
@@ -118,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         dev = torch.device(args.device)
         m_before = measure(cfg.model, cfg.batch_size, dev, train=True, warmup=1, iters=4, seconds=20.0)
         train(cfg)
-        rows = [json.loads(x) for x in (work / "run" / "history.jsonl").read_text().splitlines()]
+        rows = read_history(work / "run" / HISTORY_FILE)
         rates = [r["samples_per_s"] for r in rows[1:]] or [rows[-1]["samples_per_s"]]
         t_rate = sorted(rates)[len(rates) // 2]
         m_after = measure(cfg.model, cfg.batch_size, dev, train=True, warmup=1, iters=4, seconds=20.0)

@@ -9,7 +9,7 @@ used by the end-to-end test to keep everything in a temporary folder).
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -63,15 +63,14 @@ def flatten(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, 
 
 def override(cfg: T, overrides: Mapping[str, Any] | None) -> T:
     """Apply a dict of overrides through :func:`snapper.config.apply_overrides`, the one
-    place that validates keys. Values travel as JSON, which YAML parses back to the same type."""
-    items = [f"{k}={json.dumps(v)}" for k, v in flatten(overrides).items()]
+    place that validates keys and types (typed values are checked as they are; strings, as
+    from a command line, are cast to the field's type)."""
+    items = flatten(overrides)
     return apply_overrides(cfg, items) if items else cfg
 
 
 def jsonable(obj: Any) -> Any:
     """Paths -> str, dataclasses/DataFrames -> plain JSON, so task results stay small and portable."""
-    import dataclasses
-
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

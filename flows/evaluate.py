@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import DEMO_DATASET, jsonable, override, resolve
 from flows.runners import task_runner_from_env
-from flows.train import evaluate_task, mlflow_run_link, shard_urls_task
+from flows.train import evaluate_task, shard_urls_task
 from snapper import tracking
 from snapper.config import EvalConfig, to_dict
 from snapper.registry import resolve_model
@@ -77,11 +77,11 @@ def evaluate_snapper(
     if run_id is None and experiment:
         run_id = start_run_task(experiment, f"eval {model}", {"snapper.model_ref": model, "snapper.shards": dataset})
     ev = evaluate_task(checkpoints, to_dict(cfg), str(out), run_id)
-    link = mlflow_run_link(run_id)
+    link = tracking.run_link(run_id)
     md = "\n".join([
         f"# evaluate-snapper: {model}",
         "",
-        f"- checkpoints: " + ", ".join(f"{k}: `{v}`" for k, v in checkpoints.items()),
+        "- checkpoints: " + ", ".join(f"{k}: `{v}`" for k, v in checkpoints.items()),
         f"- shards: {len(urls)} ({dataset}/{split})" if not shards else f"- shards: {len(urls)}",
         f"- MLflow run: {f'[{run_id}]({link})' if link else run_id}",
         f"- per-box table: `{ev['parquet']}`",

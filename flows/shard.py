@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -27,20 +26,23 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import wait
 from prefect.utilities.annotations import unmapped
 
 from flows.common import resolve
 from flows.runners import describe, task_runner_from_env
-from snapper.data.coco import CocoIndex, ImageRecord, load_coco
+from snapper.atomic import atomic_write_json
+from snapper.config import SHARD_MIN_BOX_SIZE
+from snapper.data.coco import CocoIndex, load_coco
+from snapper.data.manifest import Manifest
 from snapper.data.shards import (
     DEFAULT_SHARD_SIZE,
-    Manifest,
     ShardInfo,
     ShardSpec,
+    hold_out,
     plan_shards,
     remove_stale_shards,
-    split_by_image,
     write_manifest,
     write_shard,
 )
@@ -67,24 +69,8 @@ def retry_on_oserror(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, separators=(",", ":")))
-    os.replace(tmp, path)
-
-
-def _index_to_json(index: CocoIndex) -> dict[str, Any]:
-    d = asdict(index)
-    d["input_annotations"] = [[k, v] for k, v in index.input_annotations.items()]  # JSON keys are strings
-    return d
-
-
-def _index_from_json(d: dict[str, Any]) -> CocoIndex:
-    d = dict(d)
-    d["images"] = [ImageRecord(**r) for r in d["images"]]
-    d["input_annotations"] = {int(k): list(v) for k, v in d["input_annotations"]}
-    return CocoIndex(**d)
+def _write_plan_json(path: Path, obj: Any) -> None:
+    atomic_write_json(path, obj, indent=None, separators=(",", ":"))
 
 
 # ---------------------------------------------------------------------------- tasks
@@ -110,23 +96,18 @@ def plan_task(
         "%s: %d images (%d skipped), %d annotations in = %d kept + %d skipped",
         ann_file, c["images"], c["images_skipped"], c["annotations_input"], c["annotations_kept"], c["annotations_skipped"],
     )
-    if val_fraction > 0:
-        if split == "val":
-            raise ValueError("split must not be 'val' when val_fraction > 0 (val is the held-out split)")
-        train_ids, val_ids = split_by_image(index, val_fraction, seed)
-        jobs = [(split, index.subset(train_ids)), ("val", index.subset(val_ids))]
-    else:
-        jobs = [(split, index)]
+    jobs, _ = hold_out(index, split, val_fraction, seed)
     plan_root = Path(out_dir) / PLAN_DIR
     plan: dict[str, dict[str, Any]] = {}
-    for name, sub in jobs:
+    for name, ids in jobs:
+        sub = index if ids is None else index.subset(ids)
         specs = plan_shards(sub, shard_size, name)
         index_path = plan_root / f"{name}-index.json"
-        _atomic_json(index_path, _index_to_json(sub))
+        _write_plan_json(index_path, sub.to_dict())
         spec_paths = []
         for spec in specs:
             p = plan_root / f"{spec.name}.spec.json"
-            _atomic_json(p, spec.to_dict())
+            _write_plan_json(p, spec.to_dict())
             spec_paths.append(str(p))
         plan[name] = {"index": str(index_path), "specs": spec_paths}
         logger.info("split %s: %d images in %d shard(s) of <= %d", name, len(sub.images), len(specs), shard_size)
@@ -145,7 +126,7 @@ def shard_task(spec_path: str, out_dir: str) -> dict[str, Any]:
 
 @task(name="write-manifest", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_oserror)
 def manifest_task(out_dir: str, split: str, index_path: str, infos: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
-    index = _index_from_json(json.loads(Path(index_path).read_text()))
+    index = CocoIndex.from_dict(json.loads(Path(index_path).read_text()))
     shard_infos = [ShardInfo(**i) for i in infos]
     path = write_manifest(out_dir, split, shard_infos, index, params=params)
     remove_stale_shards(Path(out_dir), split, {i.file for i in shard_infos})
@@ -192,7 +173,7 @@ def shard_coco(
     val_fraction: float = 0.0,
     seed: int = 0,
     shard_size: int = DEFAULT_SHARD_SIZE,
-    min_box_size: float = 1.0,
+    min_box_size: float = SHARD_MIN_BOX_SIZE,
     check_images: str = "header",
     artifact: bool = True,
 ) -> dict[str, dict[str, Any]]:
@@ -206,13 +187,11 @@ def shard_coco(
     images = resolve(images_dir)
     dataset = dataset or ann.parent.name
     out = resolve(out_dir) if out_dir else resolve(Path("shards") / dataset)
-    from prefect.context import FlowRunContext
-
     ctx = FlowRunContext.get()
     if ctx is not None:
         logger.info("task runner: %s", describe(ctx.task_runner))
     plan = plan_task(str(ann), str(images), str(out), split, val_fraction, seed, shard_size, min_box_size, check_images)
-    # The same params the CLI records (snapper.data.shards.shard_index), so manifests agree.
+    # The same params the CLI records (snapper.data.shards.hold_out + shard_index), so manifests agree.
     params: dict[str, Any] = {"shard_size": shard_size}
     if val_fraction > 0:
         params.update(val_fraction=val_fraction, seed=seed)
@@ -250,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE)
-    ap.add_argument("--min-box-size", type=float, default=1.0)
+    ap.add_argument("--min-box-size", type=float, default=SHARD_MIN_BOX_SIZE)
     ap.add_argument("--check-images", choices=("header", "decode", "none"), default="header")
     a = ap.parse_args(argv)
     res = shard_coco(

@@ -1,7 +1,7 @@
 """Flow ``train-snapper``: data -> train -> (regression baseline) -> evaluate -> register -> report.
 
 Thin wiring: every task calls one library function and hands the next one paths and small
-JSON. Configuration comes from :mod:`snapper.train`'s presets plus a small ``overrides`` dict
+JSON. Configuration comes from :mod:`snapper.presets` plus a small ``overrides`` dict
 (dotted or nested keys, validated by :func:`snapper.config.apply_overrides`); nothing here
 restates a default.
 
@@ -10,8 +10,8 @@ restates a default.
   ``ann_file`` + ``images_dir``; ready shards are used as they are (``train_shards`` /
   ``val_shards``, any webdataset URLs).
 * **GPUs**: ``gpus > 1`` runs ``torchrun --standalone --nproc_per_node=N -m snapper.cli train
-  --config <yaml>`` in a subprocess and streams its log into the flow run (plus a progress
-  artifact); otherwise training runs in-process (CPU or one GPU).
+  --config <yaml>`` in a subprocess (:mod:`snapper.launch`) and streams its log into the flow
+  run (plus a progress artifact); otherwise training runs in-process (CPU or one GPU).
 * **Registration** happens after evaluation, so a model is registered only once it has been
   scored; the scores travel as tags of the model version.
 * **Report**: Prefect artifacts with Table 1 (markdown + table) and the MLflow run.
@@ -23,16 +23,13 @@ demo`` does). Deployed: ``prefect deployment run 'train-snapper/demo'``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import json
 import logging
-import os
-import re
-import subprocess
 import sys
-from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -47,13 +44,24 @@ from prefect.context import FlowRunContext
 from flows.common import SYNTHETIC, jsonable, override, resolve, synthetic_name
 from flows.runners import task_runner_from_env
 from flows.shard import shard_coco
-from snapper import registry, tracking
-from snapper.config import EvalConfig, TrainConfig, to_dict
+from snapper import tracking
+from snapper.config import ConfigError, EvalConfig, TrainConfig, from_dict, to_dict
+from snapper.data.manifest import shard_urls
+from snapper.data.synthetic import generate
+from snapper.evaluate import evaluate
+from snapper.launch import stream_command, torchrun_command, write_launch_config
+from snapper.presets import preset_config
+from snapper.registry import register_checkpoint
+from snapper.train import train
+from snapper.train_log import progress_of
+from snapper.registry import version_of_run
+from snapper.tracking import run_link
 
 TABLE_KEY = "snapper-table1"
 ROWS_KEY = "snapper-table1-rows"
 PROGRESS_KEY = "snapper-train-progress"
-_STEP_RE = re.compile(r"\bstep (\d+)/(\d+)\b")
+
+# Kept for flows.evaluate and older callers: the link is built in the library.
 
 
 # ---------------------------------------------------------------------------- data
@@ -61,15 +69,11 @@ _STEP_RE = re.compile(r"\bstep (\d+)/(\d+)\b")
 
 @task(name="synthesize-data")
 def synth_task(out_dir: str, num_images: int, seed: int) -> str:
-    from snapper.data.synthetic import generate
-
     return str(generate(out_dir, num_images=num_images, seed=seed))
 
 
 @task(name="shard-urls")
 def shard_urls_task(out_dir: str, split: str) -> list[str]:
-    from snapper.data.shards import shard_urls
-
     return shard_urls(out_dir, split)
 
 
@@ -123,6 +127,25 @@ class _ForwardToRun(logging.Handler):
             self.handleError(record)
 
 
+@contextlib.contextmanager
+def _library_logs_to(logger: Any, on_message: Callable[[str], None]) -> Iterator[None]:
+    """Route the library's ``logging`` ("snapper.*") into the run log (shown in the UI)
+    instead of letting it reach the console a second time through the root logger."""
+    lib_logger = logging.getLogger("snapper")
+    handler = _ForwardToRun(logger, on_message)
+    old_level, old_propagate = lib_logger.level, lib_logger.propagate
+    lib_logger.addHandler(handler)
+    lib_logger.propagate = False
+    if lib_logger.getEffectiveLevel() > logging.INFO:
+        lib_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        lib_logger.removeHandler(handler)
+        lib_logger.setLevel(old_level)
+        lib_logger.propagate = old_propagate
+
+
 class _Progress:
     """A Prefect progress artifact driven by ``step N/M`` log lines (updates at most per 1%)."""
 
@@ -135,10 +158,9 @@ class _Progress:
             self._id = None
 
     def __call__(self, message: str) -> None:
-        m = _STEP_RE.search(message)
-        if self._id is None or m is None:
+        pct = progress_of(message)
+        if self._id is None or pct is None:
             return
-        pct = 100.0 * int(m.group(1)) / max(int(m.group(2)), 1)
         if pct - self._last >= 1.0 or pct >= 100.0:
             self._last = pct
             try:
@@ -147,64 +169,27 @@ class _Progress:
                 pass
 
 
-def _torchrun(cfg: TrainConfig, nproc: int, logger: Any, progress: Callable[[str], None]) -> None:
-    """Run DDP training in a subprocess and stream its output into the run log."""
-    import yaml
-
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "flow-train-config.yaml"
-    tmp = cfg_path.with_name(cfg_path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, cfg_path)
-    launcher = Path(sys.executable).parent / "torchrun"
-    head = [str(launcher)] if launcher.exists() else [sys.executable, "-m", "torch.distributed.run"]
-    cmd = [*head, "--standalone", f"--nproc_per_node={nproc}", "-m", "snapper.cli", "train", "--config", str(cfg_path)]
-    logger.info("launching: %s", " ".join(cmd))
-    tail: deque[str] = deque(maxlen=40)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(  # noqa: S603 - fixed argv
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            logger.info("%s", line)
-            progress(line)
-        code = proc.wait()
-    if code != 0:
-        raise RuntimeError(f"torchrun exited with {code}; last lines:\n" + "\n".join(tail))
-
-
 @task(name="train-model")
 def train_task(cfg_dict: dict[str, Any], gpus: int = 0) -> dict[str, Any]:
-    """Train one model (``snapper.train.train``); returns the TrainResult as JSON."""
-    from snapper.config import from_dict
-    from snapper.train import train
+    """Train one model (``snapper.train.train``); returns the TrainResult as JSON.
 
+    ``gpus > 1``: torchrun in a subprocess, its output streamed into the run log."""
     cfg = from_dict(TrainConfig, cfg_dict)
     logger = get_run_logger()
     progress = _Progress(Path(cfg.out_dir).name)
     if gpus > 1:
-        _torchrun(cfg, gpus, logger, progress)
+        cmd = torchrun_command(write_launch_config(cfg), gpus)
+        logger.info("launching: %s", " ".join(cmd))
+
+        def on_line(line: str) -> None:
+            logger.info("%s", line)
+            progress(line)
+
+        stream_command(cmd, on_line)
         # The finished run's state holds its result: train() returns it at once without training.
         return jsonable(train(cfg))
-    # The library logs through `logging` ("snapper.*"); route it into the run log (shown in the
-    # UI) instead of letting it reach the console a second time through the root logger.
-    lib_logger = logging.getLogger("snapper")
-    handler = _ForwardToRun(logger, progress)
-    old_level, old_propagate = lib_logger.level, lib_logger.propagate
-    lib_logger.addHandler(handler)
-    lib_logger.propagate = False
-    if lib_logger.getEffectiveLevel() > logging.INFO:
-        lib_logger.setLevel(logging.INFO)
-    try:
+    with _library_logs_to(logger, progress):
         return jsonable(train(cfg))
-    finally:
-        lib_logger.removeHandler(handler)
-        lib_logger.setLevel(old_level)
-        lib_logger.propagate = old_propagate
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -216,9 +201,6 @@ def evaluate_task(
 ) -> dict[str, Any]:
     """``snapper.evaluate.evaluate`` (identity + every model on the same boxes); logs to the
     given MLflow run. Returns paths, the flat metrics and the Table 1 markdown."""
-    from snapper.config import from_dict
-    from snapper.evaluate import evaluate
-
     res = evaluate(checkpoints, from_dict(EvalConfig, eval_cfg), out_dir, include_identity=True)
     if mlflow_run_id:
         tracking.log_evaluation(res.metrics, [*res.files.values(), *res.plots.values()], run_id=mlflow_run_id)
@@ -237,47 +219,22 @@ def evaluate_task(
 @task(name="register-model")
 def register_task(run_id: str, checkpoint: str, name: str, tags: dict[str, str]) -> int:
     """``snapper.registry.register_checkpoint``; a re-run of the same MLflow run reuses its version."""
-    import mlflow
-
-    tracking.configure()
-    escaped = name.replace("'", "\\'")
-    try:
-        existing = [int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name='{escaped}' and run_id='{run_id}'")]
-    except mlflow.exceptions.MlflowException:
-        existing = []
-    if existing:
-        get_run_logger().info("run %s is already registered as %s version %d", run_id, name, max(existing))
-        return max(existing)
-    return registry.register_checkpoint(run_id, checkpoint, name, tags=tags)
+    existing = version_of_run(name, run_id)
+    if existing is not None:
+        get_run_logger().info("run %s is already registered as %s version %d", run_id, name, existing)
+        return existing
+    return register_checkpoint(run_id, checkpoint, name, tags=tags)
 
 
 # ---------------------------------------------------------------------------- report
 
 
-def mlflow_run_link(run_id: str | None) -> str | None:
-    """A browser link to the run when MLflow runs as a server (the stack), else None."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not run_id or not uri.startswith(("http://", "https://")):
-        return None
-    try:
-        from snapper import tracking
-
-        import mlflow
-
-        tracking.configure()
-        exp_id = mlflow.MlflowClient().get_run(run_id).info.experiment_id
-    except Exception:  # noqa: BLE001 - a missing link must not fail the report
-        return f"{uri.rstrip('/')}/#/runs/{run_id}"
-    return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
-
-
-@task(name="publish-report")
-def report_task(name: str, ev: dict[str, Any], train: dict[str, Any], registered: dict[str, Any] | None) -> str:
+def report_markdown(name: str, ev: dict[str, Any], train: dict[str, Any], registered: dict[str, Any] | None,
+                    link: str | None) -> str:
     run_id = train.get("mlflow_run_id")
-    link = mlflow_run_link(run_id)
     where = (f"[{run_id}]({link})" if link else f"`{run_id}` (local store: `make mlflow-ui`)") if run_id else "not tracked"
     reg = f"`{registered['name']}` version {registered['version']}" if registered else "not registered"
-    md = "\n".join(
+    return "\n".join(
         [
             f"# train-snapper: {name}",
             "",
@@ -289,6 +246,13 @@ def report_task(name: str, ev: dict[str, Any], train: dict[str, Any], registered
             ev["table_md"],
         ]
     )
+
+
+@task(name="publish-report")
+def report_task(name: str, ev: dict[str, Any], train: dict[str, Any], registered: dict[str, Any] | None) -> str:
+    run_id = train.get("mlflow_run_id")
+    link = run_link(run_id)
+    md = report_markdown(name, ev, train, registered, link)
     create_markdown_artifact(key=TABLE_KEY, markdown=md, description=f"Table 1 for {name}")
     create_table_artifact(key=ROWS_KEY, table=ev["rows"], description=f"Table 1 rows for {name}")
     if link:
@@ -297,6 +261,43 @@ def report_task(name: str, ev: dict[str, Any], train: dict[str, Any], registered
 
 
 # ---------------------------------------------------------------------------- the flow
+
+
+def _shards(train_shards: list[str] | None, val_shards: list[str] | None, **data: Any) -> dict[str, list[str]]:
+    """Explicit shard lists, else :func:`ensure_data`'s (explicit val shards win)."""
+    if train_shards:
+        shards = {"train": list(train_shards), "val": list(val_shards or [])}
+    else:
+        shards = ensure_data(**data)
+        if val_shards:
+            shards["val"] = list(val_shards)
+    if not shards["val"]:
+        raise ValueError("no validation shards: set val_fraction > 0 or pass val_shards (evaluation needs held-out data)")
+    return shards
+
+
+def _base_config(preset: str, overrides: dict[str, Any] | None, shards: dict[str, list[str]], gpus: int) -> TrainConfig:
+    """preset -> overrides -> what this flow decides: data, registration (later, after evaluation)."""
+    base = override(preset_config(preset), overrides)
+    base = dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, train_shards=shards["train"], val_shards=shards["val"]),
+        registered_model=None,  # registered below, after evaluation
+    )
+    if gpus == 1 and base.device == "auto":
+        base = dataclasses.replace(base, device="cuda")
+    return base
+
+
+def _version_tags(metrics: dict[str, Any], dataset: str, preset: str) -> dict[str, str]:
+    """The model's scores (``snapper.all.*``) and provenance as model-version tags."""
+    tags = {k.replace("/", "."): f"{v:.4g}" for k, v in metrics.items()
+            if k.startswith("snapper/all/") and isinstance(v, (int, float))}
+    tags.update({"dataset": dataset, "preset": preset})
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        tags["prefect.flow_run_id"] = str(ctx.flow_run.id)
+    return tags
 
 
 @flow(name="train-snapper", task_runner=task_runner_from_env())
@@ -324,47 +325,32 @@ def train_snapper(
     """Train a Snapper model (and the regression baseline), evaluate both against the rough
     boxes, register the model, and publish Table 1.
 
-    ``preset``: a :data:`snapper.train.PRESETS` name; ``overrides``: TrainConfig keys (e.g.
+    ``preset``: a :data:`snapper.presets.PRESETS` name; ``overrides``: TrainConfig keys (e.g.
     ``{"steps": 200, "model.backbone": "resnet50"}``); ``regression_overrides`` go on top for
     the baseline; ``eval_overrides``: EvalConfig keys. Outputs go to ``<runs_dir>/<name>``
     (relative to ``$SNAPPER_HOME`` or the working directory); re-running the same name resumes
     or reuses the finished training.
     """
-    from snapper.train import preset_config
-
     logger = get_run_logger()
     if gpus < 0:
         raise ValueError(f"gpus must be >= 0, got {gpus}")
     # 1. data
-    if train_shards:
-        shards = {"train": list(train_shards), "val": list(val_shards or [])}
-    else:
-        shards = ensure_data(dataset, ann_file, images_dir, num_images, val_fraction, shard_size, seed)
-        if val_shards:
-            shards["val"] = list(val_shards)
-    if not shards["val"]:
-        raise ValueError("no validation shards: set val_fraction > 0 or pass val_shards (evaluation needs held-out data)")
+    shards = _shards(train_shards, val_shards, dataset=dataset, ann_file=ann_file, images_dir=images_dir,
+                     num_images=num_images, val_fraction=val_fraction, shard_size=shard_size, seed=seed)
     logger.info("data: %d train shard(s), %d val shard(s)", len(shards["train"]), len(shards["val"]))
 
-    # 2. configs (preset -> overrides -> what this flow decides: paths, names, registration later)
+    # 2. training: the model, then (optionally) the regression baseline
     runs = resolve(runs_dir)
-    base = override(preset_config(preset), overrides)
-    base = dataclasses.replace(
-        base,
-        data=dataclasses.replace(base.data, train_shards=shards["train"], val_shards=shards["val"]),
-        registered_model=None,  # registered below, after evaluation
-    )
-    if gpus == 1 and base.device == "auto":
-        base = dataclasses.replace(base, device="cuda")
+    base = _base_config(preset, overrides, shards, gpus)
     edges_cfg = dataclasses.replace(base, out_dir=str(runs / name), run_name=base.run_name or name)
     edges = train_task(to_dict(edges_cfg), gpus)
     logger.info("model trained: %s steps, best checkpoint %s", edges["steps"], edges["best_checkpoint"])
-
     checkpoints = {"snapper": edges["best_checkpoint"]}
     regression = None
     if regression_baseline:
         reg_cfg = override(edges_cfg, {"model.head": "regression", **(regression_overrides or {})})
-        reg_cfg = dataclasses.replace(reg_cfg, out_dir=str(runs / f"{name}-regression"), run_name=f"{edges_cfg.run_name}-regression")
+        reg_cfg = dataclasses.replace(reg_cfg, out_dir=str(runs / f"{name}-regression"),
+                                      run_name=f"{edges_cfg.run_name}-regression")
         regression = train_task.with_options(name="train-regression-baseline")(to_dict(reg_cfg), gpus)
         checkpoints["regression"] = regression["best_checkpoint"]
 
@@ -375,12 +361,7 @@ def train_snapper(
     # 4. registration
     registered = None
     if register_model and edges.get("mlflow_run_id"):
-        ctx = FlowRunContext.get()
-        tags = {k.replace("/", "."): f"{v:.4g}" for k, v in ev["metrics"].items()
-                if k.startswith("snapper/all/") and isinstance(v, (int, float))}
-        tags.update({"dataset": dataset, "preset": preset})
-        if ctx is not None and ctx.flow_run is not None:
-            tags["prefect.flow_run_id"] = str(ctx.flow_run.id)
+        tags = _version_tags(ev["metrics"], dataset, preset)
         version = register_task(edges["mlflow_run_id"], edges["best_checkpoint"], registered_model, tags)
         registered = {"name": registered_model, "version": version}
     elif register_model:
@@ -399,12 +380,12 @@ def train_snapper(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m flows.train", description="Run the train-snapper flow once.")
     ap.add_argument("--name", default="demo")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="TrainConfig override (YAML value), repeatable: --set steps=100")
+                    help="TrainConfig override (cast to the field's type), repeatable: --set steps=100")
     ap.add_argument("--no-regression", action="store_true", help="skip the regression baseline")
     ap.add_argument("--gpus", type=int, default=0, help="> 1: torchrun with this many processes")
     ap.add_argument("--dataset", default=SYNTHETIC,
@@ -413,15 +394,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images-dir", help="images of --ann-file")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="held-out images when sharding")
     ap.add_argument("--num-images", type=int, default=300, help="size of the synthetic dataset")
-    args = ap.parse_args(argv)
-    import yaml
+    return ap
 
-    overrides = {}
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    overrides: dict[str, Any] = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key.strip()] = value  # a string: cast to the field's type by apply_overrides
+    try:  # checked here, before the flow (and anything it writes) starts
+        override(preset_config(args.preset), overrides)
+    except ConfigError as e:
+        ap.error(f"--set {e}")
+    except ValueError as e:  # an unknown preset
+        ap.error(str(e))
     res = train_snapper(name=args.name, preset=args.preset, overrides=overrides or None,
                         regression_baseline=not args.no_regression, gpus=args.gpus, num_images=args.num_images,
                         dataset=args.dataset, ann_file=args.ann_file, images_dir=args.images_dir,
@@ -430,10 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"per-box table: {res['eval']['parquet']}")
     if res["registered"]:
         print(f"registered model: {res['registered']['name']} version {res['registered']['version']}")
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
     if res["mlflow_run_id"]:
-        if uri and uri.startswith("http"):
-            print(f"MLflow run: {mlflow_run_link(res['mlflow_run_id'])}")
+        link = run_link(res["mlflow_run_id"])
+        if link:
+            print(f"MLflow run: {link}")
         else:
             print(f"MLflow run {res['mlflow_run_id']} is in the local store; browse it with `make mlflow-ui` "
                   "(http://127.0.0.1:5000) or start the whole stack with `make stack-up`.")

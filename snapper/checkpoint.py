@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,14 @@ import torch
 
 from snapper.atomic import atomic_torch_save, atomic_write_text
 from snapper.config import ModelConfig, from_dict, to_dict
+from snapper.model import build_model
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be used; the message names the file and the problem."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -52,18 +58,21 @@ def read_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, An
         raise FileNotFoundError(f"{path}: not a snapper checkpoint (no {CONFIG_FILE})")
     try:
         meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file}: not valid JSON ({e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model", {}), dict):
+        raise CheckpointError(f"{cfg_file}: expected an object with a 'model' mapping")
     model = dict(meta.get("model", {}))
     for key in OBSOLETE_MODEL_KEYS:
         model.pop(key, None)
-    return from_dict(ModelConfig, model), meta
+    try:
+        return from_dict(ModelConfig, model), meta
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelConfig, dict[str, Any]]:
     """Rebuild the model from ``config.json`` and load ``model.pt`` (weights only)."""
-    from snapper.model import build_model
-
     path = Path(path)
     cfg, meta = read_config(path)
     weights_file = path / MODEL_FILE
@@ -71,7 +80,37 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise FileNotFoundError(f"{path}: checkpoint has no {MODEL_FILE}")
     # The weights come from the checkpoint; never download pretrained ones to be overwritten.
     model = build_model(from_dict(ModelConfig, {**to_dict(cfg), "weights": None}))
-    state = torch.load(weights_file, map_location=map_location, weights_only=True)
+    state = _read_weights(weights_file, map_location)
+    check_weights_match(model, state, str(weights_file))
     model.load_state_dict(state)
     model.eval()
     return model, cfg, meta
+
+
+def _read_weights(weights_file: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    """The state dict in ``weights_file``, or a CheckpointError saying what is wrong with it
+    (torch's own message for a pickle advises ``weights_only=False``: exactly what not to do)."""
+    if weights_file.stat().st_size == 0:
+        raise CheckpointError(f"{weights_file}: empty file (an interrupted copy?)")
+    try:
+        state = torch.load(weights_file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{weights_file}: holds Python objects beyond tensors, refused (only plain "
+                              "state_dicts load, so a checkpoint cannot run code); re-save it with save_checkpoint") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{weights_file}: not a readable torch file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{weights_file}: expected a state_dict of tensors, got {type(state).__name__}")
+    return state
+
+
+def check_weights_match(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights of another architecture with the differing keys named, not torch's wall of text."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or extra or shapes:
+        parts = [f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                 (("missing", missing), ("unexpected", extra), ("of another shape", shapes)) if v]
+        raise CheckpointError(f"{where}: weights do not fit the architecture in {CONFIG_FILE}: " + "; ".join(parts))

@@ -191,6 +191,8 @@ def type_name(tp: Any) -> str:
     if origin is list:
         (arg,) = typing.get_args(inner) or (Any,)
         name = f"list of {type_name(arg)}"
+    elif origin is tuple:
+        name = f"tuple of ({', '.join('...' if a is Ellipsis else type_name(a) for a in typing.get_args(inner))})"
     else:
         name = getattr(inner, "__name__", str(inner))
     return f"{name} or null" if allows_none else name
@@ -220,8 +222,12 @@ def _parse_text(text: str, tp: Any) -> Any:
         return float(t)
     if inner is str:
         return text
-    if typing.get_origin(inner) is list:
-        value = yaml.safe_load(t) if t.startswith("[") else [v for v in t.split(",") if v.strip()]
+    if typing.get_origin(inner) in (list, tuple):
+        if t.startswith("["):
+            value = yaml.safe_load(t)
+        else:  # a,b,c: strings for a list of str, YAML scalars otherwise
+            items = [v.strip() for v in t.split(",") if v.strip()]
+            value = items if typing.get_args(inner)[:1] == (str,) else [yaml.safe_load(v) for v in items]
         return _check_value(value, tp)
     return _check_value(yaml.safe_load(t), tp)
 
@@ -256,6 +262,15 @@ def _check_value(value: Any, tp: Any) -> Any:
             raise TypeError
         (arg,) = typing.get_args(inner) or (Any,)
         return [_check_value(v, arg) for v in value]
+    if typing.get_origin(inner) is tuple:
+        args = typing.get_args(inner)
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check_value(v, args[0]) for v in value)
+        if len(args) != len(value):
+            raise TypeError
+        return tuple(_check_value(v, a) for v, a in zip(value, args))
     if isinstance(inner, type) and isinstance(value, inner):
         return value
     raise TypeError

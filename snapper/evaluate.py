@@ -37,7 +37,7 @@ from snapper.atomic import atomic_write_csv, atomic_write_json, atomic_write_par
 from snapper.checkpoint import load_checkpoint
 from snapper.config import EvalConfig, ModelConfig
 from snapper.crop import CropGeometry
-from snapper.data.stream import EvalStream, eval_batches
+from snapper.data.eval_stream import EvalStream, eval_batches
 from snapper.device import resolve_device
 from snapper.geometry import xywh_to_xyxy
 from snapper.metrics import box_table, confidence_report, format_table, summarize, summary_metrics

@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 
 from snapper.atomic import atomic_write_with
+from snapper.crop import CropGeometry
 from snapper.geometry import EDGE_NAMES
+from snapper.metrics import DEV_CORNER_COLS, DEV_EDGE_COLS
 
 IDENTITY = "identity"
 
@@ -42,8 +44,6 @@ def _methods(df: pd.DataFrame) -> list[str]:
 def deviance_histograms(df: pd.DataFrame, path: str | os.PathLike[str], max_px: float = 10.0) -> Path:
     """Edge and corner deviance (px) per method, input (identity) vs snapped; the last bin
     collects everything at or beyond ``max_px``."""
-    from snapper.metrics import DEV_CORNER_COLS, DEV_EDGE_COLS
-
     fig = _figure(11, 4)
     axes = fig.subplots(1, 2)
     bins = np.linspace(0, max_px, int(max_px * 4) + 1)
@@ -108,8 +108,6 @@ def example_grid(examples: list[dict[str, Any]], path: str | os.PathLike[str], n
     Each example: ``crop`` uint8 (3, S, S), ``window``/``rough``/``true``/``pred`` xyxy in
     original px, ``input_size``, optional ``iou``, ``conf`` (4,), ``method``.
     """
-    from snapper.crop import original_to_input
-
     n = max(len(examples), 1)
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
@@ -121,9 +119,9 @@ def example_grid(examples: list[dict[str, Any]], path: str | os.PathLike[str], n
         size = int(ex["input_size"])
         crop = np.asarray(ex["crop"])
         ax.imshow(np.transpose(crop, (1, 2, 0)).astype(np.uint8), extent=(0, size, size, 0), interpolation="nearest")
-        win = np.asarray(ex["window"], dtype=np.float64).reshape(1, 4)
+        geo = CropGeometry(ex["window"], size)
         for key, color, style in (("rough", "red", "--"), ("true", "lime", "-"), ("pred", "yellow", "-")):
-            _rect(ax, original_to_input(np.asarray(ex[key]).reshape(1, 4), win, size)[0], color, style)
+            _rect(ax, geo.to_input(np.asarray(ex[key]).reshape(1, 4))[0], color, style)
         ax.set_xlim(0, size)
         ax.set_ylim(size, 0)
         title = f"{ex.get('method', '')} ann {ex.get('annotation_id', '')}\nIoU {ex.get('iou', float('nan')):.3f}"

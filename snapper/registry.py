@@ -264,3 +264,15 @@ def resolve_model(ref: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return find_checkpoint(target)
+
+
+def version_of_run(name: str, run_id: str) -> int | None:
+    """The version of registered model ``name`` made from ``run_id`` (the highest if several),
+    None when that run was never registered: a re-run registers nothing new."""
+    escaped = name.replace("'", "\\'")
+    try:
+        found = mlflow_client().search_model_versions(f"name='{escaped}' and run_id='{run_id}'")
+    except mlflow.exceptions.MlflowException:
+        return None
+    versions = [int(v.version) for v in found]
+    return max(versions) if versions else None

@@ -272,3 +272,16 @@ def log_evaluation(metrics: Mapping[str, float], files: "list[str | os.PathLike[
     log_metrics({f"eval/{k}": v for k, v in metrics.items()}, run_id=rid)
     for p in files:
         log_artifact(p, "eval", run_id=rid)
+
+
+def run_link(run_id: str | None) -> str | None:
+    """A browser link to the run when MLflow runs as a server (the stack), else None."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not run_id or not uri.startswith(("http://", "https://")):
+        return None
+    base = uri.rstrip("/")
+    try:
+        exp_id = mlflow_client().get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a missing link must not fail the report
+        return f"{base}/#/runs/{run_id}"
+    return f"{base}/#/experiments/{exp_id}/runs/{run_id}"

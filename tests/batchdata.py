@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from snapper.checkpoint import save_checkpoint
-from snapper.config import ModelConfig
+from snapper.config import BatchConfig, ModelConfig
 from snapper.model import build_model
 
 TINY = ModelConfig(backbone="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
@@ -95,3 +95,8 @@ def make_rough(root: Path) -> tuple[Path, Path, dict]:
     path = root / "rough.json"
     path.write_text(json.dumps(data))
     return path, images, data
+
+
+def fast_config(**kw) -> BatchConfig:
+    """Small chunks and batches, no worker processes, CPU: quick and deterministic."""
+    return BatchConfig(**{"chunk_images": 2, "workers": 0, "batch_size": 4, "device": "cpu", **kw})

@@ -30,3 +30,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    """One store per module (importing mlflow and creating the database are the slow parts)."""
+    root = tmp_path_factory.mktemp("tracking")
+    home, cwd = root / "home", root / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SNAPPER_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.chdir(cwd)
+    from snapper import registry, tracking
+
+    previous_uri = tracking.mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
+    uri = tracking.configure()
+    yield {"tracking": tracking, "registry": registry, "home": home, "cwd": cwd, "uri": uri}
+    if tracking._artifact_env_set_by_us and os.environ.get(tracking._ARTIFACT_ROOT_ENV) == tracking._artifact_env_set_by_us:
+        del os.environ[tracking._ARTIFACT_ROOT_ENV]
+        tracking._artifact_env_set_by_us = None
+    mp.undo()
+    if previous_uri:
+        tracking.mlflow.set_tracking_uri(previous_uri)

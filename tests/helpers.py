@@ -1,4 +1,4 @@
-"""Tiny generated data for tests (no conftest magic; import what you need).
+"""Tiny generated data and training runs for tests (no conftest magic; import what you need).
 
     from tests.helpers import make_tiny_coco, make_tiny_shards, tiny_train_config
 
@@ -7,12 +7,24 @@ Everything is small enough for a 2-core CI box: a handful of synthetic 128x96 im
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import torch  # noqa: E402
+
+from snapper.config import TrainConfig, from_dict  # noqa: E402
+from snapper.data.coco import load_coco  # noqa: E402
+from snapper.data.manifest import shard_urls  # noqa: E402
+from snapper.data.shards import shard_dataset, split_by_image  # noqa: E402
+from snapper.data.synthetic import generate  # noqa: E402
+from snapper.presets import deep_merge, preset_config  # noqa: E402
+from snapper.train import train  # noqa: E402
 
 # The smallest model that still exercises every layer (ResNet-18 needs >= 32 px).
 TINY_MODEL: dict[str, Any] = {"backbone": "resnet18", "input_size": 32, "fpn_channels": 16,
@@ -22,8 +34,6 @@ TINY_MODEL: dict[str, Any] = {"backbone": "resnet18", "input_size": 32, "fpn_cha
 def make_tiny_coco(tmp_path: str | os.PathLike[str], n_images: int = 6, seed: int = 0,
                    width: int = 128, height: int = 96) -> Path:
     """A synthetic COCO dataset (``annotations.json`` + ``images/``); returns the annotations path."""
-    from snapper.data.synthetic import generate
-
     return generate(Path(tmp_path) / f"coco-{n_images}-{seed}", num_images=n_images, seed=seed,
                     width=width, height=height, scale_min=1.0, scale_max=1.0)
 
@@ -34,9 +44,6 @@ def make_tiny_shards(tmp_path: str | os.PathLike[str], n_images: int = 8, val_fr
 
     Returns ``{"ann": path, "dir": shard folder, "train": [urls], "val": [urls]}``.
     """
-    from snapper.data.coco import load_coco
-    from snapper.data.shards import shard_dataset, shard_urls, split_by_image
-
     ann = make_tiny_coco(tmp_path, n_images=n_images, seed=seed)
     images = ann.parent / "images"
     out = Path(tmp_path) / f"shards-{n_images}-{seed}"
@@ -46,10 +53,8 @@ def make_tiny_shards(tmp_path: str | os.PathLike[str], n_images: int = 8, val_fr
     return {"ann": ann, "dir": out, "train": shard_urls(out, "train"), "val": shard_urls(out, "val")}
 
 
-def tiny_train_config(shards: dict[str, Any], out_dir: str | os.PathLike[str], **overrides: Any):
+def tiny_train_config(shards: dict[str, Any], out_dir: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
     """A TrainConfig that takes seconds on CPU (no MLflow unless ``mlflow=True``)."""
-    from snapper.train import _deep_merge, preset_config
-
     base: dict[str, Any] = {
         "model": dict(TINY_MODEL),
         "data": {"train_shards": shards["train"], "val_shards": shards["val"], "workers": 0,
@@ -57,12 +62,10 @@ def tiny_train_config(shards: dict[str, Any], out_dir: str | os.PathLike[str], *
         "out_dir": str(out_dir), "device": "cpu", "batch_size": 8, "steps": 6, "warmup_steps": 2,
         "log_every": 1, "ckpt_every": 3, "eval_every": 3, "mlflow": False, "registered_model": None,
     }
-    return preset_config("cpu-tiny", _deep_merge(base, overrides))
+    return preset_config("cpu-tiny", deep_merge(base, overrides))
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -74,13 +77,6 @@ def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict[str, Any], 
 
     Each rank gets ``<out_dir>/rank<r>`` as its out_dir so a test can see that ranks other
     than 0 write nothing."""
-    import json
-
-    import torch
-
-    from snapper.config import TrainConfig, from_dict
-    from snapper.train import train
-
     torch.set_num_threads(1)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})

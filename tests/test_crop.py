@@ -4,10 +4,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapper.crop import (
+    CropGeometry,
     crop_images,
     crop_to_input,
     crop_to_original,
     crop_windows,
+    cut_crops,
+    decode_scale,
     edge_targets,
     input_to_crop,
     input_to_original,
@@ -72,3 +75,53 @@ def test_reduced_scale_decode_maps_to_the_same_place():
     a = crop_images(full, win, 30)
     b = crop_images(half, win, 30, image_scale=(0.5, 0.5))
     assert torch.allclose(a, b, atol=1.0)
+
+
+def test_decode_scale():
+    assert decode_scale(np.array([[0, 0, 320, 320], [0, 0, 64, 256]]), 32) == 0.5
+    assert decode_scale(np.array([[0, 0, 10, 10]]), 32) == 1.0
+
+
+def test_cut_crops_equals_roi_align_crop_images():
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(rng.integers(0, 256, (3, 47, 61), dtype=np.uint8))
+    wins = np.array([
+        [3.3, 5.7, 58.9, 43.2],  # downscaled (several samples per bin)
+        [-20.5, -10.2, 6.1, 3.3],  # mostly outside, top-left
+        [55.2, 40.1, 70.9, 52.7],  # past the bottom-right
+        [10.0, 10.0, 12.5, 11.0],  # tiny: upscaled
+        [100.0, 100.0, 120.0, 130.0],  # misses the image entirely
+        [-30.0, -30.0, 90.0, 80.0],  # larger than the image
+    ])
+    for size in (16, 8):
+        for scale in ((1.0, 1.0), (0.5, 0.25)):
+            ref = crop_images(img, wins, size, scale)
+            got = cut_crops(img, wins, size, scale)
+            assert got.shape == ref.shape
+            torch.testing.assert_close(got, ref, atol=0.05, rtol=0)
+            mirror = np.array([True, False, True, True, False, True])
+            got = cut_crops(img, wins, size, scale, mirror=mirror)
+            torch.testing.assert_close(got[mirror], ref[mirror].flip(-1), atol=0.05, rtol=0)
+            torch.testing.assert_close(got[~mirror], ref[~mirror], atol=0.05, rtol=0)
+
+
+def test_crop_geometry_is_the_whole_round_trip() -> None:
+    """Windows, per-edge scale, targets and the inverse map agree with the functions they wrap;
+    tidying clips to each box's own image size."""
+    rough = np.array([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 8.0, 100.0]])
+    true = rough + np.array([[-2.0, 1.0, 3.0, -1.0], [1.0, 2.0, 2.0, 5.0]])
+    geo = CropGeometry.around(rough, 64, context=1.4, buffer_ratio=1.2)
+    np.testing.assert_allclose(geo.windows, crop_windows(rough, 1.2, 1.4))
+    sx = (geo.windows[:, 2] - geo.windows[:, 0]) / 64
+    np.testing.assert_allclose(geo.edge_scale[:, [0, 2]], np.stack([sx, sx], 1))
+    np.testing.assert_allclose(geo.targets(true), edge_targets(true, geo.windows, 64))
+    np.testing.assert_allclose(geo.to_original(geo.to_input(true)), true, atol=1e-9)
+    tidy = geo.to_original(geo.to_input(true), np.array([45.0, 9.0]), np.array([100.0, 100.0]))
+    assert tidy[0, 2] == 45.0 and tidy[1, 2] == 9.0  # each box clipped to its own image
+    assert len(geo[1:]) == 1 and len(CropGeometry.concat([geo, geo[:1]])) == 3
+    assert geo.decode_scale() == decode_scale(geo.windows, 64)
+    img = torch.randint(0, 255, (3, 120, 90), dtype=torch.uint8)
+    torch.testing.assert_close(geo.cut(img), crop_images(img, geo.windows, 64), atol=5e-3, rtol=0)
+    mirrored = geo.cut(img, mirror=np.array([True, False]))
+    torch.testing.assert_close(mirrored[0], geo.cut(img)[0].flip(-1), atol=1e-3, rtol=0)
+

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch.multiprocessing as mp
 
+from snapper.checkpoint import load_checkpoint
+from snapper.config import to_dict
+from snapper.distributed import weights_digest
+from snapper.train_state import load_state
 from tests.helpers import ddp_worker, free_port, make_tiny_shards, tiny_train_config
-
-from snapper.checkpoint import load_checkpoint  # noqa: E402
-from snapper.config import to_dict  # noqa: E402
-from snapper.train import load_state, weights_digest  # noqa: E402
 
 
 @pytest.mark.slow
@@ -29,7 +29,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     out0, out1 = tmp_path / "run" / "rank0", tmp_path / "run" / "rank1"
     assert not out1.exists()  # only rank 0 writes checkpoints, state, logs
     state = load_state(out0)
-    assert state["finished"] and state["step"] == 4 and len(state["rng"]) == 2  # every rank's RNG kept
+    assert state.finished and state.step == 4 and len(state.rng) == 2  # every rank's RNG kept
     model, _, _ = load_checkpoint(r0["last_checkpoint"])
     assert weights_digest(model) == r0["weights_digest"]
     assert (out0 / "best" / "model.pt").is_file()

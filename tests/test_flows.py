@@ -20,7 +20,7 @@ from flows import runners  # noqa: E402
 from flows.common import flatten, override  # noqa: E402
 from flows.shard import _is_transient, shard_coco  # noqa: E402
 from snapper.config import TrainConfig  # noqa: E402
-from snapper.data.shards import ShardError  # noqa: E402
+from snapper.data.manifest import ShardError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +155,7 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     from prefect.artifacts import Artifact
 
     from flows.train import ROWS_KEY, TABLE_KEY
-    from snapper import tracking
+    from snapper import registry, tracking
 
     assert trained["train"]["steps"] == TINY["steps"]
     assert Path(trained["train"]["best_checkpoint"], "model.pt").is_file()
@@ -219,14 +219,14 @@ def test_torchrun_path_on_cpu(harness: None, home: Path, synth: Path) -> None:
     from prefect import flow
 
     from flows.train import train_task
-    from snapper.data.shards import shard_urls
-    from snapper.train import preset_config
-
     from snapper.config import to_dict
+    from snapper.data.manifest import shard_urls
+    from snapper.data.shards import shard_dataset
+    from snapper.presets import preset_config
 
-    shards = home / "shards" / "tiny"
-    if not (shards / "train-manifest.json").is_file():
-        pytest.skip("needs the shard flow's output")
+    shards = home / "shards" / "ddp"  # its own: no dependence on what other tests left behind
+    for split in ("train", "val"):
+        shard_dataset(synth, synth.parent / "images", shards, split=split, shard_size=4)
     cfg = override(preset_config("cpu-tiny"), {**TINY, "device": "cpu", "mlflow": False, "registered_model": None,
                                                 "out_dir": str(home / "runs" / "ddp"),
                                                 "data.train_shards": shard_urls(shards, "train"),

@@ -1,13 +1,12 @@
-"""Model, loss and decoding agree with each other and with the crop geometry."""
+"""Model: shapes, gradients, precision, pretrained weights, and (end to end) that targets, loss and
+decoding agree with the crop geometry."""
 
 import numpy as np
 import pytest
 import torch
 
-from snapper.checkpoint import load_checkpoint, save_checkpoint
 from snapper.config import ModelConfig
-from snapper.crop import crop_images, crop_windows, edge_targets, input_to_original
-from snapper.edges import decode_edges, edge_loss, soft_targets
+from snapper.crop import CropGeometry, to_uint8
 from snapper.geometry import jitter_boxes
 from snapper.model import build_model
 
@@ -26,40 +25,6 @@ def test_shapes_and_backward(head):
     assert pos.shape == (2, 4) and conf.shape == (2, 4)
     assert ((pos >= 0) & (pos <= 64)).all()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
-
-
-def test_soft_targets_decode_back_exactly():
-    pos = torch.tensor([[0.0, 0.25, 63.6, 64.0], [10.5, 31.01, 40.99, 12.0]])
-    q = soft_targets(pos, 64, 65)
-    assert torch.allclose(q.sum(-1), torch.ones(2, 4))
-    logits = torch.log(q.clamp_min(1e-9))
-    dec, conf = decode_edges(logits, 64, window=2, tolerance=2.0)
-    assert torch.allclose(dec, pos, atol=1e-4)
-    assert (conf > 0.99).all()
-    # The loss of the perfect distribution is its entropy: lower than any shifted one.
-    assert edge_loss(logits, pos, 64) < edge_loss(logits, pos + 2, 64)
-
-
-def test_confidence_is_low_for_spread_distributions():
-    sharp = torch.zeros(1, 4, 65)
-    sharp[..., 30] = 20
-    flat = torch.zeros(1, 4, 65)
-    _, c_sharp = decode_edges(sharp, 64)
-    _, c_flat = decode_edges(flat, 64)
-    assert (c_sharp > 0.99).all() and (c_flat < 0.1).all()
-
-
-def test_confidence_is_the_probability_of_being_within_tolerance():
-    from snapper.edges import mass_within
-
-    p = torch.zeros(1, 4, 65)
-    p[..., 30] = 1.0  # all mass in the bin of position 30, which covers [29.5, 30.5)
-    pos = torch.full((1, 4), 30.0)
-    assert torch.allclose(mass_within(p, pos, 64, torch.full((1, 4), 0.5)), torch.ones(1, 4))
-    assert torch.allclose(mass_within(p, pos, 64, torch.full((1, 4), 0.25)), torch.full((1, 4), 0.5))
-    assert torch.allclose(mass_within(p, pos + 3, 64, torch.full((1, 4), 2.0)), torch.zeros(1, 4))
-    flat = torch.full((1, 4, 65), 1 / 65)
-    assert torch.allclose(mass_within(flat, pos, 64, torch.full((1, 4), 2.0)), torch.full((1, 4), 4 / 65))
 
 
 def test_confidence_accounts_for_the_crop_scale():
@@ -108,16 +73,6 @@ def test_imagenet_weights_load_from_local_cache(monkeypatch, tmp_path):
     assert torch.equal(m.trunk.stem[0].weight, ref.conv1.weight)
 
 
-def test_checkpoint_round_trip(tmp_path):
-    cfg = ModelConfig(**TINY)
-    m = build_model(cfg).eval()
-    save_checkpoint(tmp_path / "ck", m, cfg, {"step": 3})
-    m2, cfg2, meta = load_checkpoint(tmp_path / "ck")
-    assert cfg2 == cfg and meta["step"] == 3
-    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
-    assert torch.equal(m(x), m2(x))
-
-
 def _scene(rng, size=96):
     """A dark image with one bright rectangle; exact integer box."""
     img = torch.full((3, size, size), 30, dtype=torch.uint8)
@@ -137,10 +92,10 @@ def test_overfit_tiny_model_reaches_sub_pixel_edges():
     for _ in range(8):
         img, true = _scene(rng)
         rough = jitter_boxes(true, 96, 96, rng)
-        win = crop_windows(rough, 1.0, cfg.context)
-        crops.append(crop_images(img, win, cfg.input_size).round().to(torch.uint8))
-        targets.append(torch.tensor(edge_targets(true, win, cfg.input_size), dtype=torch.float32))
-        windows.append(win)
+        geo = CropGeometry.around(rough, cfg.input_size, cfg.context)
+        crops.append(to_uint8(geo.cut(img)))
+        targets.append(torch.tensor(geo.targets(true), dtype=torch.float32))
+        windows.append(geo)
         truths.append(true)
     x, t = torch.cat(crops), torch.cat(targets)
     model = build_model(cfg)
@@ -154,19 +109,6 @@ def test_overfit_tiny_model_reaches_sub_pixel_edges():
     model.eval()
     with torch.no_grad():
         pos, _ = model.decode(model(x))
-    pred = input_to_original(pos.double().numpy(), np.concatenate(windows), cfg.input_size)
+    pred = CropGeometry.concat(windows).to_original(pos.double().numpy())
     dev = np.abs(pred - np.concatenate(truths))
     assert (dev < 1.0).mean() >= 0.95, f"edges within 1 px: {(dev < 1.0).mean():.2%}, loss {loss.item():.3f}"
-
-
-def test_checkpoints_of_earlier_versions_still_load(tmp_path):
-    import json
-
-    cfg = ModelConfig(**TINY)
-    path = save_checkpoint(tmp_path / "old", build_model(cfg), cfg)
-    meta = json.loads((path / "config.json").read_text())
-    meta["model"].pop("confidence_px")
-    meta["model"]["confidence_radius"] = 2  # what session-1 checkpoints saved
-    (path / "config.json").write_text(json.dumps(meta))
-    _, loaded, _ = load_checkpoint(path)
-    assert loaded.confidence_px == ModelConfig().confidence_px

@@ -10,7 +10,6 @@ from PIL import Image
 from snapper.checkpoint import save_checkpoint
 from snapper.cli import main as cli
 from snapper.config import ModelConfig
-from snapper.imageio import ImageError, image_size, load_image
 from snapper.model import build_model
 from snapper.snap import Snapper
 
@@ -66,72 +65,6 @@ def test_bad_boxes_are_named(ckpt, photo, box, reason):
     s = Snapper.from_checkpoint(ckpt, device="cpu")
     with pytest.raises(ValueError, match=rf"box 1 .*{reason}"):
         s.snap(photo, [[10, 10, 20, 20], box])
-
-
-@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16", "1"])
-def test_image_modes_become_rgb(tmp_path, mode):
-    im = Image.new("RGB", (40, 30), (120, 60, 30)).convert(mode if mode != "I;16" else "I")
-    ext = "tif" if mode in ("CMYK", "I;16") else "png"
-    path = tmp_path / f"im.{ext}"
-    im.save(path)
-    loaded = load_image(path)
-    assert loaded.tensor.shape == (3, 30, 40) and loaded.tensor.dtype == torch.uint8
-
-
-@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
-def test_jpeg_fast_decode_gives_pils_pixels(tmp_path, mode):
-    """Full-scale JPEGs skip PIL's decoder; the pixels must be the ones PIL gives."""
-    rng = np.random.default_rng(3)
-    im = Image.fromarray((rng.random((37, 53, 3)) * 255).astype(np.uint8)).convert(mode)
-    path = tmp_path / "im.jpg"
-    im.save(path, quality=90)
-    want = np.array(Image.open(path).convert("RGB"))
-    for source in (path, path.read_bytes(), Image.open(path)):
-        got = load_image(source).tensor.permute(1, 2, 0).numpy()
-        assert got.shape == want.shape and np.array_equal(got, want)
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    arr = np.zeros((20, 50, 3), dtype=np.uint8)
-    arr[:, :10] = 255  # bright stripe on the left of the stored pixels
-    im = Image.fromarray(arr)
-    exif = im.getexif()
-    exif[0x0112] = 6  # rotate 90 CW when displayed
-    path = tmp_path / "rot.jpg"
-    im.save(path, exif=exif, quality=95)
-    loaded = load_image(path)
-    assert (loaded.width, loaded.height) == (20, 50) == image_size(path)
-    assert loaded.tensor.shape == (3, 50, 20)
-    assert loaded.tensor[:, :10].float().mean() > 200  # the stripe is now on top
-    half = load_image(path, min_scale=0.5)
-    assert (half.width, half.height) == (20, 50) and half.scale == pytest.approx((0.5, 0.5), abs=0.06)
-
-
-def test_corrupt_missing_and_tiny_images_are_named(tmp_path):
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    with pytest.raises(ImageError, match="bad.jpg"):
-        load_image(bad)
-    with pytest.raises(ImageError, match="nope.jpg.*not found"):
-        load_image(tmp_path / "nope.jpg")
-    trunc = tmp_path / "trunc.jpg"
-    Image.new("RGB", (64, 64), (9, 9, 9)).save(trunc)
-    trunc.write_bytes(trunc.read_bytes()[:200])
-    with pytest.raises(ImageError, match="trunc.jpg"):
-        load_image(trunc)
-    tiny = tmp_path / "tiny.png"
-    Image.new("RGB", (1, 5)).save(tiny)
-    with pytest.raises(ImageError, match="too small"):
-        load_image(tiny)
-
-
-@pytest.mark.parametrize("ext", ["png", "jpg"])
-def test_decompression_bomb_limit_is_kept(tmp_path, monkeypatch, ext):
-    path = tmp_path / f"big.{ext}"
-    Image.new("RGB", (100, 100)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageError, match="refused"):
-        load_image(path)
 
 
 def test_cli_prints_json_and_draws(ckpt, photo, tmp_path, capsys):

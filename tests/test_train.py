@@ -1,4 +1,5 @@
-"""Training: checkpoints, resumability (in-process stop and SIGKILL), MLflow, presets, CLI."""
+"""Training runs end to end: checkpoints, resumability (in-process stop and SIGKILL), MLflow,
+early stopping. The pieces have their own tests (test_schedule, test_train_state, ...)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,18 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 import yaml
 
+import snapper.train as T
+from snapper.checkpoint import load_checkpoint
+from snapper.config import TrainConfig, load_yaml, to_dict
+from snapper.schedule import lr_at
+from snapper.train import train
+from snapper.train_state import STATE_FILE, load_state
 from tests.helpers import make_tiny_shards, tiny_train_config
-
-from snapper.checkpoint import load_checkpoint  # noqa: E402
-from snapper.config import TrainConfig, load_yaml, to_dict  # noqa: E402
-from snapper.train import (  # noqa: E402
-    PRESETS, STATE_FILE, build_config, cli_main, derive_seed, load_state, lr_at, lr_factor, preset_config,
-    rng_state, set_rng_state, train,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,54 +38,6 @@ def shards(tmp_path_factory):
 
 def history(out_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
-
-
-# ---------------------------------------------------------------------------------- pure parts
-
-
-def test_lr_schedule_warmup_then_cosine_to_zero():
-    f = [lr_factor(s, 10, 100) for s in range(100)]
-    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(f[:9], f[1:10]))  # warm-up rises
-    assert all(a >= b for a, b in zip(f[9:], f[10:]))  # cosine falls
-    assert lr_factor(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
-    assert lr_factor(55, 10, 100) == pytest.approx(0.5)
-
-
-def test_stream_reseeded_on_resume():
-    assert derive_seed(7, 0) == 7  # a fresh run keeps the configured seed
-    seeds = {derive_seed(7, s) for s in (0, 100, 200, 300)}
-    assert len(seeds) == 4 and derive_seed(7, 100) == derive_seed(7, 100)
-
-
-def test_rng_state_is_weights_only_safe(tmp_path):
-    import random
-
-    import numpy as np
-
-    state = rng_state()
-    a = (torch.rand(3), np.random.rand(3), random.random())
-    torch.save(state, tmp_path / "s.pt")
-    loaded = torch.load(tmp_path / "s.pt", weights_only=True)
-    set_rng_state(loaded)
-    b = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
-
-
-def test_presets_and_override_order(tmp_path):
-    for name in PRESETS:
-        assert isinstance(preset_config(name), TrainConfig)
-    assert preset_config("gpu").model.backbone == "resnet50"
-    assert preset_config("cpu").model.backbone == "resnet18" and preset_config("cpu").batch_size == 32
-    f = tmp_path / "c.yaml"
-    f.write_text(yaml.safe_dump({"batch_size": 5, "model": {"input_size": 64}}))
-    cfg = build_config("cpu", str(f), ["model.input_size=96", "model.head=regression"], str(tmp_path / "o"))
-    assert cfg.batch_size == 5  # YAML over preset
-    assert cfg.model.input_size == 96 and cfg.model.head == "regression"  # --set over YAML
-    assert cfg.model.fpn_channels == PRESETS["cpu"]["model"]["fpn_channels"]  # preset kept where not overridden
-    assert cfg.out_dir == str(tmp_path / "o")
-    with pytest.raises(ValueError, match="unknown"):
-        build_config(None, None, ["model.nope=1"])
 
 
 # ---------------------------------------------------------------------------------- training
@@ -111,8 +64,6 @@ def test_train_writes_checkpoints_state_and_mlflow(shards, tmp_path, monkeypatch
     assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng", "best_score"}
     assert res.final_metrics["best/score"] == pytest.approx(res.best_score)
 
-    import mlflow
-
     run = mlflow.MlflowClient().get_run(res.mlflow_run_id)
     assert run.data.params["model.backbone"] == "resnet18"
     assert {"train/loss", "train/lr", "val/score", "best/score"} <= set(run.data.metrics)
@@ -135,7 +86,7 @@ def test_resume_continues_the_same_schedule(shards, tmp_path):
     a = train(tiny_train_config(shards, tmp_path / "a", steps=n, warmup_steps=3, lr=3e-3, data=no_val))
     cfg_b = tiny_train_config(shards, tmp_path / "b", steps=n, warmup_steps=3, lr=3e-3, data=no_val)
     half = train(cfg_b, max_steps_this_run=n // 2)
-    assert half.steps == n // 2 and not load_state(tmp_path / "b")["finished"]
+    assert half.steps == n // 2 and not load_state(tmp_path / "b").finished
     b = train(cfg_b)
     assert a.steps == b.steps == n
     ha, hb = history(tmp_path / "a"), history(tmp_path / "b")
@@ -171,17 +122,15 @@ def test_resume_after_sigkill(shards, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
-    killed_at = load_state(tmp_path / "k")["step"]
+    killed_at = load_state(tmp_path / "k").step
     assert 0 < killed_at < n
     res = train(cfg)
-    assert res.steps == n and load_state(tmp_path / "k")["finished"]
+    assert res.steps == n and load_state(tmp_path / "k").finished
     assert [r["step"] for r in history(tmp_path / "k")] == list(range(1, n + 1))
     assert all(math.isfinite(r["loss"]) for r in history(tmp_path / "k"))
 
 
 def test_early_stopping_keeps_best(shards, tmp_path, monkeypatch):
-    import snapper.train as T
-
     scores = iter([50.0, 40.0, 45.0, 60.0])  # best at the 1st evaluation, then two worse ones
 
     def fake_validation(model, cfg, device):
@@ -193,21 +142,8 @@ def test_early_stopping_keeps_best(shards, tmp_path, monkeypatch):
     res = train(cfg)
     assert res.stopped_early and res.steps == 3 and res.best_score == 50.0
     assert json.loads((tmp_path / "es" / "best" / "config.json").read_text())["step"] == 1
-    assert load_state(tmp_path / "es")["finished"]
+    assert load_state(tmp_path / "es").finished
     assert train(cfg).steps == 3  # an early-stopped run is finished: re-running does nothing
-
-
-def test_regression_head_trains_from_the_cli(shards, tmp_path, capsys):
-    out = tmp_path / "reg"
-    rc = cli_main(["--preset", "cpu-tiny", "--set", "model.head=regression", "--set", "model.input_size=32",
-                   "--set", f"data.train_shards={json.dumps(shards['train'])}",
-                   "--set", f"data.val_shards={json.dumps(shards['val'])}", "--set", "steps=3",
-                   "--set", "eval_every=3", "--set", "mlflow=false", "--set", "device=cpu", "--out-dir", str(out)])
-    assert rc == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["steps"] == 3
-    model, mcfg, _ = load_checkpoint(result["best_checkpoint"])
-    assert mcfg.head == "regression" and type(model).__name__ == "RegressionNet"
 
 
 def test_bad_resume_is_refused(shards, tmp_path):
@@ -216,10 +152,3 @@ def test_bad_resume_is_refused(shards, tmp_path):
     other = tiny_train_config(shards, out, steps=2, eval_every=100, model={"input_size": 48})
     with pytest.raises(ValueError, match="different model config"):
         train(other)
-
-
-def test_cli_refuses_a_config_without_data(tmp_path, capsys):
-    assert cli_main(["--preset", "cpu-tiny", "--out-dir", str(tmp_path / "x")]) == 2
-    assert "train_shards is empty" in capsys.readouterr().err
-    assert cli_main(["--preset", "cpu-tiny", "--set", "steps=0"]) == 2
-    assert not (tmp_path / "x").exists()

@@ -1,9 +1,102 @@
-"""TEMPORARY during the restructure: delegates to the old ``cli_main`` (to be moved here)."""
+"""``snapper batch-snap ROUGH IMAGES OUT``: snap every box of a rough COCO file (or of each
+``*.json`` in a folder, into ``OUT/<stem>/``) with full accounting; prints one line per file."""
 
 from __future__ import annotations
 
-from snapper.batch import cli_main
+import argparse
+from pathlib import Path
+from typing import Any
+
+from snapper.batch import AccountingError, BatchInputError, BatchResult, batch_snap, check_config, input_files
+from snapper.batch.pipeline import DEFAULT_MODEL
+from snapper.cli.common import add_set_option, apply_sets, fail, positive_float, positive_int, run, unit_float
+from snapper.config import BatchConfig
+
+PROG = "snapper batch-snap"
+
+# Options that set a BatchConfig field directly (the defaults are BatchConfig's).
+FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio")
 
 
-def main(argv: list[str]) -> int:
-    return cli_main(argv)
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BatchConfig()
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Snap every box of a rough COCO file (or a folder of them) with full accounting.")
+    p.add_argument("rough", help="COCO JSON of rough boxes, or a folder of them (each -> OUT_DIR/<stem>/)")
+    p.add_argument("images_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--checkpoint", default=DEFAULT_MODEL,
+                   help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, "
+                        "models:/NAME@ALIAS, or NAME)")
+    p.add_argument("--truth", help="COCO JSON of true boxes with the same annotation ids: report Table 1")
+    p.add_argument("--chunk-images", type=positive_int, help=f"images per chunk (default {d.chunk_images})")
+    p.add_argument("--review-threshold", type=unit_float,
+                   help=f"edge confidence below which a box goes on the review list (default {d.review_threshold})")
+    p.add_argument("--batch-size", type=positive_int, help=f"crops per forward pass (default {d.batch_size})")
+    p.add_argument("--workers", type=non_negative_int, help=f"decoding processes, 0 = none (default {d.workers})")
+    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default {d.device})")
+    p.add_argument("--buffer-ratio", type=positive_float, help=f"crop size factor (default {d.buffer_ratio})")
+    add_set_option(p, "BatchConfig")
+    return p
+
+
+def make_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BatchConfig:
+    """``--set`` values first, then the named options (which win)."""
+    cfg = apply_sets(parser, BatchConfig(), args.overrides)
+    for name in FIELD_OPTIONS:
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    return cfg
+
+
+def describe(f: Path, r: BatchResult) -> list[str]:
+    """What is printed for one snapped file: counts, and Table 1 when truth was given."""
+    s: dict[str, Any] = r.summary
+    lines = [f"{f}: {s['n_annotations']} annotations -> {r.annotations}; "
+             f"snapped {s['status']['snapped']}, kept {s['status']['kept']} {s['reasons']}, "
+             f"needs review {s['needs_review']}, {s.get('annotations_per_s')} annotations/s"]
+    for row in s.get("truth", {}).get("table1", []):
+        if row.get("size") == "all":
+            lines.append(f"  {row['method']:<8} mIoU {row['miou']:.1f}  IoU>0.9 {row['iou_gt_0.9']:.1f}  "
+                         f"edge<1px {row['edge_lt_1px']:.1f}  edge<3px {row['edge_lt_3px']:.1f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = make_config(parser, args)
+    try:
+        check_config(cfg)  # --set values too, before any work
+    except ValueError as e:
+        parser.error(str(e))
+
+    def body() -> int:
+        folder = Path(args.rough).is_dir()
+        files = input_files(args.rough)
+        if args.truth and folder:
+            raise BatchInputError("--truth needs a single rough file, not a folder")
+        for f in files:
+            out = Path(args.out_dir) / f.stem if folder else Path(args.out_dir)
+            try:
+                r = batch_snap(f, args.images_dir, out, args.checkpoint, cfg, truth=args.truth)
+            except AccountingError as e:  # a bug or a changed file, but the message says which
+                return fail(PROG, e)
+            print("\n".join(describe(f, r)))
+        return 0
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

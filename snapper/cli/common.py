@@ -17,7 +17,9 @@ T = TypeVar("T")
 EXIT_USAGE = 2  # bad arguments, configuration, input files or checkpoints: the user can fix it
 
 # Errors whose message already says what is wrong with the user's input: printed as one line.
+# (LookupError is a missing registered model; its subclasses KeyError/IndexError are bugs.)
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError)
+BUGS: tuple[type[BaseException], ...] = (KeyError, IndexError)
 
 
 def add_set_option(parser: argparse.ArgumentParser, section: str) -> None:
@@ -76,6 +78,8 @@ def run(prog: str, body: Callable[[], int | None]) -> int:
     instead of a traceback (bugs still raise)."""
     try:
         return int(body() or 0)
+    except BUGS:
+        raise
     except USER_ERRORS as e:
         return fail(prog, e)
 

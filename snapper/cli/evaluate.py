@@ -9,7 +9,7 @@ from snapper import tracking
 from snapper.checkpoint import read_config
 from snapper.cli.common import add_set_option, apply_sets, positive_float, positive_int, run, setup_logging
 from snapper.config import PRECISION_CHOICES, EvalConfig, JitterConfig
-from snapper.data.shards import shard_urls
+from snapper.data.manifest import shard_urls
 from snapper.evaluate import evaluate
 from snapper.registry import resolve_model
 

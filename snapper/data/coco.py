@@ -33,62 +33,23 @@ import json
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Literal
 
+from PIL import Image
+from pycocotools.coco import COCO
+
+from snapper.config import SHARD_MIN_BOX_SIZE
+from snapper.data.records import WRITTEN_EXTS, ImageRecord, sniff_image_format
 from snapper.geometry import box_problem
+from snapper.imageio import ImageError, image_size
 
 CheckImages = Literal["header", "decode", "none"]
-
-# Real container format -> file extension used in shards (the stream looks for these).
-IMAGE_EXTS = ("jpg", "png", "webp", "bmp", "tif")
 
 
 class CocoFormatError(ValueError):
     """The annotation file is malformed; the message names the file and the offending entry."""
-
-
-def sniff_image_format(head: bytes) -> str | None:
-    """Extension for the image container in ``head`` (first >= 12 bytes), from magic numbers.
-
-    Why magic bytes and not the file name: a PNG saved as ``.jpg`` must travel as ``.png`` so
-    that decoders pick the right codec.
-    """
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpg"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[:2] == b"BM":
-        return "bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tif"
-    return None
-
-
-@dataclass
-class ImageRecord:
-    """One usable image and its kept annotations (``bbox`` is COCO xywh, already clipped)."""
-
-    image_id: int
-    file_name: str
-    path: str  # absolute path of the image file
-    width: int
-    height: int
-    annotations: list[dict[str, Any]] = field(default_factory=list)  # id, bbox, category_id, iscrowd, area
-    format: str | None = None  # extension from the real format; None when images were not checked
-
-    def sidecar(self) -> dict[str, Any]:
-        """The JSON stored next to the image in a shard."""
-        return {
-            "image_id": self.image_id,
-            "file_name": self.file_name,
-            "width": self.width,
-            "height": self.height,
-            "annotations": self.annotations,
-        }
 
 
 @dataclass
@@ -100,7 +61,7 @@ class CocoIndex:
     input_annotations: dict[int, list[int]]  # every input image id -> its input annotation ids
     skipped: list[dict[str, Any]]  # {image_id, annotation_id (None = the image), reason, detail}
     clipped: list[int]  # ids of kept annotations that were clipped to the image
-    min_box_size: float = 1.0
+    min_box_size: float = SHARD_MIN_BOX_SIZE
     check_images: str = "header"
 
     # ------------------------------------------------------------------ accounting views
@@ -146,6 +107,20 @@ class CocoIndex:
             "crowd": self.num_crowd,
             "clipped": len(self.clipped),
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (the shard flow hands an index to its manifest task as a file)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["images"] = [r.to_dict() for r in self.images]
+        d["input_annotations"] = [[k, v] for k, v in self.input_annotations.items()]  # JSON keys are strings
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CocoIndex":
+        d = dict(d)
+        d["images"] = [ImageRecord.from_dict(r) for r in d["images"]]
+        d["input_annotations"] = {int(k): list(v) for k, v in d["input_annotations"]}
+        return cls(**d)
 
     def subset(self, image_ids: Iterable[int]) -> "CocoIndex":
         """The same index restricted to ``image_ids`` (any input image id, usable or skipped)."""
@@ -282,10 +257,6 @@ def _check_image(path: str, width: int, height: int, mode: str) -> tuple[str | N
         return None, "image_missing", f"{path}: no such file"
     if mode == "none":
         return None, None, ""
-    from PIL import Image  # local import: keeps `import snapper.data.coco` light for workers
-
-    from snapper.imageio import ImageError, image_size
-
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -297,7 +268,7 @@ def _check_image(path: str, width: int, height: int, mode: str) -> tuple[str | N
         return None, "image_corrupt", str(e)
     ext = sniff_image_format(head)
     if ext is None:
-        return None, "image_unsupported_format", f"{path}: readable but not one of {IMAGE_EXTS}"
+        return None, "image_unsupported_format", f"{path}: readable but not one of {WRITTEN_EXTS}"
     if mode == "decode":
         try:
             with Image.open(path) as im:
@@ -312,10 +283,84 @@ def _check_image(path: str, width: int, height: int, mode: str) -> tuple[str | N
 # ---------------------------------------------------------------------------- loading
 
 
+def _read_json(ann_file: str | os.PathLike[str]) -> tuple[str, bytes, Any]:
+    """(file name for messages, raw bytes, parsed and validated JSON)."""
+    where = str(Path(ann_file))
+    try:
+        raw = Path(ann_file).read_bytes()
+    except OSError as e:
+        raise CocoFormatError(f"{where}: cannot read annotation file ({e})") from e
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CocoFormatError(f"{where}: not valid JSON ({e})") from e
+    _validate(data, where)
+    return where, raw, data
+
+
+def _kept_box(a: dict[str, Any], width: int, height: int,
+              min_box_size: float) -> tuple[dict[str, Any] | None, str | None, str, bool]:
+    """(the annotation as kept, or None; skip reason; detail; whether it was clipped)."""
+    bbox = [math.nan if v is None else float(v) for v in a["bbox"]]
+    problem = box_problem(bbox, width, height)
+    if problem is not None:
+        return None, problem, f"bbox {a['bbox']!r} in {width}x{height}", False
+    x, y, w, h = bbox
+    x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+    was_clipped = (x0, y0, x1, y1) != (x, y, x + w, y + h)
+    if was_clipped:
+        x, y, w, h = x0, y0, x1 - x0, y1 - y0
+    if w < min_box_size or h < min_box_size:
+        return None, "too_small", f"bbox {[x, y, w, h]!r} below {min_box_size} px", False
+    area = float(a["area"]) if "area" in a else w * h
+    kept = {"id": a["id"], "bbox": [x, y, w, h], "category_id": a["category_id"],
+            "iscrowd": int(a.get("iscrowd", 0)), "area": area}
+    return kept, None, "", was_clipped
+
+
+@dataclass
+class _Indexer:
+    """Collects records and every skip while walking the images in id order."""
+
+    images_root: str
+    min_box_size: float
+    check_images: str
+    records: list[ImageRecord] = field(default_factory=list)
+    input_annotations: dict[int, list[int]] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    clipped: list[int] = field(default_factory=list)
+
+    def skip(self, image_id: int, ann_id: int | None, reason: str, detail: str) -> None:
+        self.skipped.append({"image_id": image_id, "annotation_id": ann_id, "reason": reason, "detail": detail})
+
+    def add(self, img: dict[str, Any], anns: list[dict[str, Any]]) -> None:
+        image_id = img["id"]
+        self.input_annotations[image_id] = [a["id"] for a in anns]
+        width, height = int(img["width"]), int(img["height"])
+        path = os.path.join(self.images_root, img["file_name"])
+        ext, reason, detail = _check_image(path, width, height, self.check_images)
+        if reason is not None:
+            self.skip(image_id, None, reason, detail)
+            for a in anns:
+                self.skip(image_id, a["id"], reason, f"image {img['file_name']}")
+            return
+        kept: list[dict[str, Any]] = []
+        for a in anns:
+            ann, reason, detail, was_clipped = _kept_box(a, width, height, self.min_box_size)
+            if ann is None:
+                self.skip(image_id, a["id"], reason, detail)  # type: ignore[arg-type]
+                continue
+            if was_clipped:
+                self.clipped.append(a["id"])
+            kept.append(ann)
+        self.records.append(ImageRecord(image_id=image_id, file_name=img["file_name"], width=width, height=height,
+                                        annotations=kept, path=path, format=ext))
+
+
 def load_coco(
     ann_file: str | os.PathLike[str],
     images_dir: str | os.PathLike[str],
-    min_box_size: float = 1.0,
+    min_box_size: float = SHARD_MIN_BOX_SIZE,
     check_images: CheckImages = "header",
 ) -> CocoIndex:
     """Validate and index a COCO instances file.
@@ -328,81 +373,22 @@ def load_coco(
         raise ValueError(f"check_images must be header|decode|none, got {check_images!r}")
     if not (isinstance(min_box_size, (int, float)) and math.isfinite(min_box_size) and min_box_size >= 0):
         raise ValueError(f"min_box_size must be a finite number >= 0, got {min_box_size!r}")
-    ann_path = Path(ann_file)
-    where = str(ann_path)
-    try:
-        raw = ann_path.read_bytes()
-    except OSError as e:
-        raise CocoFormatError(f"{where}: cannot read annotation file ({e})") from e
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CocoFormatError(f"{where}: not valid JSON ({e})") from e
-    _validate(data, where)
-
-    from pycocotools.coco import COCO
-
+    where, raw, data = _read_json(ann_file)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout
         coco.createIndex()
-
-    images_root = os.path.abspath(os.fspath(images_dir))
-    records: list[ImageRecord] = []
-    input_annotations: dict[int, list[int]] = {}
-    skipped: list[dict[str, Any]] = []
-    clipped: list[int] = []
-
-    def skip(image_id: int, ann_id: int | None, reason: str, detail: str) -> None:
-        skipped.append({"image_id": image_id, "annotation_id": ann_id, "reason": reason, "detail": detail})
-
+    ix = _Indexer(os.path.abspath(os.fspath(images_dir)), min_box_size, check_images)
     for image_id in sorted(coco.imgs):
-        img = coco.imgs[image_id]
-        anns = sorted(coco.imgToAnns.get(image_id, []), key=lambda a: a["id"])
-        input_annotations[image_id] = [a["id"] for a in anns]
-        width, height = int(img["width"]), int(img["height"])
-        path = os.path.join(images_root, img["file_name"])
-        ext, reason, detail = _check_image(path, width, height, check_images)
-        if reason is not None:
-            skip(image_id, None, reason, detail)
-            for a in anns:
-                skip(image_id, a["id"], reason, f"image {img['file_name']}")
-            continue
-        kept: list[dict[str, Any]] = []
-        for a in anns:
-            bbox = [math.nan if v is None else float(v) for v in a["bbox"]]
-            problem = box_problem(bbox, width, height)
-            if problem is not None:
-                skip(image_id, a["id"], problem, f"bbox {a['bbox']!r} in {width}x{height}")
-                continue
-            x, y, w, h = bbox
-            x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
-            was_clipped = (x0, y0, x1, y1) != (x, y, x + w, y + h)
-            if was_clipped:
-                x, y, w, h = x0, y0, x1 - x0, y1 - y0
-            if w < min_box_size or h < min_box_size:
-                skip(image_id, a["id"], "too_small", f"bbox {[x, y, w, h]!r} below {min_box_size} px")
-                continue
-            if was_clipped:
-                clipped.append(a["id"])
-            area = float(a["area"]) if "area" in a else w * h
-            kept.append({
-                "id": a["id"],
-                "bbox": [x, y, w, h],
-                "category_id": a["category_id"],
-                "iscrowd": int(a.get("iscrowd", 0)),
-                "area": area,
-            })
-        records.append(ImageRecord(image_id, img["file_name"], path, width, height, kept, ext))
-
+        ix.add(coco.imgs[image_id], sorted(coco.imgToAnns.get(image_id, []), key=lambda a: a["id"]))
     return CocoIndex(
         ann_file=where,
         ann_sha256=hashlib.sha256(raw).hexdigest(),
-        images_dir=images_root,
-        images=records,
-        input_annotations=input_annotations,
-        skipped=skipped,
-        clipped=sorted(clipped),
+        images_dir=ix.images_root,
+        images=ix.records,
+        input_annotations=ix.input_annotations,
+        skipped=ix.skipped,
+        clipped=sorted(ix.clipped),
         min_box_size=float(min_box_size),
         check_images=check_images,
     )

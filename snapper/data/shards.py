@@ -19,46 +19,52 @@ Reading from object stores: copy ``out_dir`` as is (``aws s3 sync shards/coco s3
     data.train_shards=["pipe:aws s3 cp s3://b/coco/train-{000000..000011}.tar -"]
     data.train_shards=["pipe:gcloud storage cat gs://b/coco/train-{000000..000011}.tar"]
 
-or let :func:`shard_urls` build the exact list from the manifest, given any URL of it
-(``shard_urls("pipe:aws s3 cp s3://b/coco/train-manifest.json -")``): the manifest's file name
-inside the URL is replaced by each shard's name. Local manifests give absolute paths.
+or let :func:`snapper.data.manifest.shard_urls` build the exact list from the manifest, given
+any URL of it (``shard_urls("pipe:aws s3 cp s3://b/coco/train-manifest.json -")``): the
+manifest's file name inside the URL is replaced by each shard's name. Local manifests give
+absolute paths. (``shard_urls``, ``Manifest`` and ``ShardError`` live in
+:mod:`snapper.data.manifest`, the reading side, and are importable from here too.)
+
+Every file is written through :mod:`snapper.atomic` (a unique ``.<name>.<random>.tmp``
+beside it, renamed into place); :func:`remove_stale_shards` deletes what killed writers leave.
 """
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import hashlib
 import io
 import json
 import os
 import re
-import sys
 import tarfile
 from dataclasses import asdict, dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from snapper.data.coco import IMAGE_EXTS, CocoIndex, ImageRecord, load_coco, sniff_image_format
+from snapper.atomic import TMP_SUFFIX, atomic_open, atomic_write_bytes
+from snapper.config import SHARD_MIN_BOX_SIZE
+from snapper.data.coco import CocoIndex, load_coco
+from snapper.data.manifest import (
+    FORMAT,
+    Manifest,
+    ShardError,
+    check_split,
+    manifest_path,
+)
+from snapper.data.records import IMAGE_EXTS, WRITTEN_EXTS, ImageRecord, sniff_image_format
 
-FORMAT = "snapper-shards/1"
+__all__ = [
+    "DEFAULT_SHARD_SIZE", "ShardInfo", "ShardSpec", "hold_out", "iter_shard",
+    "plan_shards", "remove_stale_shards", "sample_key", "sha256_file", "shard_dataset", "shard_index",
+    "split_by_image", "write_manifest", "write_shard",
+]
+
 KEY_DIGITS = 12
 DEFAULT_SHARD_SIZE = 1000
-_SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
-_SHARD_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*-[0-9]{6}\.tar$")
 _MEMBER_RE = re.compile(r"^([0-9]{1,20})\.(" + "|".join(IMAGE_EXTS) + r"|json)$")
 _MAX_MEMBER_BYTES = 1 << 30
-
-
-class ShardError(RuntimeError):
-    """A shard could not be written or read; the message names the shard and the item."""
-
-
-def _check_split(split: str) -> str:
-    if not _SPLIT_RE.match(split):
-        raise ValueError(f"split name {split!r} must be letters, digits and underscores")
-    return split
 
 
 def sample_key(image_id: int) -> str:
@@ -71,15 +77,6 @@ def sample_key(image_id: int) -> str:
 def _dumps(obj: Any) -> bytes:
     """Canonical JSON: same object -> same bytes (sorted keys, no NaN)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def sha256_file(path: "str | os.PathLike[str]") -> str:
@@ -106,11 +103,11 @@ class ShardSpec:
         return f"{self.split}-{self.number:06d}.tar"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"split": self.split, "number": self.number, "records": [asdict(r) for r in self.records]}
+        return {"split": self.split, "number": self.number, "records": [r.to_dict() for r in self.records]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ShardSpec":
-        return cls(d["split"], int(d["number"]), [ImageRecord(**r) for r in d["records"]])
+        return cls(d["split"], int(d["number"]), [ImageRecord.from_dict(r) for r in d["records"]])
 
 
 @dataclass
@@ -133,7 +130,7 @@ class ShardInfo:
 def plan_shards(index: CocoIndex, shard_size: int = DEFAULT_SHARD_SIZE, split: str = "train") -> list[ShardSpec]:
     """Consecutive runs of ``shard_size`` images in image-id order: the same index and size give
     the same assignment on every machine and in every process."""
-    _check_split(split)
+    check_split(split)
     if not isinstance(shard_size, int) or shard_size < 1:
         raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
     records = sorted(index.images, key=lambda r: r.image_id)
@@ -175,6 +172,9 @@ class _HashingWriter(io.RawIOBase):
     def tell(self) -> int:
         return self._n
 
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
 
 def _member(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
@@ -194,49 +194,56 @@ def _read_marker(final: Path) -> dict[str, Any] | None:
         return None
 
 
+def _reused(final: Path, digest: str, verify: bool) -> ShardInfo | None:
+    """The finished shard's info when its done-marker matches the inputs (and, with
+    ``verify``, its bytes still hash to the recorded sha256)."""
+    marker = _read_marker(final)
+    if marker is None or marker.get("spec_digest") != digest or not final.is_file():
+        return None
+    if final.stat().st_size != marker.get("bytes") or (verify and sha256_file(final) != marker.get("sha256")):
+        return None
+    return ShardInfo(**{k: marker[k] for k in ShardInfo.__dataclass_fields__ if k != "written"}, written=False)
+
+
+def _add_record(tar: tarfile.TarFile, spec: ShardSpec, r: ImageRecord) -> None:
+    key = sample_key(r.image_id)
+    try:
+        with open(r.path, "rb") as img:  # type: ignore[arg-type]
+            data = img.read()
+    except OSError as e:
+        raise ShardError(f"{spec.name}: image id {r.image_id}: cannot read {r.path} ({e})") from e
+    ext = sniff_image_format(data[:16])
+    if ext is None:
+        raise ShardError(f"{spec.name}: image id {r.image_id}: {r.path} is not one of {WRITTEN_EXTS}")
+    side = _dumps(r.sidecar())
+    tar.addfile(_member(f"{key}.{ext}", len(data)), io.BytesIO(data))
+    tar.addfile(_member(f"{key}.json", len(side)), io.BytesIO(side))
+
+
 def write_shard(spec: ShardSpec, out_dir: str | os.PathLike[str], verify: bool = False) -> ShardInfo:
     """Write one shard atomically, or reuse it when its done-marker matches the inputs.
 
     Reuse needs: the tar exists with the recorded size and the marker's input digest equals the
-    current one (``verify=True`` also re-hashes the tar). Otherwise the tar is written to
-    ``<name>.tmp``, fsynced and renamed; the marker is written after it, so a crash in between
-    only costs a rewrite.
+    current one (``verify=True`` also re-hashes the tar). Otherwise the tar is streamed to a
+    unique temp file (``snapper.atomic``), fsynced and renamed; the marker is written after
+    it, so a crash in between only costs a rewrite.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     final = out / spec.name
     digest = _spec_digest(spec)
-    marker = _read_marker(final)
-    if marker is not None and marker.get("spec_digest") == digest and final.is_file():
-        if final.stat().st_size == marker.get("bytes") and (not verify or sha256_file(final) == marker.get("sha256")):
-            return ShardInfo(**{k: marker[k] for k in ShardInfo.__dataclass_fields__ if k != "written"}, written=False)
-
-    tmp = final.with_name(final.name + ".tmp")
-    boxes = crowd = 0
-    with open(tmp, "wb") as f:
+    reused = _reused(final, digest, verify)
+    if reused is not None:
+        return reused
+    with atomic_open(final, "wb") as f:
         hw = _HashingWriter(f)
         with tarfile.open(fileobj=hw, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=1 << 22) as tar:  # type: ignore[call-overload]
             for r in spec.records:
-                key = sample_key(r.image_id)
-                try:
-                    with open(r.path, "rb") as img:
-                        data = img.read()
-                except OSError as e:
-                    raise ShardError(f"{spec.name}: image id {r.image_id}: cannot read {r.path} ({e})") from e
-                ext = sniff_image_format(data[:16])
-                if ext is None:
-                    raise ShardError(f"{spec.name}: image id {r.image_id}: {r.path} is not one of {IMAGE_EXTS}")
-                side = _dumps(r.sidecar())
-                tar.addfile(_member(f"{key}.{ext}", len(data)), io.BytesIO(data))
-                tar.addfile(_member(f"{key}.json", len(side)), io.BytesIO(side))
-                crowd_here = sum(1 for a in r.annotations if a["iscrowd"])
-                crowd += crowd_here
-                boxes += len(r.annotations) - crowd_here
-        f.flush()
-        os.fsync(f.fileno())
-    info = ShardInfo(spec.name, len(spec.records), boxes, crowd, hw.tell(), hw._h.hexdigest(), digest)
-    os.replace(tmp, final)
-    _write_atomic(final.with_name(final.name + ".json"), _dumps(info.to_dict()))
+                _add_record(tar, spec, r)
+    crowd = sum(1 for r in spec.records for a in r.annotations if a["iscrowd"])
+    boxes = sum(len(r.annotations) for r in spec.records) - crowd
+    info = ShardInfo(spec.name, len(spec.records), boxes, crowd, hw.tell(), hw.hexdigest(), digest)
+    atomic_write_bytes(final.with_name(final.name + ".json"), _dumps(info.to_dict()))
     return info
 
 
@@ -288,37 +295,6 @@ def iter_shard(source: str | os.PathLike[str] | Any) -> Iterator[tuple[str, str,
 # ---------------------------------------------------------------------------- manifest
 
 
-@dataclass
-class Manifest:
-    path: Path
-    data: dict[str, Any]
-    written: list[str] = field(default_factory=list)  # shards written by this run (not persisted)
-
-    @property
-    def shards(self) -> list[dict[str, Any]]:
-        return self.data["shards"]
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return self.data["counts"]
-
-    @property
-    def skip_counts(self) -> dict[str, int]:
-        return self.data["skip_counts"]
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Manifest":
-        p = Path(path)
-        data = json.loads(p.read_bytes())
-        if data.get("format") != FORMAT:
-            raise ShardError(f"{p}: not a {FORMAT} manifest (format={data.get('format')!r})")
-        return cls(p, data)
-
-
-def manifest_path(out_dir: str | os.PathLike[str], split: str) -> Path:
-    return Path(out_dir) / f"{_check_split(split)}-manifest.json"
-
-
 def write_manifest(
     out_dir: str | os.PathLike[str],
     split: str,
@@ -340,7 +316,7 @@ def write_manifest(
     counts = index.counts()
     data = {
         "format": FORMAT,
-        "split": _check_split(split),
+        "split": check_split(split),
         "shards": [{k: v for k, v in i.to_dict().items() if k != "spec_digest"} for i in infos],
         "counts": {**counts, "shards": len(infos), "bytes": sum(i.bytes for i in infos)},
         "skip_counts": index.skip_counts,
@@ -358,17 +334,30 @@ def write_manifest(
     except OSError:
         unchanged = False
     if not unchanged:
-        _write_atomic(path, blob)
+        atomic_write_bytes(path, blob)
     return path
 
 
+def _stale_patterns(split: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(this split's shards and markers; temp files of killed writers of them or of the
+    manifest: ``.<name>.<random>.tmp`` from ``snapper.atomic``, ``<name>.tmp`` from older
+    versions)."""
+    sp = re.escape(split)
+    target = rf"{sp}-(?:[0-9]{{6}}\.tar(?:\.json)?|manifest\.json)"
+    shard = re.compile(rf"^{sp}-[0-9]{{6}}\.tar(\.json)?$")
+    temp = re.compile(rf"^(?:\.{target}\.[^.]+|{target}){re.escape(TMP_SUFFIX)}$")
+    return shard, temp
+
+
 def remove_stale_shards(out_dir: Path, split: str, keep: set[str]) -> list[str]:
-    """Delete this split's shards/markers/temp files that the current plan does not contain
-    (left by a larger earlier run or a crash), so globbing ``<split>-*.tar`` stays truthful."""
-    pat = re.compile(rf"^{re.escape(split)}-[0-9]{{6}}\.tar(\.json)?(\.tmp)?$")
+    """Delete this split's shards/markers that the current plan does not contain (left by a
+    larger earlier run) and the temp files of killed writers, so globbing ``<split>-*.tar``
+    stays truthful. Run it only when no writer of this split is running."""
+    shard, temp = _stale_patterns(split)
     removed = []
     for p in sorted(out_dir.iterdir()):
-        if pat.match(p.name) and (p.name.endswith(".tmp") or p.name.removesuffix(".json") not in keep):
+        stale = shard.match(p.name) is not None and p.name.removesuffix(".json") not in keep
+        if stale or temp.match(p.name):
             p.unlink()
             removed.append(p.name)
     return removed
@@ -397,6 +386,19 @@ def split_by_image(index: CocoIndex, val_fraction: float, seed: int = 0) -> tupl
         val = [min(ids, key=u)]
     vs = set(val)
     return [i for i in ids if i not in vs], val
+
+
+def hold_out(index: CocoIndex, split: str = "train", val_fraction: float = 0.0,
+             seed: int = 0) -> tuple[list[tuple[str, list[int] | None]], dict[str, Any]]:
+    """The splits to write, ``[(name, image ids or None for all)]``, and the hold-out
+    parameters the manifests record: ``split`` alone, or with ``val_fraction > 0`` ``split``
+    plus a ``val`` split held out by :func:`split_by_image`."""
+    if val_fraction <= 0:
+        return [(split, None)], {}
+    if split == "val":
+        raise ValueError("split must not be 'val' when val_fraction > 0 (val is the held-out split)")
+    train_ids, val_ids = split_by_image(index, val_fraction, seed)
+    return [(split, train_ids), ("val", val_ids)], {"val_fraction": val_fraction, "seed": seed}
 
 
 def shard_index(
@@ -436,7 +438,7 @@ def shard_dataset(
     out_dir: str | os.PathLike[str],
     split: str = "train",
     shard_size: int = DEFAULT_SHARD_SIZE,
-    min_box_size: float = 1.0,
+    min_box_size: float = SHARD_MIN_BOX_SIZE,
     workers: int = 1,
     image_ids: Sequence[int] | None = None,
     check_images: str = "header",
@@ -447,98 +449,3 @@ def shard_dataset(
     with the shards it lacks. ``image_ids`` restricts the split (see :func:`split_by_image`)."""
     index = load_coco(ann_file, images_dir, min_box_size=min_box_size, check_images=check_images)  # type: ignore[arg-type]
     return shard_index(index, out_dir, split, shard_size, workers, image_ids, verify=verify)
-
-
-def _is_url(s: str) -> bool:
-    return s.startswith("pipe:") or "://" in s
-
-
-def shard_urls(source: str | os.PathLike[str] | Manifest, split: str = "train") -> list[str]:
-    """Shard URLs for readers (``wds.WebDataset(urls)``), in manifest order.
-
-    ``source``: a :class:`Manifest`, a local output folder or manifest file (-> absolute
-    paths), or any webdataset URL of the manifest, e.g. ``pipe:aws s3 cp
-    s3://b/coco/train-manifest.json -`` or ``https://host/coco/train-manifest.json`` (-> the
-    same URL with the manifest's file name replaced by each shard's; file names are validated
-    so they cannot inject anything into a ``pipe:`` command).
-    """
-    mname = f"{_check_split(split)}-manifest.json"
-    if isinstance(source, Manifest):
-        data, base = source.data, source.path.parent
-        url_tpl = None
-    elif isinstance(source, str) and _is_url(source):
-        if mname not in source:
-            raise ValueError(f"URL {source!r} does not name {mname}")
-        from webdataset.gopen import gopen
-
-        with gopen(source, "rb") as f:
-            data = json.loads(f.read())
-        url_tpl, base = source, None
-    else:
-        p = Path(source)
-        p = p / mname if p.is_dir() else p
-        data, base, url_tpl = Manifest.load(p).data, p.parent, None
-    if data.get("format") != FORMAT or data.get("split") != split:
-        raise ShardError(f"{source}: not a {FORMAT} manifest for split {split!r}")
-    urls = []
-    for s in data["shards"]:
-        fname = s["file"]
-        if not _SHARD_FILE_RE.match(fname):
-            raise ShardError(f"{source}: refusing shard file name {fname!r}")
-        if url_tpl is not None:
-            urls.append(url_tpl.replace(mname, fname))
-        else:
-            urls.append(str((base / fname).resolve()))  # type: ignore[operator]
-    return urls
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def _summary(m: Manifest) -> str:
-    c = m.counts
-    lines = [
-        f"[{m.data['split']}] {c['images']} images, {c['boxes']} boxes (+{c['crowd']} crowd kept, excluded from "
-        f"training), {c['shards']} shards ({len(m.written)} written, {c['shards'] - len(m.written)} up to date), "
-        f"{c['bytes'] / 1e6:.1f} MB -> {m.path}",
-        f"  annotations: {c['annotations_input']} in = {c['annotations_kept']} kept + {c['annotations_skipped']} "
-        f"skipped; {c['clipped']} clipped to the image (kept)",
-    ]
-    if m.skip_counts:
-        lines.append("  skipped annotations: " + ", ".join(f"{k}={v}" for k, v in m.skip_counts.items()))
-    if m.data["image_skip_counts"]:
-        lines.append("  skipped images: " + ", ".join(f"{k}={v}" for k, v in m.data["image_skip_counts"].items()))
-    return "\n".join(lines)
-
-
-def cli_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="snapper shard", description="Write a COCO dataset as WebDataset shards + manifest.")
-    ap.add_argument("ann_json")
-    ap.add_argument("images_dir")
-    ap.add_argument("out_dir", help="e.g. shards/<dataset>")
-    ap.add_argument("--split", default="train", help="split name (the training part when --val-fraction is set)")
-    ap.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="images per shard")
-    ap.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of images as split 'val'")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the train/val hold-out")
-    ap.add_argument("--min-box-size", type=float, default=1.0, help="skip boxes narrower/shorter than this (px)")
-    ap.add_argument("--workers", type=int, default=1, help="processes writing shards")
-    ap.add_argument("--check-images", choices=("header", "decode", "none"), default="header")
-    ap.add_argument("--verify", action="store_true", help="re-hash existing shards before reusing them")
-    args = ap.parse_args(argv)
-    try:
-        index = load_coco(args.ann_json, args.images_dir, args.min_box_size, args.check_images)
-        if args.val_fraction > 0:
-            if args.split == "val":
-                ap.error("--split must not be 'val' when --val-fraction is set")
-            train_ids, val_ids = split_by_image(index, args.val_fraction, args.seed)
-            params = {"val_fraction": args.val_fraction, "seed": args.seed}
-            jobs = [(args.split, train_ids), ("val", val_ids)]
-        else:
-            params, jobs = {}, [(args.split, None)]
-        for split, ids in jobs:
-            m = shard_index(index, args.out_dir, split, args.shard_size, args.workers, ids, params, args.verify)
-            print(_summary(m))
-    except (ValueError, ShardError, OSError) as e:
-        print(f"snapper shard: error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import threading
 import time
@@ -12,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.batchdata import EXPECTED, make_rough, tiny_checkpoint
 from snapper import batch as B
 from snapper.config import BatchConfig
+from tests.batchdata import EXPECTED, make_rough
 
 FAST = {"workers": 0, "batch_size": 8, "device": "cpu"}
 
@@ -25,11 +24,6 @@ def harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny")
 
 
 @pytest.fixture
@@ -160,31 +154,6 @@ def test_two_concurrent_inbox_runs_process_each_file_once(harness, ckpt, home):
     assert sorted(p.name for p in (inbox / "done").iterdir()) == [f"batch{i}.json" for i in range(6)]
 
 
-def _claimer(inbox: str, claim_id: str, start, out) -> None:
-    from flows.batch_snap import claim_files
-
-    start.wait()
-    out.put((claim_id, [c["name"] for c in claim_files(inbox, claim_id)]))
-
-
-def test_claims_are_exclusive_across_processes(tmp_path):
-    """The inbox's guarantee at its root: racing claimers never get the same file."""
-    for i in range(300):
-        (tmp_path / f"f{i:03d}.json").write_text("{}")
-    ctx = mp.get_context("fork")
-    start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(str(tmp_path), f"c{k}", start, out)) for k in range(3)]
-    for p in procs:
-        p.start()
-    start.set()
-    got = dict(out.get(timeout=60) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-    names = [n for v in got.values() for n in v]
-    assert len(names) == len(set(names)) == 300
-    assert len(os.listdir(tmp_path / "processing")) == 300 and not list(tmp_path.glob("*.json"))
-
-
 def test_claims_of_stopped_runs_are_taken_over_then_given_up(harness, ckpt, home):
     """A killed run leaves its claim in processing/: the next run snaps it (attempt 2); a file
     whose claims were abandoned max_attempts times goes to failed/; live claims are left alone."""
@@ -211,20 +180,3 @@ def test_claims_of_stopped_runs_are_taken_over_then_given_up(harness, ckpt, home
     # the run it belongs to is alive and has nothing else: the next run stays idle
     assert snap_inbox(str(inbox), str(images), model=str(ckpt), overrides=FAST, min_age_s=0,
                       artifacts=False)["claimed"] == 0
-
-
-def test_claim_stamps_the_claim_time_and_heartbeat_keeps_it_fresh(tmp_path):
-    from flows.batch_snap import _heartbeat, claim_files, stale_claims
-
-    f = tmp_path / "waited.json"
-    f.write_text("{}")
-    old = time.time() - 7200
-    os.utime(f, (old, old))  # sat in the inbox for two hours before being claimed
-    (claim,) = claim_files(tmp_path, "c1")
-    assert claim["attempt"] == 1 and not stale_claims(tmp_path, 3600)
-    claimed = Path(claim["claimed"])
-    os.utime(claimed, (old, old))
-    assert stale_claims(tmp_path, 3600) == [claimed]
-    with _heartbeat(claimed, 0.02):
-        time.sleep(0.2)
-    assert not stale_claims(tmp_path, 3600)

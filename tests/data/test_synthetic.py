@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from snapper.cli.synth import main as synth_cli
 from snapper.data import synthetic as S
 from snapper.geometry import jitter_boxes, paired_iou, xywh_to_xyxy
 
@@ -154,12 +155,32 @@ def test_config_validation() -> None:
         S.SynthConfig(jpeg_min=90, jpeg_max=80)
 
 
+# --------------------------------------------------------- snapper synth (snapper/cli/synth.py)
+
+
 def test_cli_prints_one_line_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    assert S.cli_main([str(out), "--num-images", "3", "--seed", "2", "--size", "200", "150",
-                       "--scale-min", "1", "--scale-max", "1"]) == 0
+    assert synth_cli([str(out), "--num-images", "3", "--seed", "2", "--size", "200", "150",
+                      "--scale-min", "1", "--scale-max", "1"]) == 0
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and "3 images" in line and "small" in line and "large" in line
     data = json.loads((out / "annotations.json").read_text())
     assert {(im["width"], im["height"]) for im in data["images"]} == {(200, 150)}
-    assert S.cli_main([str(tmp_path / "bad"), "--num-images", "1", "--seed", "-1"]) == 2
+    assert synth_cli([str(tmp_path / "bad"), "--num-images", "1", "--seed", "-1"]) == 2
+    assert "seed must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_set_overrides_any_field_checked_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "set"
+    assert synth_cli([str(out), "--num-images", "2", "--set", "jpeg_min=90", "--set", "blur_prob=0"]) == 0
+    info = json.loads((out / "annotations.json").read_text())["info"]["snapper_synthetic"]
+    assert (info["jpeg_min"], info["blur_prob"], info["num_images"]) == (90, 0.0, 2)
+    capsys.readouterr()
+    for bad in ("num_images=abc", "colour=red"):  # not a field's type, not a field: a usage error
+        with pytest.raises(SystemExit) as e:
+            synth_cli([str(tmp_path / "never"), "--set", bad])
+        assert e.value.code == 2 and bad.split("=")[0] in capsys.readouterr().err
+    assert synth_cli([str(tmp_path / "never"), "--set", "jpeg_min=100"]) == 2  # SynthConfig's own check
+    assert "jpeg_min <= jpeg_max" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

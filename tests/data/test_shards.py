@@ -13,23 +13,21 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from tests.cocofactory import add_image, image_bytes, make_dataset, write_json
-
-from snapper.data.coco import load_coco  # noqa: E402
-from snapper.data.shards import (  # noqa: E402
-    Manifest,
-    ShardError,
+from snapper.cli.shard import main as shard_cli
+from snapper.data.coco import load_coco
+from snapper.data.manifest import Manifest, ShardError, shard_urls
+from snapper.data.records import IMAGE_EXTS
+from snapper.data.shards import (
     ShardSpec,
-    cli_main,
+    hold_out,
     iter_shard,
     plan_shards,
+    remove_stale_shards,
     shard_dataset,
-    shard_urls,
     split_by_image,
     write_shard,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.cocofactory import add_image, image_bytes, make_dataset, write_json
 
 
 def _sha(p: Path) -> str:
@@ -45,7 +43,7 @@ def _read_wds(urls: list[str]) -> list[dict]:
 
 
 def _image_member(sample: dict) -> str:
-    exts = [k for k in sample if k in ("jpg", "jpeg", "png", "webp", "bmp", "tif")]
+    exts = [k for k in sample if k in IMAGE_EXTS]
     assert len(exts) == 1, sample.keys()
     return exts[0]
 
@@ -93,7 +91,7 @@ def test_round_trip_exact(tmp_path: Path) -> None:
 def test_reproducible_bytes_across_runs_and_workers(tmp_path: Path) -> None:
     ann, images, _ = make_dataset(tmp_path / "src", n_images=9)
     a = shard_dataset(ann, images, tmp_path / "a", shard_size=4)
-    b = shard_dataset(ann, images, tmp_path / "b", shard_size=4, workers=2)
+    shard_dataset(ann, images, tmp_path / "b", shard_size=4, workers=2)
     assert len(a.shards) == 3
     for s in a.shards:
         assert _sha(tmp_path / "a" / s["file"]) == _sha(tmp_path / "b" / s["file"]) == s["sha256"]
@@ -118,14 +116,17 @@ def test_resume_rewrites_only_missing_or_outdated(tmp_path: Path) -> None:
     m = shard_dataset(ann, images, out, shard_size=2)
     sha = {s["file"]: s["sha256"] for s in m.shards}
     (out / "train-000001.tar").unlink()
-    (out / "train-000002.tar.tmp").write_bytes(b"left by a crash")
+    leftovers = [".train-000002.tar.k3j_x9q1.tmp", ".train-000001.tar.json.a8d0.tmp", ".train-manifest.json.zz1.tmp",
+                 "train-000002.tar.tmp"]  # killed writers (the last: a version before snapper.atomic)
+    for name in leftovers:
+        (out / name).write_bytes(b"left by a crash")
     before = _mtimes(out)
     m2 = shard_dataset(ann, images, out, shard_size=2)
     assert m2.written == ["train-000001.tar"]
     after = _mtimes(out)
     assert {k: v for k, v in after.items() if "000001" not in k} == {
         k: v for k, v in before.items() if "000001" not in k and not k.endswith(".tmp")}
-    assert not (out / "train-000002.tar.tmp").exists()
+    assert not [name for name in leftovers if (out / name).exists()]
     assert {s["file"]: s["sha256"] for s in m2.shards} == sha
     # a truncated shard (size differs from its marker) is rewritten too
     p = out / "train-000000.tar"
@@ -215,26 +216,6 @@ def test_image_ids_filter_and_split_by_image(tmp_path: Path) -> None:
     assert mt.counts["annotations_input"] + mv.counts["annotations_input"] == 40
 
 
-def test_shard_urls_pipe_and_relative(tmp_path: Path) -> None:
-    ann, images, _ = make_dataset(tmp_path / "src", n_images=3)
-    out = tmp_path / "out"
-    m = shard_dataset(ann, images, out, shard_size=2)
-    manifest = out / "train-manifest.json"
-    assert all(s["file"] == Path(s["file"]).name for s in m.shards)  # relative names only
-    assert shard_urls(manifest) == shard_urls(out) == shard_urls(m) == [str(out / s["file"]) for s in m.shards]
-    urls = shard_urls(f"pipe:cat {manifest}")  # stands in for `pipe:aws s3 cp s3://b/x/train-manifest.json -`
-    assert urls == [f"pipe:cat {out / s['file']}" for s in m.shards]
-    assert [s["__key__"] for s in _read_wds(urls)] == [f"{i:012d}" for i in (1, 8, 15)]
-    with pytest.raises(ValueError, match="does not name"):
-        shard_urls("pipe:cat /x/val-manifest.json")
-    evil = json.loads(manifest.read_text())
-    evil["shards"][0]["file"] = "x.tar; rm -rf ~"
-    (out / "evil").mkdir()
-    (out / "evil" / "train-manifest.json").write_text(json.dumps(evil))
-    with pytest.raises(ShardError, match="refusing"):
-        shard_urls(out / "evil")
-
-
 def _tar_with(members: list[tuple[tarfile.TarInfo, bytes]]) -> io.BytesIO:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as t:
@@ -279,15 +260,41 @@ def test_spec_round_trips_as_json(tmp_path: Path) -> None:
         plan_shards(load_coco(ann, images), 0)
 
 
+def test_remove_stale_shards_leaves_other_splits_and_files_alone(tmp_path: Path) -> None:
+    names = ["train-000000.tar", "train-000000.tar.json", "train-000001.tar", "train-000001.tar.json",
+             ".train-000000.tar.q1w2e3.tmp", "val-000005.tar", ".val-000000.tar.q1w2e3.tmp", "train-manifest.json",
+             "notes.txt", ".hidden"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    removed = remove_stale_shards(tmp_path, "train", {"train-000000.tar"})
+    assert removed == [".train-000000.tar.q1w2e3.tmp", "train-000001.tar", "train-000001.tar.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - set(removed))
+
+
+def test_hold_out(tmp_path: Path) -> None:
+    ann, images, _ = make_dataset(tmp_path / "src", n_images=10, boxes_per_image=1)
+    ix = load_coco(ann, images)
+    assert hold_out(ix, "all") == ([("all", None)], {})
+    jobs, params = hold_out(ix, "train", 0.3, seed=2)
+    assert [j[0] for j in jobs] == ["train", "val"] and params == {"val_fraction": 0.3, "seed": 2}
+    assert (jobs[0][1], jobs[1][1]) == split_by_image(ix, 0.3, seed=2)
+    with pytest.raises(ValueError, match="val"):
+        hold_out(ix, "val", 0.3)
+
+
+# --------------------------------------------------------- snapper shard (snapper/cli/shard.py)
+
+
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ann, images, _, _ = _bad_inputs(tmp_path / "src")
     out = tmp_path / "out"
-    rc = cli_main([str(ann), str(images), str(out), "--shard-size", "2", "--val-fraction", "0.3", "--seed", "1"])
+    rc = shard_cli([str(ann), str(images), str(out), "--shard-size", "2", "--val-fraction", "0.3", "--seed", "1"])
     text = capsys.readouterr().out
     assert rc == 0 and "[train]" in text and "[val]" in text
     t, v = Manifest.load(out / "train-manifest.json"), Manifest.load(out / "val-manifest.json")
     assert t.counts["images_input"] + v.counts["images_input"] == 6
     assert t.counts["images_input"] >= 1 and v.counts["images_input"] >= 1
+    assert t.data["params"]["min_box_size"] == 1.0 and t.data["params"]["val_fraction"] == 0.3
     total: dict[str, int] = {}
     for man in (t, v):
         for k, n in man.skip_counts.items():
@@ -297,13 +304,35 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
                      "non_finite": 1, "outside_image": 1, "too_small": 1}
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    assert cli_main([str(bad), str(images), str(out)]) == 2
-    assert "bad.json" in capsys.readouterr().err
+    assert shard_cli([str(bad), str(images), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.json" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not (SHARED / "coco128-train" / "annotations.json").exists(), reason="../shared/data absent")
-def test_coco128(tmp_path: Path) -> None:
-    src = SHARED / "coco128-train"
+@pytest.mark.parametrize("args, message", [
+    (["--val-fraction", "1.5"], "--val-fraction"),
+    (["--shard-size", "0"], "--shard-size"),
+    (["--min-box-size", "nan"], "--min-box-size"),
+    (["--val-fraction", "0.2", "--split", "val"], "--split must not be 'val'"),
+])
+def test_cli_rejects_bad_options_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 args: list[str], message: str) -> None:
+    ann, images, _ = make_dataset(tmp_path / "src", n_images=2)
+    with pytest.raises(SystemExit) as e:
+        shard_cli([str(ann), str(images), str(tmp_path / "out"), *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_an_unwritable_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ann, images, _ = make_dataset(tmp_path / "src", n_images=2)
+    (images / "img_001.jpg").write_bytes(b"GIF89a" + bytes(64))  # not a format shards carry
+    assert shard_cli([str(ann), str(images), str(tmp_path / "out"), "--check-images", "none"]) == 2
+    assert "img_001.jpg is not one of" in capsys.readouterr().err
+
+
+def test_coco128(tmp_path: Path, shared_data: Path) -> None:
+    src = shared_data / "coco128-train"
     m = shard_dataset(src / "annotations.json", src / "images", tmp_path / "coco128", shard_size=64)
     data = json.loads((src / "annotations.json").read_text())
     assert m.counts["images"] == len(data["images"]) == 128

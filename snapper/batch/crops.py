@@ -1,0 +1,180 @@
+"""Per-image work, done in DataLoader workers: the checks that need an image's size or file,
+one decode per image (at the coarsest JPEG scale its crops allow), and cutting every crop of
+the image with :class:`snapper.crop.CropGeometry` (the fast CPU kernel).
+
+Nothing here raises for a bad image or box: each problem comes back as kept rows with the
+reason, so one broken file never stops a chunk.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from snapper.batch.rough import Chunk, RoughInput, finite_box, is_int, rough_numbers
+from snapper.batch.schema import AccountingError, make_row
+from snapper.config import BatchConfig
+from snapper.crop import CropGeometry, to_uint8
+from snapper.geometry import clip_boxes, xywh_to_xyxy
+from snapper.imageio import ImageError, image_size, load_image
+
+Box = tuple[int, list[float]]  # (annotation id, finite rough xywh)
+
+
+@dataclass
+class ImageJob:
+    """Everything a worker needs for one image (picklable)."""
+
+    image_id: int
+    path: str | None
+    json_size: tuple[int, int] | None
+    boxes: list[Box]  # still to be snapped
+
+
+def safe_image_path(images_dir: str, file_name: Any) -> Path | None:
+    """``images_dir/file_name``, or None for a missing name or one that leaves the folder."""
+    if not isinstance(file_name, str) or not file_name:
+        return None
+    rel = PurePosixPath(file_name.replace("\\", "/"))
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    return Path(images_dir) / Path(*rel.parts)
+
+
+def _box_reason(a: dict[str, Any]) -> tuple[str | None, np.ndarray | None]:
+    reason, b = finite_box(a.get("bbox"))
+    if reason is None and a.get("iscrowd") not in (None, 0, False):
+        reason = "crowd"
+    if reason is None and (b[2] <= 0 or b[3] <= 0):
+        reason = "degenerate"
+    return reason, b
+
+
+def chunk_jobs(inp: RoughInput, chunk: Chunk) -> tuple[list[ImageJob], list[dict[str, Any]]]:
+    """Box-only checks (no pixels needed), then one job per image with boxes left to snap."""
+    jobs, kept = [], []
+    for image_id in chunk.image_ids:
+        im = inp.images.get(image_id)
+        if im is None:
+            raise AccountingError(f"{inp.path}: chunk {chunk.index} names image {image_id}, which the file does not have")
+        boxes = []
+        for pos in inp.anns_by_image.get(image_id, []):
+            a = inp.annotations[pos]
+            reason, b = _box_reason(a)
+            if reason is not None:
+                kept.append(make_row(a["id"], image_id, reason, rough_numbers(a.get("bbox"))))
+            else:
+                boxes.append((a["id"], b.tolist()))
+        if not boxes:
+            continue
+        w, h = im.get("width"), im.get("height")
+        size = (w, h) if is_int(w) and is_int(h) and w > 0 and h > 0 else None
+        path = safe_image_path(chunk.images_dir, im.get("file_name"))
+        jobs.append(ImageJob(image_id, None if path is None else str(path), size, boxes))
+    return jobs, kept
+
+
+def size_checks(boxes: list[Box], w: float, h: float, min_size: float,
+                image_id: int) -> tuple[list[dict[str, Any]], list[Box]]:
+    """Split boxes into kept rows (outside_image / too_small) and the ones to snap."""
+    kept, ok = [], []
+    for ann_id, b in boxes:
+        x, y, bw, bh = b
+        if x >= w or y >= h or x + bw <= 0 or y + bh <= 0:
+            kept.append(make_row(ann_id, image_id, "outside_image", b, size=(w, h)))
+            continue
+        c = clip_boxes(xywh_to_xyxy(np.array(b)), w, h)[0]
+        if c[2] - c[0] < min_size or c[3] - c[1] < min_size:
+            kept.append(make_row(ann_id, image_id, "too_small", b,
+                                 detail=f"{c[2] - c[0]:.2f}x{c[3] - c[1]:.2f} px after clipping < {min_size}",
+                                 size=(w, h)))
+            continue
+        ok.append((ann_id, b))
+    return kept, ok
+
+
+class ImageCrops(torch.utils.data.Dataset):
+    """Decode one image (once, at the coarsest usable JPEG scale) and cut all its crops.
+
+    An item is ``{"image_id", "kept": [rows], "ann_ids", "rough": [xywh], "crops": uint8
+    (N, 3, S, S) | None, "geometry": CropGeometry | None, "size": (w, h) | None}``.
+    Never raises for a bad image: the image's boxes come back as kept rows with the reason.
+    """
+
+    def __init__(self, jobs: list[ImageJob], input_size: int, context: float, cfg: BatchConfig):
+        self.jobs, self.size, self.context, self.cfg = jobs, input_size, context, cfg
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        job = self.jobs[i]
+        out: dict[str, Any] = {"image_id": job.image_id, "kept": [], "ann_ids": [], "rough": [],
+                               "crops": None, "geometry": None, "size": None}
+        boxes = job.boxes
+        if job.json_size is not None:
+            boxes = self._check_sizes(out, boxes, job.json_size)
+        if not boxes:
+            return out
+        if job.path is None:
+            return self._keep_all(out, boxes, "image_path_invalid", "no file_name, or one outside the images folder")
+        if not os.path.isfile(job.path):
+            return self._keep_all(out, boxes, "image_missing", f"{job.path}: no such file")
+        return self._cut(out, job, boxes)
+
+    def _keep_all(self, out: dict[str, Any], boxes: list[Box], reason: str, detail: str | None,
+                  size: tuple[float, float] | None = None) -> dict[str, Any]:
+        out["kept"] += [make_row(a, out["image_id"], reason, b, detail, size) for a, b in boxes]
+        return out
+
+    def _check_sizes(self, out: dict[str, Any], boxes: list[Box], size: tuple[float, float]) -> list[Box]:
+        kept, boxes = size_checks(boxes, *size, self.cfg.min_box_size, out["image_id"])
+        out["kept"] += kept
+        return boxes
+
+    def _cut(self, out: dict[str, Any], job: ImageJob, boxes: list[Box]) -> dict[str, Any]:
+        try:
+            w, h = job.json_size if job.json_size is not None else image_size(job.path)
+            if job.json_size is None:
+                boxes = self._check_sizes(out, boxes, (w, h))
+                if not boxes:
+                    return out
+            rough = clip_boxes(xywh_to_xyxy(np.array([b for _, b in boxes])), w, h)
+            geo = CropGeometry.around(rough, self.size, self.context, self.cfg.buffer_ratio)
+            image = load_image(job.path, min_scale=geo.decode_scale() if self.cfg.draft_decode else 1.0)
+        except (ImageError, OSError, ValueError) as e:
+            return self._keep_all(out, boxes, "image_corrupt", str(e))
+        if (image.width, image.height) != (w, h):
+            return self._keep_all(out, boxes, "image_size_mismatch",
+                                  f"JSON says {w}x{h}, the file is {image.width}x{image.height}", (w, h))
+        out.update(ann_ids=[a for a, _ in boxes], rough=[b for _, b in boxes], geometry=geo, size=(w, h),
+                   crops=to_uint8(geo.cut(image.tensor, image.scale)))
+        return out
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # parallelism comes from the workers; the main process owns the cores for the model
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def iter_image_crops(jobs: list[ImageJob], input_size: int, context: float, cfg: BatchConfig) -> Iterator[dict[str, Any]]:
+    """Decoded-and-cropped images in order, prefetched by ``cfg.workers`` processes."""
+    ds = ImageCrops(jobs, input_size, context, cfg)
+    workers = max(0, min(int(cfg.workers), len(jobs)))
+    if multiprocessing.current_process().daemon:
+        workers = 0  # e.g. inside a Dask worker process: daemons may not start children
+    kw: dict[str, Any] = {}
+    if workers:
+        kw = {"prefetch_factor": max(1, int(cfg.prefetch_factor)), "worker_init_fn": _worker_init}
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=_identity, pin_memory=False, **kw)
+    yield from loader

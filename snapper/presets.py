@@ -1,0 +1,92 @@
+"""Named starting points for a training run, and how a run's config is put together.
+
+A config is built in layers, later ones winning: preset -> YAML file -> ``--set`` overrides
+-> output folder. Presets are partial :class:`~snapper.config.TrainConfig` dicts so that a
+preset only says what it changes; everything else stays at the dataclass defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from snapper.config import TrainConfig, apply_overrides, from_dict, read_yaml
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds on a laptop: smoke tests, CI, demos of the pipeline (not of accuracy).
+    "cpu-tiny": {
+        "model": {"backbone": "resnet18", "input_size": 48, "fpn_channels": 16, "decoder_channels": 16,
+                  "decoder_layers": 2},
+        "data": {"workers": 0, "boxes_per_image": 4, "shuffle_buffer": 32, "val_max_boxes": 64},
+        "batch_size": 8, "steps": 40, "warmup_steps": 5, "lr": 2e-3,
+        "log_every": 5, "ckpt_every": 20, "eval_every": 20,
+    },
+    # The embedded demo (`make demo`, train-snapper/demo): synthetic scenes, ~3 min per model on
+    # 2 cores, already far past the rough boxes (README "Results").
+    "demo": {
+        "model": {"backbone": "resnet18", "input_size": 96, "fpn_channels": 32, "decoder_channels": 32,
+                  "decoder_layers": 2},
+        "data": {"workers": 2, "val_max_boxes": 500},
+        "batch_size": 32, "steps": 500, "warmup_steps": 50, "lr": 2e-3,
+        "log_every": 20, "ckpt_every": 100, "eval_every": 250,
+    },
+    # The SPEC's CPU prototype (ResNet-18, 128 px, batch 32, AdamW 2e-3, cosine): ~30 min on 2 cores.
+    "cpu": {
+        "model": {"backbone": "resnet18", "input_size": 128, "fpn_channels": 64, "decoder_channels": 64,
+                  "decoder_layers": 2},
+        "data": {"workers": 2, "val_max_boxes": 500},
+        "batch_size": 32, "steps": 1500, "warmup_steps": 100, "lr": 2e-3,
+        "log_every": 20, "ckpt_every": 100, "eval_every": 250,
+    },
+    # The published design: ResNet-50 at the ModelConfig defaults; AMP + channels_last on CUDA.
+    "gpu": {
+        "model": {"backbone": "resnet50"},
+        "data": {"workers": 8, "val_max_boxes": 5000, "shuffle_buffer": 1024},
+        "batch_size": 64, "steps": 20000, "warmup_steps": 500, "lr": 2e-3,
+        "amp": True, "channels_last": True, "log_every": 50, "ckpt_every": 500, "eval_every": 1000,
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` over ``base``, section by section (a partial ``model`` keeps the rest of it)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_dict(name: str | None) -> dict[str, Any]:
+    """The partial config of preset ``name`` ({} for None); an unknown name names the choices."""
+    if name is None:
+        return {}
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_config(name: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A TrainConfig from a named preset (None = the dataclass defaults) plus a partial dict."""
+    return from_dict(TrainConfig, deep_merge(preset_dict(name), overrides or {}))
+
+
+def build_config(
+    preset: str | None,
+    config_file: str | os.PathLike[str] | None,
+    overrides: "list[str] | dict[str, Any] | None" = None,
+    out_dir: str | None = None,
+) -> TrainConfig:
+    """preset -> YAML file -> ``--set`` overrides -> ``out_dir``, later ones winning.
+
+    Every layer is checked against the dataclass types here, before a run writes anything
+    (raises :class:`snapper.config.ConfigError`, a ValueError naming the key)."""
+    data = preset_dict(preset)
+    if config_file:
+        data = deep_merge(data, read_yaml(config_file))
+    cfg = from_dict(TrainConfig, data)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides if isinstance(overrides, dict) else list(overrides))
+    if out_dir:
+        cfg = dataclasses.replace(cfg, out_dir=str(out_dir))
+    return cfg

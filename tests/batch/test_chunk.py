@@ -1,0 +1,65 @@
+"""Snapping one chunk: result names that change with everything that changes the result,
+settings refused before any work, a changed input refused, one model per process."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from snapper import batch as B
+from snapper.batch.chunk import check_config
+from snapper.batch.schema import ROW_COLUMNS
+from tests.batchdata import fast_config as cfg
+
+
+def test_result_name_changes_with_what_changes_the_result(rough, tmp_path):
+    ann, images, _ = rough
+    chunk = B.plan_chunks(ann, images, 2)[0]
+    base = B.chunk_result_path(chunk, tmp_path, "weights-a", cfg())
+    assert base.parent == tmp_path / B.CHUNKS_DIR and base.name.startswith("chunk-00000-")
+    for kw in ({"buffer_ratio": 1.5}, {"min_box_size": 7.0}, {"draft_decode": False}, {"precision": "fp32"}):
+        assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(**kw)) != base, kw
+    assert B.chunk_result_path(chunk, tmp_path, "weights-b", cfg()) != base
+    # how the work is scheduled does not change the result: the same file is reused
+    assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(batch_size=64, workers=3, chunk_images=9)) == base
+    other = B.plan_chunks(ann, tmp_path, 2)[0]  # another images folder
+    assert B.chunk_result_path(other, tmp_path, "weights-a", cfg()) != base
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [({"buffer_ratio": 0.0}, "buffer_ratio"), ({"buffer_ratio": float("nan")}, "buffer_ratio"),
+     ({"batch_size": 0}, "batch_size"), ({"chunk_images": 0}, "chunk_images"), ({"precision": "fp8"}, "precision")],
+)
+def test_settings_that_would_fail_every_box_are_refused_first(rough, tmp_path, kw, match):
+    ann, images, _ = rough
+    with pytest.raises(ValueError, match=match):
+        check_config(cfg(**kw))
+    chunk = B.plan_chunks(ann, images, 2)[0]
+    with pytest.raises(ValueError, match=match):
+        B.snap_chunk(chunk, tmp_path / "no-model-needed", tmp_path / "o", cfg(**kw))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_file_changed_since_planning_is_refused(rough, ckpt, tmp_path):
+    ann, images, data = rough
+    chunk = B.plan_chunks(ann, images, 2)[0]
+    ann.write_text(json.dumps({**data, "info": {"description": "edited"}}))
+    with pytest.raises(B.BatchInputError, match="changed since the chunks were planned"):
+        B.snap_chunk(chunk, ckpt, tmp_path / "o", cfg())
+
+
+def test_chunk_rows_account_for_its_annotations(rough, ckpt, tmp_path):
+    ann, images, _ = rough
+    chunk = B.plan_chunks(ann, images, 2)[0]  # images 1 and 2
+    df = pd.read_parquet(B.snap_chunk(chunk, ckpt, tmp_path, cfg()))
+    assert len(df) == chunk.n_annotations and df["annotation_id"].is_unique
+    assert set(df["image_id"]) == {1, 2} and list(df.columns) == ROW_COLUMNS
+
+
+def test_one_model_per_checkpoint_device_and_precision(ckpt):
+    a = B.get_snapper(ckpt, "cpu", 4, "auto")
+    assert B.get_snapper(ckpt, "cpu", 4, "auto") is a
+    assert B.get_snapper(ckpt, "cpu", 4, "fp32") is not a

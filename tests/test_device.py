@@ -1,0 +1,34 @@
+"""The one device/precision policy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from snapper.device import autocast, autocast_dtype, resolve_device, use_channels_last
+
+
+def test_auto_is_cpu_without_cuda_and_fp32_there() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    dev = resolve_device("auto")
+    assert dev == torch.device("cpu")
+    assert autocast_dtype(dev, "auto") is None and not use_channels_last(dev)
+    assert autocast_dtype(dev, "bf16") == torch.bfloat16 and autocast_dtype(dev, "fp32") is None
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_bad_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        autocast_dtype(torch.device("cpu"), "fp8")
+    with pytest.raises(ValueError, match="not a torch device"):
+        resolve_device("tpu-ish")
+
+
+def test_autocast_none_is_a_no_op_and_bf16_runs_on_cpu() -> None:
+    x = torch.ones(2, 2)
+    with autocast(torch.device("cpu"), None):
+        assert (x @ x).dtype == torch.float32
+    with autocast(torch.device("cpu"), torch.bfloat16):
+        assert (x @ x).dtype == torch.bfloat16

@@ -1,0 +1,16 @@
+"""MLflow for a training run: off means no calls at all."""
+
+from __future__ import annotations
+
+from snapper.config import TrainConfig
+from snapper.train_tracker import RunTracker
+
+
+def test_disabled_tracker_does_nothing(tmp_path):
+    t = RunTracker(TrainConfig(out_dir=str(tmp_path / "r")), enabled=False, run_id="keep")
+    t.log_config(TrainConfig())
+    t.log_metrics({"a": 1.0}, 1)
+    t.log_artifact(tmp_path / "missing")  # not even looked at
+    assert t.register("ckpt", "name") is None and t.run_id == "keep"
+    t.close(failed=True)
+    assert not (tmp_path / "mlflow").exists()
