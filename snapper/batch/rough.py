@@ -23,7 +23,7 @@ import numpy as np
 
 from snapper.batch.schema import BatchInputError
 from snapper.config import BatchConfig
-from snapper.data.coco import structure_problem
+from snapper.data.coco import read_coco_json
 
 
 @dataclass
@@ -50,22 +50,6 @@ class RoughInput:
 def is_int(v: Any) -> bool:
     """A JSON integer (``True`` is an int to Python, not to COCO)."""
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _read_json(name: str, path: str | os.PathLike[str], raw: bytes | None) -> tuple[bytes, Any]:
-    if raw is None:
-        try:
-            raw = Path(path).read_bytes()
-        except OSError as e:
-            raise BatchInputError(f"{name}: cannot read ({e})") from e
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BatchInputError(f"{name}: not valid JSON ({e})") from e
-    problem = structure_problem(data)
-    if problem:
-        raise BatchInputError(f"{name}: {problem}")
-    return raw, data
 
 
 def _index_images(name: str, entries: list[Any]) -> tuple[dict[int, dict[str, Any]], list[int]]:
@@ -110,7 +94,7 @@ def parse_rough(path: str | os.PathLike[str], raw: bytes | None = None) -> Rough
     reason decided later, because one bad box must not stop the other boxes.
     """
     name = str(path)
-    raw, data = _read_json(name, path, raw)
+    raw, data = read_coco_json(path, raw, name, error=BatchInputError)
     images, order = _index_images(name, data["images"])
     by_image, orphans = _index_annotations(name, data["annotations"], images)
     return RoughInput(name, hashlib.sha256(raw).hexdigest(), data, images, order, by_image, orphans)

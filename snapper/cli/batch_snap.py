@@ -9,23 +9,22 @@ from typing import Any
 
 from snapper.batch import AccountingError, BatchInputError, BatchResult, batch_snap, check_config, input_files
 from snapper.batch.pipeline import DEFAULT_MODEL
-from snapper.cli.common import add_set_option, apply_sets, fail, positive_float, positive_int, run, unit_float
+from snapper.cli.common import (
+    add_set_option,
+    apply_sets,
+    fail,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run,
+    unit_float,
+)
 from snapper.config import BatchConfig
 
 PROG = "snapper batch-snap"
 
 # Options that set a BatchConfig field directly (the defaults are BatchConfig's).
 FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio")
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {v}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,35 +37,29 @@ def apply_sets(parser: argparse.ArgumentParser, cfg: T, overrides: list[str]) ->
         raise  # unreachable: parser.error exits
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
+def bounded(cast: Callable[[str], T], test: Callable[[T], bool], rule: str) -> Callable[[str], T]:
+    """An argparse ``type`` that casts with ``cast`` and refuses values failing ``test``
+    (``rule`` says what is allowed, e.g. "a number in [0, 1]"); NaN fails every comparison."""
+
+    def parse(text: str) -> T:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {rule}, got {text!r}") from None
+        if not test(v):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+        return v
+
+    parse.__name__ = rule  # argparse names the type in its messages
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return v
-
-
-def unit_float(text: str) -> float:
-    """A number in [0, 1] (thresholds, fractions); NaN is refused."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:  # also False for NaN
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return v
+positive_int = bounded(int, lambda v: v >= 1, "a whole number >= 1")
+non_negative_int = bounded(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = bounded(float, lambda v: 0 < v < math.inf, "a positive number")
+non_negative_float = bounded(float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+unit_float = bounded(float, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+fraction = bounded(float, lambda v: 0.0 <= v < 1.0, "a number in [0, 1)")
 
 
 def fail(prog: str, message: Any) -> int:

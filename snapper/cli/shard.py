@@ -5,34 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from snapper.cli.common import fail, positive_int, run
+from snapper.cli.common import fail, fraction, non_negative_float, positive_int, run
 from snapper.config import SHARD_MIN_BOX_SIZE
 from snapper.data.coco import load_coco
 from snapper.data.manifest import Manifest, ShardError
 from snapper.data.shards import DEFAULT_SHARD_SIZE, hold_out, shard_index
 
 PROG = "snapper shard"
-
-
-def fraction(text: str) -> float:
-    """A hold-out fraction in [0, 1)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:  # also False for NaN
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
-    return v
-
-
-def min_size(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of pixels, got {text!r}") from None
-    if not v >= 0.0 or v == float("inf"):  # NaN fails the first test
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, help="images per shard")
     p.add_argument("--val-fraction", type=fraction, default=0.0, help="hold out this fraction of images as split 'val'")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/val hold-out")
-    p.add_argument("--min-box-size", type=min_size, default=SHARD_MIN_BOX_SIZE,
+    p.add_argument("--min-box-size", type=non_negative_float, default=SHARD_MIN_BOX_SIZE,
                    help="skip boxes narrower/shorter than this (px)")
     p.add_argument("--workers", type=int, default=1, help="processes writing shards (<= 1: this one)")
     p.add_argument("--check-images", choices=("header", "decode", "none"), default="header")

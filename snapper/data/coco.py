@@ -283,17 +283,32 @@ def _check_image(path: str, width: int, height: int, mode: str) -> tuple[str | N
 # ---------------------------------------------------------------------------- loading
 
 
-def _read_json(ann_file: str | os.PathLike[str]) -> tuple[str, bytes, Any]:
-    """(file name for messages, raw bytes, parsed and validated JSON)."""
-    where = str(Path(ann_file))
-    try:
-        raw = Path(ann_file).read_bytes()
-    except OSError as e:
-        raise CocoFormatError(f"{where}: cannot read annotation file ({e})") from e
+def read_coco_json(path: str | os.PathLike[str], raw: bytes | None = None, name: str | None = None,
+                   error: type[ValueError] | None = None) -> tuple[bytes, Any]:
+    """(raw bytes, parsed JSON) of a COCO instances file, checked at the top level; problems
+    raise ``error`` (default :class:`CocoFormatError`) naming the file. Shared by every reader
+    (datasets, rough annotations to snap)."""
+    error = error or CocoFormatError
+    where = name or str(Path(path))
+    if raw is None:
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as e:
+            raise error(f"{where}: cannot read ({e})") from e
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CocoFormatError(f"{where}: not valid JSON ({e})") from e
+        raise error(f"{where}: not valid JSON ({e})") from e
+    problem = structure_problem(data)
+    if problem:
+        raise error(f"{where}: {problem}")
+    return raw, data
+
+
+def _read_json(ann_file: str | os.PathLike[str]) -> tuple[str, bytes, Any]:
+    """(file name for messages, raw bytes, parsed and validated JSON)."""
+    where = str(Path(ann_file))
+    raw, data = read_coco_json(ann_file)
     _validate(data, where)
     return where, raw, data
 

@@ -134,26 +134,10 @@ class _TrainDataset(IterableDataset):
         targets = torch.from_numpy(geometry.targets(true).astype(np.float32))
         return _Prepared(image, scale, geometry, targets, chosen)
 
-    def _crops(self, records: Iterable[ImageRecord], rng: np.random.Generator, tally: Tally) -> Iterator[_Crop]:
-        size = self.cfg.model.input_size
-        for rec in records:
-            try:
-                prep = self._prepare(rec, rng, tally)
-                if prep is None:
-                    continue
-                flip, color = draw_augment(rng, len(prep.chosen), self.cfg.data)
-                crops = prep.geometry.cut(prep.image.tensor, prep.scale, mirror=flip)  # mirrored while cut
-                targets = torch.where(flip.view(-1, 1), hflip_targets(prep.targets, size), prep.targets)
-                crops = to_uint8(augment(crops, targets, None, color)[0])
-            except Exception as e:  # noqa: BLE001 - one bad image must not end the epoch
-                tally.image_failed("unexpected_error", f"{rec.name}: {type(e).__name__}: {e}")
-                continue
-            tally.delivered(len(prep.chosen))
-            for j, i in enumerate(prep.chosen):
-                yield _Crop(crops[j], targets[j], rec.image_id, int(rec.annotation_ids[i]))
-
-    def _images(self, records: Iterable[ImageRecord], rng: np.random.Generator,
-                tally: Tally) -> Iterator[dict[str, Any]]:
+    def _drawn(self, records: Iterable[ImageRecord], rng: np.random.Generator,
+               tally: Tally) -> Iterator[tuple[ImageRecord, _Prepared, torch.Tensor, torch.Tensor | None]]:
+        """Each usable image, decoded, with its augmentation draws; a bad image is counted and
+        skipped, never raised (one bad image must not end the epoch)."""
         for rec in records:
             try:
                 prep = self._prepare(rec, rng, tally)
@@ -163,6 +147,25 @@ class _TrainDataset(IterableDataset):
             except Exception as e:  # noqa: BLE001
                 tally.image_failed("unexpected_error", f"{rec.name}: {type(e).__name__}: {e}")
                 continue
+            yield rec, prep, flip, color
+
+    def _crops(self, records: Iterable[ImageRecord], rng: np.random.Generator, tally: Tally) -> Iterator[_Crop]:
+        size = self.cfg.model.input_size
+        for rec, prep, flip, color in self._drawn(records, rng, tally):
+            try:
+                crops = prep.geometry.cut(prep.image.tensor, prep.scale, mirror=flip)  # mirrored while cut
+                targets = torch.where(flip.view(-1, 1), hflip_targets(prep.targets, size), prep.targets)
+                crops = to_uint8(augment(crops, targets, None, color)[0])
+            except Exception as e:  # noqa: BLE001
+                tally.image_failed("unexpected_error", f"{rec.name}: {type(e).__name__}: {e}")
+                continue
+            tally.delivered(len(prep.chosen))
+            for j, i in enumerate(prep.chosen):
+                yield _Crop(crops[j], targets[j], rec.image_id, int(rec.annotation_ids[i]))
+
+    def _images(self, records: Iterable[ImageRecord], rng: np.random.Generator,
+                tally: Tally) -> Iterator[dict[str, Any]]:
+        for rec, prep, flip, color in self._drawn(records, rng, tally):
             tally.delivered(len(prep.chosen))
             yield {
                 "image": prep.image.tensor,
