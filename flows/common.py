@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from prefect.context import FlowRunContext
+from prefect.settings import get_current_settings
+from prefect.utilities.urls import url_for
+
+from flows.stack import http_ok, stack_from_args
+from snapper import tracking
 from snapper.config import apply_overrides
+from snapper.metrics import TABLE1_COLUMNS
+from snapper.validation import validation_score
 
 T = TypeVar("T")
 
@@ -87,3 +96,63 @@ def jsonable(obj: Any) -> Any:
         except (TypeError, ValueError):
             pass
     return obj
+
+
+# ---------------------------------------------------------------------------- reports and links
+
+MLFLOW_UI_ENV = "SNAPPER_MLFLOW_UI"  # a browser URL of an MLflow UI serving this project's store
+
+
+def mlflow_ui() -> str | None:
+    """An MLflow UI that shows this project's runs: the tracking server, ``$SNAPPER_MLFLOW_UI``,
+    or the local stack's server when the store is the stack's own SQLite file; else None."""
+    if tracking.server_url():
+        return tracking.server_url()
+    if os.environ.get(MLFLOW_UI_ENV):
+        return os.environ[MLFLOW_UI_ENV].rstrip("/")
+    stack = stack_from_args(None)
+    if tracking.tracking_uri() == f"sqlite:///{(stack.mlflow_dir / 'mlflow.db').as_posix()}" \
+            and (stack.state_dir / "stack.json").is_file() and http_ok(f"{stack.mlflow_url}/health", timeout=1.0):
+        return stack.mlflow_url
+    return None
+
+
+def flow_run_link() -> tuple[str | None, str | None]:
+    """(id, UI link) of the current Prefect flow run; the link only with a lasting server."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None, None
+    run_id = str(ctx.flow_run.id)
+    if not get_current_settings().api.url:  # a temporary server: its pages vanish with the run
+        return run_id, None
+    try:
+        return run_id, url_for(ctx.flow_run)
+    except Exception:  # noqa: BLE001 - a link is a nicety
+        return run_id, None
+
+
+def headline(metrics: Mapping[str, Any], method: str) -> dict[str, float]:
+    """The run model's Table 1 (overall) and validation score, named as
+    :data:`snapper.tracking.HEADLINE_METRICS`, from an evaluation's flat metrics."""
+    out = {m: float(metrics[f"{method}/all/{m}"]) for m in tracking.HEADLINE_METRICS
+           if f"{method}/all/{m}" in metrics}
+    if {"edge_lt_1px", "iou_gt_0.9"} <= out.keys():
+        out["score"] = validation_score({f"all/{k}": v for k, v in out.items()})
+    return out
+
+
+def table_rows(rows: list[dict[str, Any]], digits: int = 1) -> list[dict[str, Any]]:
+    """Summary rows (one per method and size bucket) with the paper's column names, rounded."""
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {"method": r.get("method"), "size": r.get("size"), "boxes": int(r.get("n_boxes", 0))}
+        for key, header in TABLE1_COLUMNS.items():
+            value = r.get(key)
+            row[header] = None if value is None else round(float(value), digits)
+        out.append(row)
+    return out
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) from ``parts``."""
+    return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")[:120] or "snapper"

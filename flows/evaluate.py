@@ -1,7 +1,7 @@
 """Flow ``evaluate-snapper``: score a model (registered or a checkpoint) against the rough boxes.
 
-``model`` is anything :func:`snapper.tracking.resolve_model` accepts: a registered name
-(``snapper`` = its latest version), ``models:/snapper/3``, ``models:/snapper@champion``,
+``model`` is anything :func:`snapper.registry.resolve_model` accepts: the champion
+(``models:/snapper@champion``, the default), ``models:/snapper/3``, a registered name (its latest version),
 ``runs:/<run id>/model`` or a checkpoint folder. ``baselines`` adds more methods to the same
 table (``{"regression": "runs/demo-regression/best"}``). Shards: explicit URLs, or the
 ``split`` of ``shards/<dataset>``. Results: the per-box Parquet, Table 1 and plots under
@@ -22,12 +22,12 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.common import DEMO_DATASET, jsonable, override, resolve
+from flows.common import DEMO_DATASET, artifact_key, flow_run_link, jsonable, mlflow_ui, override, resolve
 from flows.runners import task_runner_from_env
 from flows.train import evaluate_task, shard_urls_task
 from snapper import tracking
 from snapper.config import EvalConfig, to_dict
-from snapper.registry import resolve_model
+from snapper.registry import CHAMPION_REF, resolve_model
 
 TABLE_KEY = "snapper-eval-table1"
 
@@ -52,7 +52,7 @@ def _slug(text: str) -> str:
 
 @flow(name="evaluate-snapper", task_runner=task_runner_from_env())
 def evaluate_snapper(
-    model: str = "models:/snapper/latest",
+    model: str = CHAMPION_REF,
     method: str = "snapper",
     baselines: dict[str, str] | None = None,
     shards: list[str] | None = None,
@@ -76,26 +76,37 @@ def evaluate_snapper(
     run_id = mlflow_run_id
     if run_id is None and experiment:
         run_id = start_run_task(experiment, f"eval {model}", {"snapper.model_ref": model, "snapper.shards": dataset})
-    ev = evaluate_task(checkpoints, to_dict(cfg), str(out), run_id)
-    link = tracking.run_link(run_id)
+    ev = evaluate_task(checkpoints, to_dict(cfg), str(out), run_id, method=method)
+    link = tracking.run_link(run_id, mlflow_ui())
+    where = f"{len(urls)} shard(s)" + ("" if shards else f" of {dataset}/{split}")
     md = "\n".join([
         f"# evaluate-snapper: {model}",
         "",
         "- checkpoints: " + ", ".join(f"{k}: `{v}`" for k, v in checkpoints.items()),
-        f"- shards: {len(urls)} ({dataset}/{split})" if not shards else f"- shards: {len(urls)}",
+        f"- shards: {where}",
         f"- MLflow run: {f'[{run_id}]({link})' if link else run_id}",
         f"- per-box table: `{ev['parquet']}`",
         "",
         ev["table_md"],
     ])
-    create_markdown_artifact(key=TABLE_KEY, markdown=md, description=f"Table 1 for {model}")
-    create_table_artifact(key=f"{TABLE_KEY}-rows", table=ev["rows"], description=f"Table 1 rows for {model}")
+    key = artifact_key(TABLE_KEY, model)
+    create_markdown_artifact(key=key, markdown=md, description=f"Table 1 of {model} on {where}: every method on the "
+                                                               "same boxes, overall and per size bucket (percent)")
+    create_table_artifact(key=f"{key}-rows", table=ev["rows"],
+                          description=f"Table 1 of {model} as a table: one row per method and size bucket (percent)")
+    if run_id:
+        flow_run_id, flow_run_url = flow_run_link()
+        prefect = f"[{flow_run_id}]({flow_run_url})" if flow_run_url else (flow_run_id or "none")
+        tracking.describe_run(run_id, f"evaluate-snapper: `{model}` on {where}.\n\nPrefect flow run: {prefect}.",
+                              {k: v for k, v in (("prefect.flow_run_id", flow_run_id),
+                                                 (tracking.PREFECT_LINK_TAG, flow_run_url)) if v})
+        logger.info("MLflow run: %s", link or f"{run_id} in the local store (browse it with `make mlflow-ui`)")
     return {"checkpoints": checkpoints, "mlflow_run_id": run_id, **jsonable(ev)}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.evaluate", description="Run the evaluate-snapper flow once.")
-    ap.add_argument("model", nargs="?", default="models:/snapper/latest", help="registered name, models:/ URI or checkpoint folder")
+    ap.add_argument("model", nargs="?", default=CHAMPION_REF, help="registered name, models:/ URI or checkpoint folder")
     ap.add_argument("--dataset", default=DEMO_DATASET, help="a folder under shards/")
     ap.add_argument("--split", default="val")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=REF")

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.procs import alive, group_alive, memory_kb, pid_exists, proc_table, service_processes
+
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 POOL = "snapper-pool"
@@ -48,6 +50,9 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_CLI_PROMPT": "false",
 }
+# MLflow 3's server also starts job-execution consumers (huey) for GenAI features (judges,
+# scorers, trace jobs) the project does not use: about 8 processes and 2 GB on their own.
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class StackError(RuntimeError):
@@ -187,51 +192,6 @@ def worker_online(api_url: str, pool: str = POOL) -> bool:
     return any(str(w.get("status", "")).upper() == "ONLINE" for w in workers)
 
 
-def _cmdline(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        pass
-    try:
-        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def _alive(record: dict[str, Any]) -> bool:
-    """The PID file's process still runs, and runs the command we started (not a reused PID)."""
-    pid = int(record["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # someone else's process: never ours
-    cmd = _cmdline(pid)
-    return cmd is not None and record.get("marker", "") in cmd
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------- services
 
 
@@ -241,7 +201,7 @@ def _pidfile(stack: Stack, name: str) -> Path:
 
 def _running(stack: Stack, name: str) -> dict[str, Any] | None:
     rec = _read_json(_pidfile(stack, name))
-    if rec is not None and _alive(rec):
+    if rec is not None and alive(rec):
         return rec
     return None
 
@@ -273,7 +233,7 @@ def _start(stack: Stack, name: str, cmd: list[str], env: dict[str, str], cwd: Pa
 
 def _exited(rec: dict[str, Any]) -> bool:
     proc = rec.get("_proc")
-    return proc.poll() is not None if proc is not None else not _alive(rec)
+    return proc.poll() is not None if proc is not None else not alive(rec)
 
 
 def _wait(check: Any, what: str, timeout: float, rec: dict[str, Any] | None = None) -> None:
@@ -345,7 +305,7 @@ def up(stack: Stack, deploy: bool = True, timeout: float = 180) -> dict[str, Any
                     "--artifacts-destination", str(artifacts),
                     "--default-artifact-root", artifacts.as_uri(),
                 ],
-                stack.env(), stack.home,
+                stack.env(**MLFLOW_SERVER_ENV), stack.home,
             )
 
         # 3. The process work pool (create-or-update is idempotent).
@@ -392,9 +352,9 @@ def _stop(rec: dict[str, Any], grace: float) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_alive(pgid):
+    while time.monotonic() < deadline and group_alive(pgid):
         time.sleep(0.2)
-    if _group_alive(pgid):
+    if group_alive(pgid):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
@@ -410,10 +370,10 @@ def down(stack: Stack, grace: float = 15.0, quiet: bool = False) -> list[str]:
         if rec is None:
             continue
         pid, pgid = int(rec["pid"]), int(rec.get("pgid", rec["pid"]))
-        if _alive(rec):
+        if alive(rec):
             _stop(rec, grace)
             stopped.append(name)
-        elif not _pid_exists(pid) and _group_alive(pgid):
+        elif not pid_exists(pid) and group_alive(pgid):
             # The leader is gone but members of its session linger (e.g. uvicorn workers): the
             # kernel never hands out a PID that is still a process-group id, so they are ours.
             _stop(rec, grace)
@@ -427,9 +387,13 @@ def down(stack: Stack, grace: float = 15.0, quiet: bool = False) -> list[str]:
 
 def status(stack: Stack) -> dict[str, Any]:
     out: dict[str, Any] = {"home": str(stack.home), "services": {}}
+    table = proc_table() if Path("/proc/self/stat").exists() else {}
     for name in SERVICES:
         rec = _running(stack, name)
-        out["services"][name] = {"running": rec is not None, "pid": rec["pid"] if rec else None}
+        procs = service_processes(rec, table) if rec and table else []
+        out["services"][name] = {"running": rec is not None, "pid": rec["pid"] if rec else None,
+                                 "processes": len(procs), "memory_mb": round(sum(map(memory_kb, procs)) / 1024, 1)}
+    out["memory_mb"] = round(sum(s["memory_mb"] for s in out["services"].values()), 1)
     out["prefect_ui"] = stack.prefect_url if http_ok(f"{stack.api_url}/health") else None
     out["mlflow_ui"] = stack.mlflow_url if http_ok(f"{stack.mlflow_url}/health") else None
     return out
@@ -439,7 +403,7 @@ def _print_urls(info: dict[str, Any]) -> None:
     print(
         f"""snapper stack is up (home {info['home']})
   Prefect UI   {info['prefect_ui']}
-  MLflow UI    {info['mlflow_ui']}
+  MLflow UI    {info['mlflow_ui']}  (runs: {info['mlflow_ui']}/#/experiments?workflowType=machine_learning)
   work pool    {info['work_pool']} (process worker running)
 
 Use it from a shell:
@@ -447,6 +411,15 @@ Use it from a shell:
   .venv/bin/prefect deployment run 'train-snapper/demo' --watch
 Stop it with: make stack-down  (or python -m flows.stack down)"""
     )
+
+
+def _print_status(st: dict[str, Any]) -> None:
+    for name, s in st["services"].items():
+        state = (f"running (pid {s['pid']}): {s['processes']} process(es), {s['memory_mb']:.0f} MB"
+                 if s["running"] else "stopped")
+        print(f"{name:<15} {state}")
+    print(f"{'whole stack':<15} {st['memory_mb']:.0f} MB (proportional set size, shared pages split)")
+    print(f"Prefect UI     {st['prefect_ui'] or '-'}\nMLflow UI      {st['mlflow_ui'] or '-'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,9 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             if a.json:
                 print(json.dumps(st, indent=1))
             else:
-                for name, s in st["services"].items():
-                    print(f"{name:<15} {'running (pid %d)' % s['pid'] if s['running'] else 'stopped'}")
-                print(f"Prefect UI     {st['prefect_ui'] or '-'}\nMLflow UI      {st['mlflow_ui'] or '-'}")
+                _print_status(st)
     except StackError as e:
         print(f"stack: {e}", file=sys.stderr)
         return 1

@@ -12,9 +12,12 @@ restates a default.
 * **GPUs**: ``gpus > 1`` runs ``torchrun --standalone --nproc_per_node=N -m snapper.cli train
   --config <yaml>`` in a subprocess (:mod:`snapper.launch`) and streams its log into the flow
   run (plus a progress artifact); otherwise training runs in-process (CPU or one GPU).
+* **Evaluation** scores the rough boxes (identity), the model, the regression baseline and
+  the current champion on the same held-out boxes.
 * **Registration** happens after evaluation, so a model is registered only once it has been
-  scored; the scores travel as tags of the model version.
-* **Report**: Prefect artifacts with Table 1 (markdown + table) and the MLflow run.
+  scored; it becomes champion only when it beats the current one (:mod:`flows.lifecycle`).
+* **Report**: Prefect artifacts with Table 1 (markdown + table) and the MLflow run; the flow
+  log and ``python -m flows.train`` end with the MLflow run link and the registered version.
 
 Run once locally with an ephemeral Prefect server: ``python -m flows.train`` (what ``make
 demo`` does). Deployed: ``prefect deployment run 'train-snapper/demo'``.
@@ -32,36 +35,42 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.context import FlowRunContext
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.common import SYNTHETIC, jsonable, override, resolve, synthetic_name
+from flows.common import (
+    SYNTHETIC,
+    artifact_key,
+    headline,
+    jsonable,
+    mlflow_ui,
+    override,
+    resolve,
+    synthetic_name,
+    table_rows,
+)
+from flows.lifecycle import (
+    CHAMPION_METHOD,
+    champion_check_task,
+    champion_task,
+    describe_task,
+    flow_context,
+    register_task,
+    report_task,
+)
 from flows.runners import task_runner_from_env
 from flows.shard import shard_coco
 from snapper import tracking
 from snapper.config import ConfigError, EvalConfig, TrainConfig, from_dict, to_dict
 from snapper.data.manifest import shard_urls
 from snapper.data.synthetic import generate
-from snapper.evaluate import evaluate
+from snapper.evaluate import IDENTITY, evaluate
 from snapper.launch import stream_command, torchrun_command, write_launch_config
 from snapper.presets import preset_config
-from snapper.registry import register_checkpoint
+from snapper.registry import DEFAULT_MODEL_NAME, model_name_for
 from snapper.train import train
 from snapper.train_log import progress_of
-from snapper.registry import version_of_run
-from snapper.tracking import run_link
 
-TABLE_KEY = "snapper-table1"
-ROWS_KEY = "snapper-table1-rows"
 PROGRESS_KEY = "snapper-train-progress"
-
-# Kept for flows.evaluate and older callers: the link is built in the library.
 
 
 # ---------------------------------------------------------------------------- data
@@ -153,7 +162,8 @@ class _Progress:
         self._id = None
         self._last = -1.0
         try:
-            self._id = create_progress_artifact(0.0, key=PROGRESS_KEY, description=f"training {label}")
+            self._id = create_progress_artifact(0.0, key=artifact_key(PROGRESS_KEY, label),
+                                                description=f"Training progress of {label} (percent of its steps)")
         except Exception:  # noqa: BLE001 - progress is a nicety, not a reason to fail
             self._id = None
 
@@ -197,67 +207,26 @@ def train_task(cfg_dict: dict[str, Any], gpus: int = 0) -> dict[str, Any]:
 
 @task(name="evaluate-models")
 def evaluate_task(
-    checkpoints: dict[str, str], eval_cfg: dict[str, Any], out_dir: str, mlflow_run_id: str | None
+    checkpoints: dict[str, str], eval_cfg: dict[str, Any], out_dir: str, mlflow_run_id: str | None,
+    metric_prefix: str = "eval", method: str | None = None,
 ) -> dict[str, Any]:
     """``snapper.evaluate.evaluate`` (identity + every model on the same boxes); logs to the
-    given MLflow run. Returns paths, the flat metrics and the Table 1 markdown."""
+    given MLflow run (metrics under ``metric_prefix``, ``method``'s headline numbers
+    unprefixed). Returns paths, the flat metrics, each method's score and the Table 1 rows."""
     res = evaluate(checkpoints, from_dict(EvalConfig, eval_cfg), out_dir, include_identity=True)
     if mlflow_run_id:
-        tracking.log_evaluation(res.metrics, [*res.files.values(), *res.plots.values()], run_id=mlflow_run_id)
-    overall = res.summary[res.summary["size"] == "all"]
+        tracking.log_evaluation(res.metrics, [*res.files.values(), *res.plots.values()], run_id=mlflow_run_id,
+                                prefix=metric_prefix, headline=headline(res.metrics, method) if method else None)
     return {
         "out_dir": res.out_dir,
         "parquet": res.parquet,
         "metrics": jsonable(res.metrics),
+        "scores": {m: headline(res.metrics, m).get("score") for m in [*checkpoints, IDENTITY]},
         "table_md": res.table_md,
-        "rows": jsonable(overall),
+        "rows": table_rows(jsonable(res.summary)),
         "plots": jsonable(res.plots),
         "files": jsonable(res.files),
     }
-
-
-@task(name="register-model")
-def register_task(run_id: str, checkpoint: str, name: str, tags: dict[str, str]) -> int:
-    """``snapper.registry.register_checkpoint``; a re-run of the same MLflow run reuses its version."""
-    existing = version_of_run(name, run_id)
-    if existing is not None:
-        get_run_logger().info("run %s is already registered as %s version %d", run_id, name, existing)
-        return existing
-    return register_checkpoint(run_id, checkpoint, name, tags=tags)
-
-
-# ---------------------------------------------------------------------------- report
-
-
-def report_markdown(name: str, ev: dict[str, Any], train: dict[str, Any], registered: dict[str, Any] | None,
-                    link: str | None) -> str:
-    run_id = train.get("mlflow_run_id")
-    where = (f"[{run_id}]({link})" if link else f"`{run_id}` (local store: `make mlflow-ui`)") if run_id else "not tracked"
-    reg = f"`{registered['name']}` version {registered['version']}" if registered else "not registered"
-    return "\n".join(
-        [
-            f"# train-snapper: {name}",
-            "",
-            f"- MLflow run: {where}",
-            f"- registered model: {reg}",
-            f"- steps: {train.get('steps')}; best checkpoint: `{train.get('best_checkpoint')}`",
-            f"- per-box table: `{ev['parquet']}`",
-            "",
-            ev["table_md"],
-        ]
-    )
-
-
-@task(name="publish-report")
-def report_task(name: str, ev: dict[str, Any], train: dict[str, Any], registered: dict[str, Any] | None) -> str:
-    run_id = train.get("mlflow_run_id")
-    link = run_link(run_id)
-    md = report_markdown(name, ev, train, registered, link)
-    create_markdown_artifact(key=TABLE_KEY, markdown=md, description=f"Table 1 for {name}")
-    create_table_artifact(key=ROWS_KEY, table=ev["rows"], description=f"Table 1 rows for {name}")
-    if link:
-        create_link_artifact(key="snapper-mlflow-run", link=link, link_text=f"MLflow run {run_id}")
-    return md
 
 
 # ---------------------------------------------------------------------------- the flow
@@ -289,15 +258,44 @@ def _base_config(preset: str, overrides: dict[str, Any] | None, shards: dict[str
     return base
 
 
-def _version_tags(metrics: dict[str, Any], dataset: str, preset: str) -> dict[str, str]:
+def _version_tags(metrics: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
     """The model's scores (``snapper.all.*``) and provenance as model-version tags."""
     tags = {k.replace("/", "."): f"{v:.4g}" for k, v in metrics.items()
             if k.startswith("snapper/all/") and isinstance(v, (int, float))}
-    tags.update({"dataset": dataset, "preset": preset})
-    ctx = FlowRunContext.get()
-    if ctx is not None and ctx.flow_run is not None:
-        tags["prefect.flow_run_id"] = str(ctx.flow_run.id)
+    tags.update({"dataset": ctx["data"], "preset": ctx["preset"], "steps": str(ctx["steps"])})
+    tags.update({k: v for k, v in (("prefect.flow_run_id", ctx.get("flow_run_id")),
+                                   (tracking.PREFECT_LINK_TAG, ctx.get("flow_run_url"))) if v})
     return tags
+
+
+def _eval_set(ev: dict[str, Any], ctx: dict[str, Any]) -> str:
+    boxes = next((r["boxes"] for r in ev["rows"] if r["method"] == IDENTITY and r["size"] == "all"), "?")
+    return f"{ctx['data']} held-out split ({boxes} boxes)"
+
+
+def _register_and_report(ctx: dict[str, Any], ev: dict[str, Any], champion: dict[str, Any] | None,
+                         model_name: str | None) -> dict[str, Any] | None:
+    """Register (when ``model_name``), challenge the champion, describe, report, log the links."""
+    logger = get_run_logger()
+    run_id = ctx["mlflow_run_id"]
+    registered = check = None
+    if model_name and run_id:
+        version = register_task(run_id, ctx["best_checkpoint"], model_name, _version_tags(ev["metrics"], ctx))
+        check = champion_check_task(model_name, version, ev["scores"], champion, _eval_set(ev, ctx))
+        registered = {"name": model_name, "version": version, "champion": check["promoted"],
+                      "champion_check": check["reason"]}
+    elif model_name:
+        logger.warning("MLflow tracking is off for this run (mlflow=false): nothing to register")
+    if run_id:
+        describe_task(ctx, ev, check)
+    report_task(ctx, ev, check)
+    link = tracking.run_link(run_id, mlflow_ui())
+    if run_id:
+        logger.info("MLflow run: %s", link or f"{run_id} in the local store (browse it with `make mlflow-ui`)")
+    if registered:
+        logger.info("registered model: %s version %d (%s)", model_name, registered["version"],
+                    "the new champion" if registered["champion"] else f"not champion: {registered['champion_check']}")
+    return registered
 
 
 @flow(name="train-snapper", task_runner=task_runner_from_env())
@@ -319,11 +317,12 @@ def train_snapper(
     eval_overrides: dict[str, Any] | None = None,
     gpus: int = 0,
     register_model: bool = True,
-    registered_model: str = "snapper",
+    registered_model: str = DEFAULT_MODEL_NAME,
     runs_dir: str = "runs",
 ) -> dict[str, Any]:
     """Train a Snapper model (and the regression baseline), evaluate both against the rough
-    boxes, register the model, and publish Table 1.
+    boxes, register the model (champion only if it beats the current one on the same boxes),
+    and publish Table 1. Smoke presets (``cpu-tiny``) register under ``snapper-ci``.
 
     ``preset``: a :data:`snapper.presets.PRESETS` name; ``overrides``: TrainConfig keys (e.g.
     ``{"steps": 200, "model.backbone": "resnet50"}``); ``regression_overrides`` go on top for
@@ -354,29 +353,30 @@ def train_snapper(
         regression = train_task.with_options(name="train-regression-baseline")(to_dict(reg_cfg), gpus)
         checkpoints["regression"] = regression["best_checkpoint"]
 
-    # 3. evaluation on the held-out shards (identity + models, same boxes), logged to the model's run
+    # 3. evaluation on the held-out shards: identity, the models and the current champion, same boxes
+    run_id = edges.get("mlflow_run_id")
+    model_name = model_name_for(preset, registered_model) if register_model else None
+    if model_name and model_name != registered_model:
+        logger.info("preset %s is a smoke test: registering under %r, never %r", preset, model_name, registered_model)
+    champion = champion_task(model_name, run_id) if model_name and run_id else None
+    if champion and champion.get("checkpoint"):
+        checkpoints[CHAMPION_METHOD] = champion["checkpoint"]
     eval_cfg = override(EvalConfig(shards=shards["val"], device=base.device), eval_overrides)
-    ev = evaluate_task(checkpoints, to_dict(eval_cfg), str(runs / name / "eval"), edges.get("mlflow_run_id"))
-
-    # 4. registration
-    registered = None
-    if register_model and edges.get("mlflow_run_id"):
-        tags = _version_tags(ev["metrics"], dataset, preset)
-        version = register_task(edges["mlflow_run_id"], edges["best_checkpoint"], registered_model, tags)
-        registered = {"name": registered_model, "version": version}
-    elif register_model:
-        logger.warning("MLflow tracking is off for this run (mlflow=false): nothing to register")
-
-    # 5. report
-    report_task(name, ev, edges, registered)
+    ev = evaluate_task(checkpoints, to_dict(eval_cfg), str(runs / name / "eval"), run_id,
+                       metric_prefix="val/eval", method="snapper")
     logger.info("Table 1 on %d held-out shard(s):\n%s", len(shards["val"]), ev["table_md"].split("\n## By")[0])
+
+    # 4. registration, champion check, descriptions and the report
+    data = synthetic_name(num_images, seed) if dataset == SYNTHETIC and not (ann_file or train_shards) else dataset
+    registered = _register_and_report(flow_context(name, data, preset, edges), ev, champion, model_name)
     return {
         "name": name,
         "train": edges,
         "regression": regression,
         "eval": {k: ev[k] for k in ("out_dir", "parquet", "table_md", "files", "plots")},
         "registered": registered,
-        "mlflow_run_id": edges.get("mlflow_run_id"),
+        "mlflow_run_id": run_id,
+        "mlflow_run_url": tracking.run_link(run_id, mlflow_ui()),
     }
 
 
@@ -417,17 +417,24 @@ def main(argv: list[str] | None = None) -> int:
                         dataset=args.dataset, ann_file=args.ann_file, images_dir=args.images_dir,
                         val_fraction=args.val_fraction)
     print("\n" + res["eval"]["table_md"])
-    print(f"per-box table: {res['eval']['parquet']}")
-    if res["registered"]:
-        print(f"registered model: {res['registered']['name']} version {res['registered']['version']}")
-    if res["mlflow_run_id"]:
-        link = run_link(res["mlflow_run_id"])
-        if link:
-            print(f"MLflow run: {link}")
-        else:
-            print(f"MLflow run {res['mlflow_run_id']} is in the local store; browse it with `make mlflow-ui` "
-                  "(http://127.0.0.1:5000) or start the whole stack with `make stack-up`.")
+    print(where_next(res))
     return 0
+
+
+def where_next(res: dict[str, Any]) -> str:
+    """Where to look after a run: the MLflow run, the per-box Parquet, the registered version."""
+    lines = ["Where to look next:", f"  per-box table (Parquet): {res['eval']['parquet']}"]
+    if res.get("mlflow_run_url"):
+        lines.append(f"  MLflow run:    {res['mlflow_run_url']}")
+    elif res.get("mlflow_run_id"):
+        lines.append(f"  MLflow run:    {res['mlflow_run_id']} in the local store; `make mlflow-ui`, then open "
+                     "http://127.0.0.1:5000 (experiment 'snapper', view 'Table 1')")
+    reg = res.get("registered")
+    if reg:
+        verdict = ("now the champion: `make serve` serves it" if reg["champion"]
+                   else f"not champion ({reg['champion_check']})")
+        lines.append(f"  registered:    models:/{reg['name']}/{reg['version']}, {verdict}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ SHARD_MIN_BOX_SIZE = 1.0  # sharding: below a pixel a COCO box is an annotation 
 TRAIN_MIN_BOX_SIZE = 4.0  # training: edges of a box this thin carry no signal worth learning
 SNAP_MIN_BOX_SIZE = 2.0  # batch snapping: thinner rough boxes are kept unchanged, with a reason
 
+# Memory bound per image: an image is decoded only when it gives at most this many pixels
+# (after JPEG draft reduction), checked from the header. 64 MP of RGB is ~0.2 GB decoded;
+# with PIL's and the converters' copies a decode then peaks well under a gigabyte.
+MAX_DECODE_PIXELS = 64_000_000
+
 
 @dataclass
 class JitterConfig:
@@ -92,6 +97,9 @@ class DataConfig:
     epoch_samples: int | None = None  # crops per resampled epoch over all ranks; None = counted from shards
     crop_on: str = "worker"  # "worker" (CPU, in the loader) or "device" (loader decodes, trainer crops)
     draft_decode: bool = True  # decode JPEGs at reduced DCT scale when every crop is downscaled
+    # check each local shard's sha256 against its manifest before reading it (remote shards,
+    # e.g. pipe: URLs to object storage, are never re-downloaded to be checked)
+    verify_shards: bool = True
 
 
 @dataclass
@@ -107,6 +115,12 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 500
+    # A pretrained trunk learns at lr * trunk_lr_mult (new layers at lr): ImageNet features
+    # need adjusting, not relearning, and a full rate on tiny data overwrites them.
+    trunk_lr_mult: float = 1.0
+    # Keep the trunk's BatchNorm statistics fixed (eval mode) while training: a batch of 32 crops
+    # around single objects is a poor estimate of the statistics the pretrained weights expect.
+    freeze_trunk_bn: bool = False
     grad_clip: float = 1.0
     amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; ignored on CPU
     channels_last: bool = True
@@ -136,6 +150,7 @@ class EvalConfig:
     workers: int = 0
     device: str = "auto"
     precision: str = "auto"  # one of PRECISION_CHOICES: auto (bf16/fp16 autocast on CUDA, fp32 on CPU)
+    verify_shards: bool = True  # as DataConfig.verify_shards
 
 
 @dataclass
@@ -148,6 +163,8 @@ class BatchConfig:
     ``min_box_size``: rough boxes thinner than this (px, after clipping) are kept, not snapped.
     ``fuse_key``: annotations sharing this field (per image) are several workers' boxes of one
     object and also get one fused box; None disables fusion.
+    ``max_pixels``: an image that would decode to more pixels (after JPEG draft reduction) is
+    not decoded; its boxes are kept with reason ``image_too_large``. None: no budget.
     """
 
     chunk_images: int = 256  # images per chunk (the unit of resume and of fan-out in the flow)
@@ -162,6 +179,7 @@ class BatchConfig:
     review_moved_frac: float = 0.25
     fuse_key: str | None = "object_id"
     draft_decode: bool = True
+    max_pixels: int | None = MAX_DECODE_PIXELS
 
 
 # ---------------------------------------------------------------------------- (de)serialisation

@@ -75,7 +75,8 @@ def _stream(cfg: EvalConfig, model_cfg: ModelConfig) -> EvalStream:
     if not cfg.shards:
         raise ValueError("EvalConfig.shards is empty: give the held-out shard URLs/globs")
     return eval_batches(cfg.shards, model_cfg, cfg.jitter, seed=cfg.seed, buffer_ratio=cfg.buffer_ratio,
-                        batch_size=cfg.batch_size, max_boxes=cfg.max_boxes, workers=cfg.workers)
+                        batch_size=cfg.batch_size, max_boxes=cfg.max_boxes, workers=cfg.workers,
+                        verify_shards=cfg.verify_shards)
 
 
 def evaluate_model(
@@ -97,7 +98,7 @@ def evaluate_model(
     snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size, precision=cfg.precision)
     stream = _stream(cfg, model_cfg)
     tables = []
-    candidates: list[tuple[int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys
+    candidates: list[tuple[int, int, int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys
     for batch in stream:
         windows, sizes = _numpy(batch, "window"), _numpy(batch, "image_size")
         geo = CropGeometry(windows, model_cfg.input_size)
@@ -117,13 +118,15 @@ def evaluate_model(
                     ex = {"crop": batch["image"][j].numpy(), "window": windows[j], "rough": rough[j],
                           "true": true[j], "pred": pred[j], "iou": float(df["iou"].iloc[j]), "conf": conf[j],
                           "method": method, "input_size": model_cfg.input_size, "annotation_id": int(ann_ids[j])}
-                    item = (-key, int(ann_ids[j]), ex)
+                    # Annotation ids can repeat across merged datasets: the running count breaks
+                    # such ties (never reaching the dict, which does not compare).
+                    item = (-key, int(ann_ids[j]), len(tables), j, ex)
                     if len(candidates) < EXAMPLE_POOL * n_examples:
                         heapq.heappush(candidates, item)
                     else:
                         heapq.heapreplace(candidates, item)
     if examples is not None:
-        examples.extend(spread_by_iou([c[2] for c in candidates], n_examples))
+        examples.extend(spread_by_iou([c[-1] for c in candidates], n_examples))
     if stats is not None:
         stats.update(stream.stats.as_dict())
     _report_skips(stream.stats.as_dict(), method)

@@ -4,6 +4,10 @@ Boxes are in the pixel frame of the image *as displayed* (after EXIF orientation
 tools draw them. JPEGs whose crops will be shrunk anyway are decoded at reduced scale through
 libjpeg's DCT scaling (``Image.draft``), which skips most of the decode work; the returned
 ``scale`` tells the crop code how decoded pixels relate to original ones.
+
+Memory is bounded per image: ``max_pixels`` (default
+:data:`snapper.config.MAX_DECODE_PIXELS`) is checked against the header's size, after the
+draft reduction, before any pixel is decoded; a larger image raises :class:`ImageTooLarge`.
 """
 
 from __future__ import annotations
@@ -19,12 +23,23 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from snapper.config import MAX_DECODE_PIXELS
+
 # PIL's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never disabled here).
 MIN_SIDE = 2  # px; smaller images cannot hold a box worth snapping
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; the message names the file."""
+    """An image that cannot be used; the message names the file (once). ``reason`` is the
+    short stable string streams and batch reports count it under."""
+
+    reason = "corrupt_image"
+
+
+class ImageTooLarge(ImageError):
+    """An image that would decode to more pixels than the budget; it was not decoded."""
+
+    reason = "image_too_large"
 
 
 @dataclass
@@ -54,16 +69,22 @@ _TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 def _open(source: "str | os.PathLike[str] | bytes", name: str) -> Image.Image:
+    """Open (header only). PIL's bomb *error* stays; its warning is silenced because the pixel
+    budget (below PIL's warning size) decides what is decoded."""
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return Image.open(io.BytesIO(bytes(source)))
-        return Image.open(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                return Image.open(io.BytesIO(bytes(source)))
+            return Image.open(source)
     except FileNotFoundError as e:
         raise ImageError(f"{name}: image file not found") from e
-    except (UnidentifiedImageError, OSError) as e:
-        raise ImageError(f"{name}: not a readable image ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: not a readable image (unknown format, or a broken header)") from e
+    except OSError as e:
+        raise ImageError(f"{name}: not a readable image ({e.strerror or e})") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: refused, {e}") from e
+        raise ImageTooLarge(f"{name}: refused, {e}") from e
 
 
 def image_size(source: "str | os.PathLike[str] | bytes", name: str | None = None) -> tuple[int, int]:
@@ -78,16 +99,27 @@ def image_size(source: "str | os.PathLike[str] | bytes", name: str | None = None
     return (h, w) if orientation in _TRANSPOSED else (w, h)
 
 
+def check_budget(name: str, original: tuple[int, int], decoded: tuple[int, int], max_pixels: int | None) -> None:
+    """Raise :class:`ImageTooLarge` when ``decoded`` (w, h) exceeds ``max_pixels``."""
+    if max_pixels is not None and decoded[0] * decoded[1] > max_pixels:
+        size = f"{original[0]}x{original[1]}" + (f" (decoded at {decoded[0]}x{decoded[1]})" if decoded != original else "")
+        raise ImageTooLarge(f"{name}: {size} is {decoded[0] * decoded[1]:,} pixels to decode, over the budget "
+                            f"of {max_pixels:,} (max_pixels); not decoded")
+
+
 def load_image(
     source: "str | os.PathLike[str] | bytes | Image.Image",
     name: str | None = None,
     min_scale: float = 1.0,
+    max_pixels: int | None = MAX_DECODE_PIXELS,
 ) -> LoadedImage:
     """Decode to RGB uint8 (3, h, w).
 
     ``min_scale`` in (0, 1]: the smallest decoded/original ratio the caller can use (e.g. the
     largest input/window ratio over the crops it will cut). JPEGs are then decoded at the
     coarsest DCT scale (1/2, 1/4, 1/8) that still meets it; other formats decode in full.
+    ``max_pixels``: the most pixels to decode (after that reduction); a larger image raises
+    :class:`ImageTooLarge` before decoding. None: no budget (PIL's bomb guard still applies).
     """
     if isinstance(source, Image.Image):
         im, name = source, name or "<PIL image>"
@@ -105,13 +137,16 @@ def load_image(
             # draft() picks the largest reduction keeping the image >= the requested size.
             req = (max(1, int(np.ceil(w0 * min_scale))), max(1, int(np.ceil(h0 * min_scale))))
             im.draft("RGB", req)
+        check_budget(name, (w0, h0), im.size, max_pixels)
         plain_jpeg = im.format == "JPEG" and orientation == 1 and im.mode in ("RGB", "L")
         if plain_jpeg and im.size == (w0, h0) and not isinstance(source, Image.Image):
             arr = _decode_jpeg_full(source, name)
         else:
             arr = _decode_pil(im, orientation)
+    except ImageError:
+        raise  # already names the file
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{name}: refused, {e}") from e
+        raise ImageTooLarge(f"{name}: refused, {e}") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
     width, height = (h0, w0) if orientation in _TRANSPOSED else (w0, h0)
@@ -129,8 +164,8 @@ def _decode_jpeg_full(source: "str | os.PathLike[str] | bytes", name: str) -> to
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": it is only read
             return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError as e:
-        raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
+    except RuntimeError as e:  # "decode_jpeg, <source file>:<line>, <what>": only <what> says anything
+        raise ImageError(f"{name}: corrupt or truncated image ({str(e).split(', ')[-1].strip()})") from e
 
 
 def _decode_pil(im: Image.Image, orientation: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The Snapper network and the regression baseline.
 
 SnapperNet (the published design, details ours):
-  ResNet trunk -> FPN-style top-down fusion of C2..C5 to stride 4 -> directional pooling
+  trunk (ResNet or EfficientNet-Lite, see ``trunks``) -> FPN-style top-down fusion of C2..C5 to stride 4 -> directional pooling
   (mean + max over x gives a sequence along y for top/bottom; over y gives one along x for
   left/right) -> four independent 1-D conv decoders (one per edge) -> logits over
   ``num_bins`` positions per edge.
@@ -22,68 +22,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from snapper.config import ModelConfig
 from snapper.edges import decode_edges, edge_loss
+from snapper.trunks import build_trunk
 
-_TRUNK_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-    "resnet101": (256, 512, 1024, 2048),
-}
-_IMAGENET_WEIGHTS = {
-    "resnet18": "ResNet18_Weights",
-    "resnet34": "ResNet34_Weights",
-    "resnet50": "ResNet50_Weights",
-    "resnet101": "ResNet101_Weights",
-}
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-
-def _resnet(cfg: ModelConfig) -> nn.Module:
-    if cfg.backbone not in _TRUNK_CHANNELS:
-        raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {sorted(_TRUNK_CHANNELS)}")
-    ctor = getattr(torchvision.models, cfg.backbone)
-    if cfg.weights in (None, "", "none"):
-        return ctor(weights=None)
-    if cfg.weights != "imagenet":
-        raise ValueError(f"weights must be None or 'imagenet', got {cfg.weights!r}")
-    weights = getattr(torchvision.models, _IMAGENET_WEIGHTS[cfg.backbone]).IMAGENET1K_V1
-    try:
-        return ctor(weights=weights)
-    except Exception as e:  # noqa: BLE001 - urllib raises many types offline
-        raise RuntimeError(
-            f"could not load torchvision's ImageNet weights for {cfg.backbone} ({type(e).__name__}: {e}). "
-            "They are downloaded on first use into $TORCH_HOME (default ~/.cache/torch/hub/checkpoints); "
-            "offline, copy the file there by hand or train with weights=None (random init)."
-        ) from e
-
-
-class Trunk(nn.Module):
-    """ResNet returning the stem (stride 2) and C2..C5 (strides 4..32)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        r = _resnet(cfg)
-        self.stem = nn.Sequential(r.conv1, r.bn1, r.relu)
-        self.pool = r.maxpool
-        self.layers = nn.ModuleList([r.layer1, r.layer2, r.layer3, r.layer4])
-        self.channels = _TRUNK_CHANNELS[cfg.backbone]
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        x = (images.float() - self.mean) / self.std
-        s = self.stem(x)
-        x = self.pool(s)
-        feats = []
-        for layer in self.layers:
-            x = layer(x)
-            feats.append(x)
-        return s, feats
 
 
 class TopDownFusion(nn.Module):
@@ -142,7 +85,23 @@ class EdgeDecoder(nn.Module):
         return self.fine(x).squeeze(1)
 
 
-class SnapperNet(nn.Module):
+class _TrunkModel(nn.Module):
+    """What both heads share: ``trunk_bn_frozen`` keeps the trunk's BatchNorm layers in eval
+    mode whenever the model trains (see ``TrainConfig.freeze_trunk_bn``)."""
+
+    trunk: nn.Module
+    trunk_bn_frozen = False
+
+    def train(self, mode: bool = True) -> "_TrunkModel":
+        super().train(mode)
+        if mode and self.trunk_bn_frozen:
+            for m in self.trunk.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+
+class SnapperNet(_TrunkModel):
     """Edge classification over positions (the paper's model)."""
 
     head = "edges"
@@ -150,10 +109,10 @@ class SnapperNet(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.trunk = Trunk(cfg)
+        self.trunk = build_trunk(cfg)
         self.fuse = TopDownFusion(self.trunk.channels, cfg.fpn_channels)
         cskip = 32
-        self.skip = nn.Sequential(nn.Conv2d(64, cskip, 1, bias=False), nn.BatchNorm2d(cskip), nn.ReLU(inplace=True))
+        self.skip = nn.Sequential(nn.Conv2d(self.trunk.stem_channels, cskip, 1, bias=False), nn.BatchNorm2d(cskip), nn.ReLU(inplace=True))
         self.decoders = nn.ModuleList(
             [EdgeDecoder(2 * cfg.fpn_channels, 2 * cskip, cfg.decoder_channels, cfg.decoder_layers, cfg.num_bins)
              for _ in range(4)]
@@ -180,30 +139,37 @@ class SnapperNet(nn.Module):
         return decode_edges(out, self.cfg.input_size, self.cfg.decode_window, tol)
 
 
-class RegressionNet(nn.Module):
-    """The "traditional detection objective" baseline: same trunk, fusion and crop, global
-    pooling and a head regressing the four edge positions (smooth-L1 in input pixels)."""
+class RegressionNet(_TrunkModel):
+    """The detection-style baseline the paper compares against: the same trunk, fusion and
+    crop, then a spatial grid of the fused features (RoIAlign-like ``grid x grid`` average
+    pooling over the whole crop, which is the RoI here), two fully-connected layers and a
+    regressor of the four edge positions, as in torchvision's Faster R-CNN box head
+    (``TwoMLPHead`` + box predictor). Smooth-L1 in input pixels. Global pooling would throw
+    away where things are; the grid keeps it."""
 
     head = "regression"
+    grid = 7
+    hidden = 1024
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.trunk = Trunk(cfg)
+        self.trunk = build_trunk(cfg)
         self.fuse = TopDownFusion(self.trunk.channels, cfg.fpn_channels)
-        c = cfg.fpn_channels
-        self.head_mlp = nn.Sequential(nn.Linear(2 * c, 2 * c), nn.ReLU(inplace=True), nn.Linear(2 * c, 4))
+        self.box_head = nn.Sequential(
+            nn.Flatten(), nn.Linear(cfg.fpn_channels * self.grid**2, self.hidden), nn.ReLU(inplace=True),
+            nn.Linear(self.hidden, self.hidden), nn.ReLU(inplace=True))
+        self.regressor = nn.Linear(self.hidden, 4)
         # Start at the rough box: it sits at (1 - 1/context)/2 .. (1 + 1/context)/2 of the crop.
         lo = (1 - 1 / cfg.context) / 2
         with torch.no_grad():
-            self.head_mlp[-1].weight.mul_(0.01)
-            self.head_mlp[-1].bias.copy_(torch.tensor([lo, lo, 1 - lo, 1 - lo]))
+            self.regressor.weight.mul_(0.01)
+            self.regressor.bias.copy_(torch.tensor([lo, lo, 1 - lo, 1 - lo]))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _, feats = self.trunk(images)
-        f = self.fuse(feats)
-        pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], dim=1)
-        return self.head_mlp(pooled)  # (B, 4) in units of the crop size
+        grid = F.adaptive_avg_pool2d(self.fuse(feats), self.grid)
+        return self.regressor(self.box_head(grid))  # (B, 4) in units of the crop size
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         s = self.cfg.input_size

@@ -1,16 +1,24 @@
-"""The model registry: registering a checkpoint as an MLflow model, the pyfunc wrapper that
-serves it, and :func:`resolve_model`, the one way every command turns a model reference
-(checkpoint folder, ``models:/name/3``, ``models:/name@alias``, ``runs:/...``) into a local
-checkpoint folder.
+"""The model registry: registering a checkpoint as an MLflow model, the champion alias, and
+:func:`resolve_model`, the one way every command turns a model reference (checkpoint folder,
+``models:/name/3``, ``models:/name@alias``, ``runs:/...``) into a local checkpoint folder.
 
-A registered model is a pyfunc wrapper around our checkpoint directory (``model.pt`` +
-``config.json``), logged with explicit requirements and signature: no inference, no network.
+A registered model is a pyfunc wrapper (:class:`snapper.serve.SnapperPyfunc`) around our
+checkpoint directory (``model.pt`` + ``config.json``), logged with explicit requirements and
+signature: no inference, no network.
+
+**Champion, not latest.** Whatever serves or snaps in production uses :data:`CHAMPION_REF`
+(``models:/snapper@champion``). A new version takes the alias only when it beats the current
+champion on the same evaluation boxes (:func:`decide_champion`, recorded on the version by
+:func:`record_champion_check`); smoke runs register under :data:`CI_MODEL_NAME` instead. A
+person promotes or rolls back with MLflow's own alias API (UI or
+``MlflowClient().set_registered_model_alias``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 import os
 import re
 import shutil
@@ -22,67 +30,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import numpy as np
-import pandas as pd
 import yaml
 
 from snapper.checkpoint import CONFIG_FILE, MODEL_FILE
-from snapper.geometry import EDGE_NAMES
-from snapper.snap import Snapper
+# SnapperPyfunc is also importable from here: versions logged before snapper.serve existed pickled it so.
+from snapper.serve import SnapperPyfunc, signature
 from snapper.tracking import active_run_id, mlflow, mlflow_client, project_root, safe_dirname, tracking_uri
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "snapper"
+CHAMPION_ALIAS = "champion"
+CHAMPION_REF = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"  # what production uses
+CI_MODEL_NAME = "snapper-ci"  # where smoke runs register (never under the production name)
+SMOKE_PRESETS = frozenset({"cpu-tiny"})
 MODEL_ARTIFACT = "model"  # name of the pyfunc model inside a run
 CHECKPOINT_FILES = (MODEL_FILE, CONFIG_FILE)
 
 # Runtime packages a registered model needs (pinned to what logged it); listed, not inferred.
 _RUNTIME_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml")
-
-
-# ------------------------------------------------------------------------------- the model
-
-
-class SnapperPyfunc(mlflow.pyfunc.PythonModel):
-    """Serve a checkpoint through MLflow's pyfunc interface.
-
-    Input rows: ``image`` (path or URL the server can read), rough ``x, y, w, h`` (COCO, original
-    pixels), optional ``buffer_ratio``. Output rows: snapped ``x, y, w, h`` and ``conf_<edge>``.
-    Rows of one image are snapped together so each image is decoded once.
-    """
-
-    def load_context(self, context: Any) -> None:
-        self._snapper = Snapper.from_checkpoint(context.artifacts["checkpoint"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        df = pd.DataFrame(model_input).reset_index(drop=True)
-        missing = [c for c in ("image", "x", "y", "w", "h") if c not in df.columns]
-        if missing:
-            raise ValueError(f"snapper model input lacks column(s) {missing}")
-        default_ratio = float((params or {}).get("buffer_ratio", 1.0))
-        ratio = df["buffer_ratio"].fillna(default_ratio) if "buffer_ratio" in df else pd.Series(default_ratio, index=df.index)
-        boxes = np.full((len(df), 4), np.nan)
-        conf = np.full((len(df), 4), np.nan)
-        for (image, r), rows in df.groupby([df["image"].astype(str), ratio], sort=False):
-            idx = rows.index.to_numpy()
-            res = self._snapper.snap(image, rows[["x", "y", "w", "h"]].to_numpy(np.float64), buffer_ratio=float(r))
-            boxes[idx], conf[idx] = res.boxes, res.confidence
-        out = pd.DataFrame(boxes, columns=["x", "y", "w", "h"])
-        for j, e in enumerate(EDGE_NAMES):
-            out[f"conf_{e}"] = conf[:, j]
-        return out
-
-
-def _signature() -> "mlflow.models.ModelSignature":
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    inputs = Schema([ColSpec("string", "image"), *[ColSpec("double", c) for c in "xywh"],
-                     ColSpec("double", "buffer_ratio", required=False)])
-    outputs = Schema([*[ColSpec("double", c) for c in "xywh"],
-                      *[ColSpec("double", f"conf_{e}") for e in ("left", "top", "right", "bottom")]])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("buffer_ratio", "double", 1.0)]))
 
 
 def _pip_requirements() -> list[str]:
@@ -113,6 +79,7 @@ def register_checkpoint(
     checkpoint_path: str | os.PathLike[str],
     name: str = DEFAULT_MODEL_NAME,
     tags: Mapping[str, Any] | None = None,
+    description: str | None = None,
 ) -> int:
     """Log the checkpoint directory as a pyfunc model of run ``run_id`` (default: the active
     run) and register it as a new version of ``name``; returns the version number.
@@ -141,13 +108,15 @@ def register_checkpoint(
             artifacts={"checkpoint": str(ckpt)},
             code_paths=[str(package_dir)],
             pip_requirements=_pip_requirements(),
-            signature=_signature(),
+            signature=signature(),
             registered_model_name=name,
         )
     version = int(info.registered_model_version)
     client = mlflow.MlflowClient()
     for key, value in {"checkpoint": str(ckpt.resolve()), **(tags or {})}.items():
         client.set_model_version_tag(name, str(version), key, str(value))
+    if description:
+        client.update_model_version(name, str(version), description=description)
     log.info("registered %s version %d from %s (run %s)", name, version, ckpt, rid)
     return version
 
@@ -196,7 +165,12 @@ def _normalise_ref(ref: str) -> str:
         body = ref[len("models:/"):].strip("/")
         if "@" in body:
             name, alias = body.split("@", 1)
-            return f"models:/{name}/{mlflow_client().get_model_version_by_alias(name, alias).version}"
+            mv = alias_version(name, alias)
+            if mv is None:
+                raise LookupError(f"{ref}: no version of {name!r} has the alias {alias!r} in {tracking_uri()} "
+                                  f"(a trained model takes '{CHAMPION_ALIAS}' when it beats the current one; "
+                                  "or set it by hand, README 'Model lifecycle')")
+            return f"models:/{name}/{mv.version}"
         parts = body.rsplit("/", 1)
         if len(parts) == 1:  # models:/<logged model id> (MLflow 3) or models:/<name>
             if parts[0].startswith("m-"):
@@ -276,3 +250,85 @@ def version_of_run(name: str, run_id: str) -> int | None:
         return None
     versions = [int(v.version) for v in found]
     return max(versions) if versions else None
+
+
+# -------------------------------------------------------------------------------- champion
+
+
+def alias_version(name: str, alias: str = CHAMPION_ALIAS) -> "mlflow.entities.model_registry.ModelVersion | None":
+    """The version of ``name`` holding ``alias``; None when no version (or no model) has it."""
+    try:
+        return mlflow_client().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def model_name_for(preset: str | None, requested: str) -> str:
+    """Where a run of ``preset`` registers: smoke presets never under the production name."""
+    if preset in SMOKE_PRESETS and requested == DEFAULT_MODEL_NAME:
+        return CI_MODEL_NAME
+    return requested
+
+
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The comparison that decides whether ``version`` takes the champion alias.
+
+    ``rival`` is the champion being challenged, or the rough boxes themselves (``identity``)
+    when there is no champion yet: a model that makes boxes worse never becomes champion.
+    Scores are the validation score (higher is better) on the same boxes, ``eval_set``.
+    """
+
+    name: str
+    version: int
+    score: float
+    rival: str
+    rival_score: float | None
+    eval_set: str
+    promoted: bool
+    reason: str
+
+    def line(self) -> str:
+        verdict = "became champion" if self.promoted else "not promoted"
+        return f"{self.name} version {self.version} {verdict}: {self.reason}"
+
+
+def decide_champion(name: str, version: int, score: float, eval_set: str, champion: int | None,
+                    champion_score: float | None, identity_score: float) -> ChampionCheck:
+    """Promote only on a strictly better score than the champion's (or, without a champion, than
+    the rough boxes'), both measured on the same evaluation boxes."""
+    if champion == version:
+        return ChampionCheck(name, version, score, f"version {champion}", champion_score, eval_set, False,
+                             "it already is the champion")
+    if champion is not None and champion_score is None:
+        return ChampionCheck(name, version, score, f"version {champion}", None, eval_set, False,
+                             f"version {champion} (champion) could not be scored on {eval_set}; promote by hand")
+    rival, rival_score = (f"version {champion}", champion_score) if champion is not None else ("identity", identity_score)
+    assert rival_score is not None
+    better = score > rival_score
+    what = f"champion version {champion}" if champion is not None else "the rough boxes"
+    reason = f"score {score:.2f} vs {rival_score:.2f} for {what} on {eval_set}"
+    if champion is None:
+        reason += "; there is no champion yet"
+    return ChampionCheck(name, version, score, rival, rival_score, eval_set, better, reason)
+
+
+def record_champion_check(check: ChampionCheck) -> None:
+    """Log the comparison as tags of the version and move the alias when it won."""
+    client = mlflow_client()
+    tags = {"champion.check": "promoted" if check.promoted else "kept",
+            "champion.rival": check.rival, "champion.score": f"{check.score:.4g}",
+            "champion.rival_score": "" if check.rival_score is None else f"{check.rival_score:.4g}",
+            "champion.eval_set": check.eval_set, "champion.reason": check.reason}
+    for key, value in tags.items():
+        client.set_model_version_tag(check.name, str(check.version), key, value)
+    if check.promoted:
+        client.set_registered_model_alias(check.name, CHAMPION_ALIAS, str(check.version))
+        log.info("%s", check.line())
+
+
+def describe_version(name: str, version: int, text: str) -> None:
+    """The version's description (markdown, shown on its page in MLflow)."""
+    mlflow_client().update_model_version(name, str(version), description=text)

@@ -28,20 +28,34 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.steps)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm scales (1-D tensors): decaying them only hurts."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float | None = None,
+                 trunk_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm scales (1-D tensors): decaying them only hurts.
+    With ``trunk_lr_mult != 1`` the trunk's parameters get ``lr * trunk_lr_mult``: new layers
+    learn at full speed while pretrained features are only adjusted. The head's groups come
+    first, so ``param_groups[0]["lr"]`` is the base rate."""
+
+    def split(params: list[torch.nn.Parameter], group_lr: float | None) -> list[dict[str, Any]]:
+        extra = {} if group_lr is None else {"lr": group_lr}
+        return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, **extra},
+                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra}]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    trunk = getattr(model, "trunk", None)
+    if trunk_lr_mult == 1.0 or trunk is None:
+        return split(params, None)
+    in_trunk = {id(p) for p in trunk.parameters()}
+    head = [p for p in params if id(p) not in in_trunk]
+    body = [p for p in params if id(p) in in_trunk]
+    return split(head, lr) + split(body, None if lr is None else lr * trunk_lr_mult)
 
 
 def build_optimizer(
     model: torch.nn.Module, cfg: TrainConfig, device: torch.device
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (fused on CUDA) and its warm-up + cosine schedule over ``cfg.steps``."""
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr,
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.trunk_lr_mult)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr,
                                   **({"fused": True} if device.type == "cuda" else {}))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))

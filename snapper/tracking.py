@@ -11,7 +11,17 @@ store wherever the process happens to start, phone home with telemetry, and (thr
   explicitly on every experiment we create, so nothing lands in ``./mlruns``;
 * telemetry is off unless the user opted in (``MLFLOW_DISABLE_TELEMETRY``/``DO_NOT_TRACK``
   defaults, set before MLflow is imported);
-* registering and resolving models lives in :mod:`snapper.registry`.
+* registering and resolving models lives in :mod:`snapper.registry`;
+* experiments open on the numbers in MLflow 3's UI: tagged as model training
+  (``mlflow.experimentKind``), with a saved runs-list view (``Table 1``) whose columns are the
+  headline metrics (:data:`HEADLINE_METRICS`), and links that ask for the model-training view.
+
+Metric names are grouped for MLflow's chart sections, which it orders alphabetically by the
+part before the last ``/``: ``train/*`` (loss, learning rate), then everything measured on
+the held-out split under ``val/`` (the validation curves ``val/score``, ``val/all/*``, the
+best/last summaries, and the final evaluation ``val/eval/<method>/<size>/<metric>``), and the
+headline numbers of the run's model without a prefix (``miou``, ``iou_gt_0.9``, ...), which
+are also the runs-list columns.
 
 Logging helpers never fall back to MLflow's implicit "Default" experiment: they need an
 active run (from :func:`start_run`) or an explicit ``run_id``.
@@ -43,6 +53,19 @@ log = logging.getLogger(__name__)
 
 HOME_ENV = "SNAPPER_HOME"
 DEFAULT_EXPERIMENT = "snapper"
+
+# MLflow UI conventions (MLflow 3): the experiment kind tag, the description tag of runs and
+# experiments, saved runs-list views (experiment tags), and the URL switch of its two views.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+TABLE1_VIEW = "table1"
+ML_VIEW = "workflowType=machine_learning"
+# The run's model on the held-out split: Table 1 overall, and the selection score.
+HEADLINE_METRICS = ("score", "iou_gt_0.9", "edge_lt_1px", "edge_lt_3px", "corner_lt_1px", "corner_lt_3px", "miou")
+VIEW_COLUMNS = ("score", "iou_gt_0.9", "edge_lt_1px", "corner_lt_1px", "miou")  # what fits a laptop screen
+PREFECT_LINK_TAG = "prefect.flow_run_url"
 
 # MLflow limits (mlflow.utils.validation): longer values are rejected, not truncated.
 MAX_PARAM_VALUE = 6000
@@ -133,15 +156,42 @@ def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
         root = artifact_root()
         location = (root / safe_dirname(name)).as_uri() if root is not None else None
         try:
-            return client.create_experiment(name, artifact_location=location)
+            exp_id = client.create_experiment(name, artifact_location=location)
         except mlflow.exceptions.MlflowException:
             exp = client.get_experiment_by_name(name)  # created concurrently by another process
             if exp is None:
                 raise
+        else:
+            _dress_experiment(client, exp_id, {})
+            return exp_id
     if exp.lifecycle_stage != "active":
         raise RuntimeError(f"MLflow experiment {name!r} ({exp.experiment_id}) is deleted; restore it "
                            f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+    _dress_experiment(client, exp.experiment_id, exp.tags)
     return exp.experiment_id
+
+
+def _dress_experiment(client: "mlflow.MlflowClient", exp_id: str, tags: Mapping[str, str]) -> None:
+    """The tags that make MLflow open the experiment on its runs and numbers (set once)."""
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, SAVED_VIEW_PREFIX + TABLE1_VIEW: _table1_view()}
+    if NOTE_TAG not in tags:
+        wanted[NOTE_TAG] = ("Snapper training and evaluation runs. Runs list: the saved view **Table 1** "
+                            "(Views menu) shows the headline metrics of each run's model on the held-out "
+                            "split; a run's charts start with the training loss and validation curves.")
+    for key, value in wanted.items():
+        if tags.get(key) != value:
+            try:
+                client.set_experiment_tag(exp_id, key, value)
+            except mlflow.exceptions.MlflowException as e:  # cosmetic: never fail a run for it
+                log.debug("could not set %s on experiment %s: %s", key, exp_id, e)
+
+
+def _table1_view() -> str:
+    """A saved runs-list view (the envelope MLflow 3.17's Views menu writes) with the headline
+    metrics as columns."""
+    columns = ["attributes.`Models`", *(f"metrics.`{m}`" for m in VIEW_COLUMNS)]
+    state = json.dumps({"selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}, sort_keys=True)
+    return json.dumps({"name": "Table 1", "createdAt": 0, "updatedAt": 0, "state": state}, sort_keys=True)
 
 
 def safe_dirname(name: str) -> str:
@@ -265,23 +315,57 @@ def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None,
         client.log_artifact(rid, str(p), artifact_path)
 
 
-def log_evaluation(metrics: Mapping[str, float], files: "list[str | os.PathLike[str]]", run_id: str | None = None) -> None:
-    """An evaluation's metrics (as ``eval/<method>/<size>/<metric>``) and its files (under
+def log_evaluation(metrics: Mapping[str, float], files: "list[str | os.PathLike[str]]", run_id: str | None = None,
+                   prefix: str = "eval", headline: Mapping[str, float] | None = None) -> None:
+    """An evaluation's metrics (as ``<prefix>/<method>/<size>/<metric>``), the run model's
+    ``headline`` numbers (unprefixed, see :data:`HEADLINE_METRICS`) and its files (under
     ``eval/``) in run ``run_id`` (default: the active run)."""
     rid = active_run_id(run_id)
-    log_metrics({f"eval/{k}": v for k, v in metrics.items()}, run_id=rid)
+    log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, run_id=rid)
+    if headline:
+        log_metrics(headline, run_id=rid)
     for p in files:
         log_artifact(p, "eval", run_id=rid)
 
 
-def run_link(run_id: str | None) -> str | None:
-    """A browser link to the run when MLflow runs as a server (the stack), else None."""
+def describe_run(run_id: str, text: str, tags: Mapping[str, Any] | None = None) -> None:
+    """The run's description (markdown, shown on its page and in the runs list) and tags."""
+    client = mlflow_client()
+    client.set_tag(run_id, NOTE_TAG, text)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value))
+
+
+# ------------------------------------------------------------------------------------ links
+
+
+def server_url() -> str | None:
+    """The MLflow server the store is reached through (``MLFLOW_TRACKING_URI`` over HTTP), else None."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not run_id or not uri.startswith(("http://", "https://")):
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def run_link(run_id: str | None, base: str | None = None) -> str | None:
+    """A browser link to the run in MLflow's model-training view, on ``base`` (a UI serving
+    this store) or the tracking server; None when neither is known."""
+    base = (base or server_url() or "").rstrip("/")
+    if not run_id or not base:
         return None
-    base = uri.rstrip("/")
     try:
         exp_id = mlflow_client().get_run(run_id).info.experiment_id
     except Exception:  # noqa: BLE001 - a missing link must not fail the report
-        return f"{base}/#/runs/{run_id}"
-    return f"{base}/#/experiments/{exp_id}/runs/{run_id}"
+        return f"{base}/#/runs/{run_id}?{ML_VIEW}"
+    return f"{base}/#/experiments/{exp_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def experiment_link(experiment_id: str, base: str | None = None) -> str | None:
+    """The experiment's runs list with the ``Table 1`` view (metric columns), or None."""
+    base = (base or server_url() or "").rstrip("/")
+    if not base:
+        return None
+    return f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}&viewStateShareKey={TABLE1_VIEW}"
+
+
+def model_version_link(name: str, version: int | str, base: str | None = None) -> str | None:
+    base = (base or server_url() or "").rstrip("/")
+    return f"{base}/#/models/{name}/versions/{version}" if base else None

@@ -180,6 +180,7 @@ class _Loop:
         """Seed, build (or restore) everything; the order of RNG draws is part of the result."""
         seed_everything(cfg.seed + info.rank)
         net = build_model(cfg.model)
+        net.trunk_bn_frozen = cfg.freeze_trunk_bn
         if state is not None:
             net.load_state_dict(state.model)
         net.to(device)

@@ -3,6 +3,11 @@
 The run id is kept in the training state, so a resumed run logs into the same MLflow run.
 :class:`RunTracker` is a no-op when tracking is off (``cfg.mlflow=false``, ranks > 0): the
 loop calls it unconditionally. ``cfg.registered_model`` registers the best checkpoint at the end of the run.
+
+Metric names follow :mod:`snapper.tracking`'s grouping: the loop's one-point summaries
+``best/*`` and ``last/*`` are logged as ``val/best/*`` and ``val/last/*`` (they are validation
+numbers), so MLflow's charts open on the ``train`` and ``val`` curves instead of a wall of
+single-point bar charts.
 """
 
 from __future__ import annotations
@@ -15,6 +20,14 @@ from snapper import tracking
 from snapper.config import TrainConfig
 from snapper.registry import register_checkpoint
 from snapper.tracking import mlflow
+
+
+SUMMARY_GROUPS = ("best/", "last/")
+
+
+def grouped_name(key: str) -> str:
+    """The MLflow name of a training metric: ``best/*``, ``last/*`` -> ``val/best/*``, ``val/last/*``."""
+    return f"val/{key}" if key.startswith(SUMMARY_GROUPS) else key
 
 
 class RunTracker:
@@ -41,7 +54,7 @@ class RunTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.enabled and metrics:
-            tracking.log_metrics(metrics, step=step)
+            tracking.log_metrics({grouped_name(k): v for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         if self.enabled:

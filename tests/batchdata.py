@@ -100,3 +100,20 @@ def make_rough(root: Path) -> tuple[Path, Path, dict]:
 def fast_config(**kw) -> BatchConfig:
     """Small chunks and batches, no worker processes, CPU: quick and deterministic."""
     return BatchConfig(**{"chunk_images": 2, "workers": 0, "batch_size": 4, "device": "cpu", **kw})
+
+
+def same(a, b) -> bool:
+    """Equal as JSON (NaN-safe; 10**400 stays an exact int)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def assert_accounted(out_json: Path, data: dict) -> dict[int, dict]:
+    """The accounting invariant of a batch run: every input annotation id exactly once, in
+    input order, and every kept annotation unchanged but for its ``"snapper"`` object.
+    Returns the ``"snapper"`` objects by annotation id."""
+    out = json.loads(Path(out_json).read_text())
+    assert [a["id"] for a in out["annotations"]] == [a["id"] for a in data["annotations"]]
+    for a, src in zip(out["annotations"], data["annotations"]):
+        if a["snapper"]["status"] == "kept":
+            assert same({k: v for k, v in a.items() if k != "snapper"}, src), a["id"]
+    return {a["id"]: a["snapper"] for a in out["annotations"]}

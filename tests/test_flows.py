@@ -154,7 +154,7 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     import mlflow
     from prefect.artifacts import Artifact
 
-    from flows.train import ROWS_KEY, TABLE_KEY
+    from flows.lifecycle import keys
     from snapper import registry, tracking
 
     assert trained["train"]["steps"] == TINY["steps"]
@@ -170,18 +170,32 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     tracking.configure()
     client = mlflow.MlflowClient()
     run = client.get_run(trained["mlflow_run_id"])
-    assert any(k.startswith("eval/") for k in run.data.metrics)
+    metrics = set(run.data.metrics)
+    assert {"train/loss", "miou", "iou_gt_0.9", "score"} <= metrics  # curves, and the headline columns
+    assert any(k.startswith("val/eval/snapper/all/") for k in metrics)
+    assert not any(k.startswith(("eval/", "best/", "last/")) for k in metrics)  # grouped after the curves
     assert "eval" in {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert trained["registered"]["name"] == "snapper"
-    mv = client.get_model_version("snapper", str(trained["registered"]["version"]))
-    assert mv.run_id == run.info.run_id
-    assert registry.resolve_model(f"models:/snapper/{trained['registered']['version']}").joinpath("model.pt").is_file()
+    assert "train-snapper `tiny`" in run.data.tags["mlflow.note.content"]
+    assert run.data.tags["prefect.flow_run_id"]
 
-    md = Artifact.get(TABLE_KEY)
-    assert md is not None and md.type == "markdown"
-    assert trained["mlflow_run_id"] in md.data and "| identity |" in md.data
-    rows = Artifact.get(ROWS_KEY)
-    assert rows is not None and rows.type == "table"
+    # A smoke preset registers under snapper-ci, never under the production name.
+    reg = trained["registered"]
+    assert reg["name"] == "snapper-ci" and not client.search_registered_models("name='snapper'")
+    mv = client.get_model_version("snapper-ci", str(reg["version"]))
+    assert mv.run_id == run.info.run_id and mv.tags["preset"] == "cpu-tiny"
+    assert mv.tags["champion.rival"] == "identity" and mv.tags["champion.check"] in {"promoted", "kept"}
+    assert (registry.alias_version("snapper-ci") is not None) == reg["champion"]
+    assert "Table 1 on the held-out split: boxes" in mv.description and run.info.run_id in mv.description
+    assert registry.resolve_model(f"models:/snapper-ci/{reg['version']}").joinpath("model.pt").is_file()
+
+    k = keys("tiny")
+    md = Artifact.get(k["table"])
+    assert md is not None and md.type == "markdown" and md.description
+    assert trained["mlflow_run_id"] in md.data and "| identity |" in md.data and "snapper-ci" in md.data
+    rows = json.loads(Artifact.get(k["rows"]).data)
+    assert {"method", "size", "boxes", "mIoU", "IoU>0.9"} <= set(rows[0])
+    assert {"all", "small"} <= {r["size"] for r in rows} or {"all", "medium"} <= {r["size"] for r in rows}
+    assert all(v == round(v, 1) for r in rows for v in r.values() if isinstance(v, float))
 
 
 def test_train_flow_rerun_reuses_training_and_registration(trained: dict) -> None:
@@ -190,14 +204,33 @@ def test_train_flow_rerun_reuses_training_and_registration(trained: dict) -> Non
     again = train_snapper(name="tiny", preset="cpu-tiny", overrides=TINY, num_images=14, val_fraction=0.25,
                           shard_size=6, seed=2, regression_baseline=False)
     assert again["mlflow_run_id"] == trained["mlflow_run_id"]  # finished run returned, not retrained
-    assert again["registered"] == trained["registered"]  # same run -> same model version
+    assert again["registered"]["version"] == trained["registered"]["version"]  # same run -> same version
+
+
+def test_a_new_model_challenges_the_champion_on_the_same_boxes(trained: dict, home: Path) -> None:
+    """With a champion in place, the flow evaluates it next to the new model and moves the
+    alias only if the new one scores higher; the comparison is on the version."""
+    from flows.train import train_snapper
+    from snapper import registry, tracking
+
+    with tracking.start_run("unit-flows", run_name="old champion") as run:
+        old = registry.register_checkpoint(run.info.run_id, trained["regression"]["best_checkpoint"], "unit-prod")
+    tracking.mlflow_client().set_registered_model_alias("unit-prod", "champion", str(old))
+    res = train_snapper(name="tiny", preset="cpu-tiny", overrides=TINY, num_images=14, val_fraction=0.25,
+                        shard_size=6, seed=2, regression_baseline=False, registered_model="unit-prod")
+    assert "champion" in set(pd.read_parquet(res["eval"]["parquet"])["method"])  # same boxes, same table
+    mv = tracking.mlflow_client().get_model_version("unit-prod", str(res["registered"]["version"]))
+    assert mv.tags["champion.rival"] == f"version {old}"
+    won = float(mv.tags["champion.score"]) > float(mv.tags["champion.rival_score"])
+    assert res["registered"]["champion"] == won
+    assert int(registry.alias_version("unit-prod").version) == (res["registered"]["version"] if won else old)
 
 
 def test_evaluate_flow_on_registered_model(trained: dict, home: Path) -> None:
     from flows.evaluate import evaluate_snapper
 
     res = evaluate_snapper(
-        model=f"models:/snapper/{trained['registered']['version']}",
+        model=f"models:/snapper-ci/{trained['registered']['version']}",
         baselines={"regression": trained["regression"]["best_checkpoint"]},
         dataset="synthetic-n14-s2", out_dir="runs/eval-tiny",
     )

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from snapper.imageio import ImageError, dct_scale, image_size, load_image
+from snapper import imageio
+from snapper.imageio import ImageError, ImageTooLarge, dct_scale, image_size, load_image
 
 BG, FG = 20, 230
 
@@ -97,3 +98,39 @@ def test_dct_scale_is_exact_for_sizes_k_does_not_divide():
         col = li.tensor.float().mean(0)[:, dw // 2].numpy()
         bright_rows = ((col - BG) / (FG - BG)).clip(0, 1).sum()  # where the edge lies, decoded px
         assert abs(bright_rows - 400 * sy) < 0.1 and abs(400 * sy - 400 * dh / h) > 0.2
+
+
+def test_pixel_budget_is_checked_from_the_header_before_decoding(tmp_path, monkeypatch):
+    arr = np.full((300, 400, 3), 90, np.uint8)
+    Image.fromarray(arr).save(tmp_path / "big.png")
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
+    calls = []
+    monkeypatch.setattr(imageio, "_decode_pil", lambda *a: calls.append(a) or pytest.fail("decoded"))
+    monkeypatch.setattr(imageio, "_decode_jpeg_full", lambda *a: calls.append(a) or pytest.fail("decoded"))
+    for name in ("big.png", "big.jpg"):
+        with pytest.raises(ImageTooLarge, match=rf"{name}: 400x300 is 120,000 pixels to decode, over the budget of 100,000") as e:
+            load_image(tmp_path / name, max_pixels=100_000)
+        assert e.value.reason == "image_too_large" and isinstance(e.value, ImageError)
+    assert not calls
+    monkeypatch.undo()
+    # the budget counts decoded pixels: a JPEG whose crops allow a 1/4 draft fits
+    li = load_image(tmp_path / "big.jpg", min_scale=0.25, max_pixels=100_000)
+    assert tuple(li.tensor.shape) == (3, 75, 100) and (li.width, li.height) == (400, 300)
+    assert load_image(tmp_path / "big.png", max_pixels=None).tensor.shape == (3, 300, 400)
+
+
+def test_a_tiny_file_that_would_decode_to_100_megapixels_is_refused(tmp_path):
+    Image.new("1", (10000, 10000)).save(tmp_path / "bomb.png")
+    assert (tmp_path / "bomb.png").stat().st_size < 50_000
+    with pytest.raises(ImageTooLarge, match="bomb.png: 10000x10000 is 100,000,000 pixels"):
+        load_image(tmp_path / "bomb.png")  # default budget: 64 MP
+
+
+def test_a_truncated_jpeg_is_named_once(tmp_path):
+    arr = (np.random.default_rng(0).random((300, 400, 3)) * 255).astype(np.uint8)
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(arr).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[:20000])
+    with pytest.raises(ImageError) as e:
+        load_image(path)
+    assert str(e.value).count("cut.jpg") == 1 and "truncated" in str(e.value)

@@ -170,3 +170,27 @@ def test_bad_file_fails_alone_and_never_blocks_the_others(tmp_path):
     assert not list((box / ib.PROCESSING).iterdir())
     rows = ib.file_rows(results, [])
     assert len(rows) == 3 and all("summary" not in r for r in rows)
+
+
+def test_a_resubmitted_file_is_snapped_against_the_images_as_they_are_now(tmp_path):
+    """The outbox's chunk results are keyed on the images' contents: dropping the same file in
+    again after its missing image arrived snaps that image instead of reusing the old verdict."""
+    _, images, data = make_rough(tmp_path / "src")
+    ckpt = tiny_checkpoint(tmp_path / "ck")
+    box, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    box.mkdir()
+    sub = {**data, "annotations": [a for a in data["annotations"] if a.get("image_id") in (1, 3)]}
+    results = []
+    for round_ in range(2):
+        (box / "job.json").write_text(json.dumps(sub))
+        rnd = ib.claim_round(box, f"run{round_}")
+        results += [ib.process_claimed(c, box, images, outbox, ckpt, fast_config(), heartbeat_s=0.05)
+                    for c in rnd.claims]
+        out = json.loads((outbox / "job" / OUTPUT_JSON).read_text())
+        assert [a["id"] for a in out["annotations"]] == [a["id"] for a in sub["annotations"]]
+        (images / "missing.jpg").write_bytes((images / "a.jpg").read_bytes())  # arrives after the first run
+    assert [r["status"] for r in results] == ["done", "done"]
+    verdicts = [r["summary"]["reasons"].get("image_missing", 0) for r in results]
+    assert verdicts == [1, 0]
+    assert results[1]["summary"]["n_chunks_reused"] == 0
+    assert sorted(p.name for p in (box / ib.DONE).iterdir()) == ["job.1.json", "job.json"]

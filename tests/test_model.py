@@ -112,3 +112,28 @@ def test_overfit_tiny_model_reaches_sub_pixel_edges():
     pred = CropGeometry.concat(windows).to_original(pos.double().numpy())
     dev = np.abs(pred - np.concatenate(truths))
     assert (dev < 1.0).mean() >= 0.95, f"edges within 1 px: {(dev < 1.0).mean():.2%}, loss {loss.item():.3f}"
+
+
+def test_frozen_trunk_batchnorm_stays_in_eval_mode_while_training():
+    m = build_model(ModelConfig(**TINY))
+    m.trunk_bn_frozen = True
+    m.train()
+    bns = [x for x in m.trunk.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+    assert bns and not any(b.training for b in bns)
+    assert m.fuse.training and m.trunk.training  # only the statistics are kept, the rest trains
+    before = bns[0].running_mean.clone()
+    m(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))
+    assert torch.equal(bns[0].running_mean, before)
+
+
+def test_regression_head_keeps_where_things_are():
+    """A spatial grid, not global pooling: moving the object moves the prediction."""
+    from snapper.model import RegressionNet
+
+    m = build_model(ModelConfig(head="regression", **TINY))
+    assert isinstance(m, RegressionNet)
+    assert m.box_head[1].in_features == TINY["fpn_channels"] * RegressionNet.grid**2
+    pos, conf = m.decode(m(torch.zeros(1, 3, 64, 64, dtype=torch.uint8)))
+    lo = (1 - 1 / ModelConfig().context) / 2 * 64
+    assert torch.allclose(pos, torch.tensor([[lo, lo, 64 - lo, 64 - lo]]), atol=1.0)  # starts at the rough box
+    assert torch.isnan(conf).all()

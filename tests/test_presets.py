@@ -12,8 +12,11 @@ from snapper.presets import PRESETS, build_config, deep_merge, preset_config
 def test_presets_and_override_order(tmp_path):
     for name in PRESETS:
         assert isinstance(preset_config(name), TrainConfig)
-    assert preset_config("gpu").model.backbone == "resnet50"
-    assert preset_config("cpu").model.backbone == "resnet18" and preset_config("cpu").batch_size == 32
+    gpu, cpu = preset_config("gpu"), preset_config("cpu")
+    assert (gpu.model.backbone, gpu.model.weights, gpu.trunk_lr_mult) == ("resnet50", "imagenet", 0.1)
+    assert (cpu.model.backbone, cpu.model.weights) == ("efficientnet_lite0", "imagenet") and cpu.batch_size == 32
+    assert cpu.freeze_trunk_bn and cpu.trunk_lr_mult < 1
+    assert preset_config("demo").model.weights is None  # the demo stays offline and fast
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump({"batch_size": 5, "model": {"input_size": 64}}))
     cfg = build_config("cpu", str(f), ["model.input_size=96", "model.head=regression"], str(tmp_path / "o"))

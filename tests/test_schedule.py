@@ -41,3 +41,20 @@ def test_scheduler_follows_lr_at():
         assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(cfg, step), rel=1e-12)
         opt.step()
         sched.step()
+
+
+def test_a_pretrained_trunk_learns_at_a_fraction_of_the_rate():
+    from snapper.config import ModelConfig, TrainConfig
+    from snapper.model import build_model
+
+    net = build_model(ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8,
+                                  decoder_layers=1))
+    cfg = TrainConfig(lr=1e-3, trunk_lr_mult=0.1, warmup_steps=0, steps=10)
+    opt, _ = build_optimizer(net, cfg, torch.device("cpu"))
+    trunk = {id(p) for p in net.trunk.parameters()}
+    rates = {(id(p) in trunk): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert rates == {False: pytest.approx(1e-3), True: pytest.approx(1e-4)}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(net.parameters()))
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)  # the logged rate is the head's
+    legacy, _ = build_optimizer(net, TrainConfig(lr=1e-3), torch.device("cpu"))
+    assert len(legacy.param_groups) == 2  # resumable with states saved before the option existed

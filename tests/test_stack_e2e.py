@@ -113,14 +113,16 @@ def test_deployment_run_through_the_stack(stack: dict) -> None:
 
     # Prefect artifact: Table 1 with the MLflow link.
     arts = _http("POST", f"{api}/artifacts/filter",
-                 {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["snapper-table1"]}}})
-    assert len(arts) == 1 and arts[0]["type"] == "markdown"
+                 {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": ["snapper-table1-e2e"]}}})
+    assert len(arts) == 1 and arts[0]["type"] == "markdown" and arts[0]["description"]
     assert "| identity |" in arts[0]["data"] and "| snapper |" in arts[0]["data"]
 
     # MLflow (through the stack's server): the run, its metrics, the per-box Parquet, the model.
     exps = _http("POST", f"{mlflow_url}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
     exp_ids = [e["experiment_id"] for e in exps if e["name"] == "snapper"]
     assert exp_ids, exps
+    exp_tags = {t["key"]: t["value"] for e in exps if e["name"] == "snapper" for t in e.get("tags", [])}
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs, not GenAI
     runs = _http("POST", f"{mlflow_url}/api/2.0/mlflow/runs/search",
                  {"experiment_ids": exp_ids, "filter": "tags.`mlflow.runName` = 'e2e'"})["runs"]
     assert len(runs) == 1
@@ -131,8 +133,12 @@ def test_deployment_run_through_the_stack(stack: dict) -> None:
     assert "train/loss" in metrics and any(k.startswith("eval/snapper/") for k in metrics), sorted(metrics)
     listing = _http("GET", f"{mlflow_url}/api/2.0/mlflow/artifacts/list?run_id={mrun['info']['run_id']}&path=eval")
     assert "eval/boxes.parquet" in {f["path"] for f in listing.get("files", [])}
-    versions = _http("GET", f"{mlflow_url}/api/2.0/mlflow/model-versions/search?filter=name%3D%27snapper%27")
+    assert "prefect.flow_run_url" in {t["key"] for t in mrun["data"]["tags"]}  # a link back to Prefect
+    # The smoke run registers under snapper-ci; the production model and its champion are untouched.
+    versions = _http("GET", f"{mlflow_url}/api/2.0/mlflow/model-versions/search?filter=name%3D%27snapper-ci%27")
     assert mrun["info"]["run_id"] in {v["run_id"] for v in versions.get("model_versions", [])}
+    prod = _http("GET", f"{mlflow_url}/api/2.0/mlflow/model-versions/search?filter=name%3D%27snapper%27")
+    assert not prod.get("model_versions")
 
     # The run wrote its outputs under the stack's project home, not into the checkout.
     assert (stack["home"] / "runs" / "e2e" / "eval" / "boxes.parquet").is_file()
@@ -142,5 +148,9 @@ def test_deployment_run_through_the_stack(stack: dict) -> None:
 def test_status_reports_running_services(stack: dict) -> None:
     st = _stack_cmd(stack["home"], "status", "--json", env=stack["env"], timeout=60)
     assert st.returncode == 0
-    services = json.loads(st.stdout)["services"]
+    status = json.loads(st.stdout)
+    services = status["services"]
     assert all(s["running"] for s in services.values()), services
+    # Only the MLflow processes the project uses (no job-execution consumers), and a memory figure.
+    assert services["mlflow-server"]["processes"] <= 3, services
+    assert 0 < status["memory_mb"] == pytest.approx(sum(s["memory_mb"] for s in services.values()), abs=1)

@@ -79,12 +79,13 @@ def test_nothing_in_cwd(store) -> None:
     assert str(store["home"]) in default.artifact_location
 
 
-def test_run_link_needs_a_server(monkeypatch):
+def test_links_open_the_model_training_view(monkeypatch):
     from snapper import tracking
-    from snapper.tracking import run_link
+    from snapper.tracking import experiment_link, model_version_link, run_link
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///x.db")
-    assert run_link("abc") is None
+    assert run_link("abc") is None and experiment_link("7") is None  # no server known
+    assert run_link("abc", base="http://127.0.0.1:5000").startswith("http://127.0.0.1:5000/#/")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000/")
     assert run_link(None) is None
 
@@ -93,10 +94,33 @@ def test_run_link_needs_a_server(monkeypatch):
             return SimpleNamespace(info=SimpleNamespace(experiment_id="7"))
 
     monkeypatch.setattr(tracking, "mlflow_client", Client)
-    assert run_link("abc") == "http://mlflow:5000/#/experiments/7/runs/abc"
+    assert run_link("abc") == "http://mlflow:5000/#/experiments/7/runs/abc?workflowType=machine_learning"
+    assert experiment_link("7") == ("http://mlflow:5000/#/experiments/7/runs?workflowType=machine_learning"
+                                    "&viewStateShareKey=table1")
+    assert model_version_link("snapper", 3) == "http://mlflow:5000/#/models/snapper/versions/3"
 
     def unreachable():
         raise ConnectionError("no server")
 
     monkeypatch.setattr(tracking, "mlflow_client", unreachable)
-    assert run_link("abc") == "http://mlflow:5000/#/runs/abc"  # still a link, without the experiment
+    assert run_link("abc") == "http://mlflow:5000/#/runs/abc?workflowType=machine_learning"  # still a link
+
+
+def test_experiments_open_on_the_numbers(store) -> None:
+    """Model-training kind, a saved runs-list view with the headline metrics as columns, and
+    run descriptions; evaluation metrics grouped under a prefix, headline ones bare."""
+    import json
+
+    tracking = store["tracking"]
+    with tracking.start_run("unit-view", run_name="r") as run:
+        tracking.log_evaluation({"snapper/all/miou": 90.0}, [], prefix="val/eval", headline={"miou": 90.0})
+    tracking.describe_run(run.info.run_id, "**hello**", {"prefect.flow_run_id": "f1"})
+    client = tracking.mlflow_client()
+    tags = client.get_experiment_by_name("unit-view").tags
+    assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    view = json.loads(tags[tracking.SAVED_VIEW_PREFIX + tracking.TABLE1_VIEW])
+    columns = json.loads(view["state"])["selectedColumns"]
+    assert view["name"] == "Table 1" and "metrics.`iou_gt_0.9`" in columns
+    r = client.get_run(run.info.run_id)
+    assert r.data.metrics == {"val/eval/snapper/all/miou": 90.0, "miou": 90.0}
+    assert r.data.tags[tracking.NOTE_TAG] == "**hello**" and r.data.tags["prefect.flow_run_id"] == "f1"

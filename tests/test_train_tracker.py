@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from snapper.config import TrainConfig
-from snapper.train_tracker import RunTracker
+from snapper.train_tracker import RunTracker, grouped_name
 
 
 def test_disabled_tracker_does_nothing(tmp_path):
@@ -14,3 +14,8 @@ def test_disabled_tracker_does_nothing(tmp_path):
     assert t.register("ckpt", "name") is None and t.run_id == "keep"
     t.close(failed=True)
     assert not (tmp_path / "mlflow").exists()
+
+
+def test_one_point_summaries_are_grouped_under_val():
+    assert grouped_name("best/all/miou") == "val/best/all/miou" and grouped_name("last/score") == "val/last/score"
+    assert grouped_name("train/loss") == "train/loss" and grouped_name("val/score") == "val/score"

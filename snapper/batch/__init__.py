@@ -21,13 +21,18 @@ Output, in ``out_dir``:
   A *kept* annotation is byte-for-byte the input one (its ``bbox`` unchanged, non-finite
   numbers written back as Python's ``NaN``/``Infinity``, which ``json`` and pycocotools read)
   plus that object. Kept reasons, the first that applies in this order: ``missing_bbox``,
-  ``malformed_bbox`` (not a list of 4 numbers), ``non_finite``, ``crowd`` (``iscrowd`` set),
+  ``malformed_bbox`` (not a list of 4 numbers), ``non_finite``, ``out_of_range`` (an integer
+  too large for a 64-bit float, e.g. ``1e400`` written as digits), ``crowd`` (``iscrowd`` set),
   ``degenerate`` (w or h <= 0), ``unknown_image`` (no such image entry), ``outside_image``,
   ``too_small`` (w or h below ``min_box_size`` after clipping to the image),
   ``image_path_invalid`` (no ``file_name``, or one that leaves the images folder),
-  ``image_missing``, ``image_corrupt``, ``image_size_mismatch`` (the JSON's width/height differ
-  from the file's: the boxes' frame is then unknown), ``snap_failed`` (non-finite model
-  output). ``needs_review`` is set when any edge confidence is below ``review_threshold``
+  ``image_missing``, ``image_corrupt``, ``image_too_large`` (it would decode to more than
+  ``BatchConfig.max_pixels``, after JPEG draft reduction: never decoded),
+  ``image_size_mismatch`` (the JSON's width/height differ from the file's, or are beyond any
+  image's: the boxes' frame is then unknown), ``snap_failed`` (non-finite model output).
+  Annotation ids must be integers that fit 64 bits (results are accounted by id): anything
+  else refuses the file, naming the entry. An image id beyond 64 bits makes its annotations
+  ``unknown_image`` (the detail says why). ``needs_review`` is set when any edge confidence is below ``review_threshold``
   (``low_confidence``), when an edge moved more than ``review_moved_frac`` of the rough box's
   extent on its axis (``moved``), and for every kept box except crowd ones (``kept``).
 * Multiple rough boxes per object (crowd-sourcing): annotations that carry the same
@@ -48,8 +53,9 @@ crops allow; DataLoader workers decode and crop, and the main process runs the m
 batches of ``batch_size`` crops gathered across images.
 
 Scaling and resume: :func:`plan_chunks` splits the images into chunks deterministically,
-:func:`snap_chunk` writes one chunk's results atomically (an existing result is reused, so
-a killed run resumes), :func:`merge_chunks` checks that every input annotation id comes out
+:func:`snap_chunk` writes one chunk's results atomically under a name that carries the input,
+each image's content hash, the weights' hash and the settings (an existing result is reused,
+so a killed run resumes; a replaced image or model re-snaps exactly what it changes), :func:`merge_chunks` checks that every input annotation id comes out
 exactly once and writes the outputs atomically. :func:`batch_snap` runs the three in-process;
 ``flows/batch_snap.py`` fans the chunks out over a Prefect task runner.
 
@@ -69,12 +75,27 @@ Modules, in the order the data flows:
 from __future__ import annotations
 
 from snapper.batch.batcher import Batcher
-from snapper.batch.chunk import check_config, chunk_result_path, get_snapper, model_fingerprint, snap_chunk
+from snapper.batch.chunk import (
+    ChunkOutcome,
+    check_config,
+    chunk_result_path,
+    get_snapper,
+    model_fingerprint,
+    run_chunk,
+    snap_chunk,
+)
 from snapper.batch.crops import ImageCrops, ImageJob, chunk_jobs, iter_image_crops
 from snapper.batch.fuse import fuse
 from snapper.batch.merge import merge_chunks, review
-from snapper.batch.pipeline import BatchResult, batch_snap, result_for
-from snapper.batch.rough import Chunk, RoughInput, input_files, load_rough, parse_rough, plan_chunks
+from snapper.batch.pipeline import BatchResult, batch_snap, check_folders, result_for
+from snapper.batch.rough import (
+    Chunk,
+    RoughInput,
+    input_files,
+    load_rough,
+    parse_rough,
+    plan_chunks,
+)
 from snapper.batch.schema import (
     BOXES_PARQUET,
     CHUNKS_DIR,
@@ -96,8 +117,9 @@ from snapper.batch.truth import truth_table
 __all__ = [
     "BOXES_PARQUET", "CHUNKS_DIR", "CONF_COLS", "KEPT", "OUTPUT_JSON", "PRED_COLS", "REASONS", "REVIEW_CSV",
     "ROUGH_COLS", "SNAPPED", "SUMMARY_JSON", "TABLE1_CSV", "AccountingError", "batch_snap", "Batcher",
-    "BatchInputError", "BatchResult", "check_config", "Chunk", "chunk_jobs", "chunk_result_path", "fuse",
+    "BatchInputError", "BatchResult", "check_config", "check_folders", "Chunk", "chunk_jobs", "ChunkOutcome",
+    "chunk_result_path", "fuse",
     "get_snapper", "ImageCrops", "ImageJob", "input_files", "iter_image_crops", "load_rough", "merge_chunks",
-    "model_fingerprint", "parse_rough", "plan_chunks", "result_for", "review", "RoughInput", "snap_chunk",
+    "model_fingerprint", "parse_rough", "plan_chunks", "result_for", "review", "RoughInput", "run_chunk", "snap_chunk",
     "truth_table",
 ]

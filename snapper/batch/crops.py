@@ -21,10 +21,13 @@ from snapper.batch.rough import Chunk, RoughInput, finite_box, is_int, rough_num
 from snapper.batch.schema import AccountingError, make_row
 from snapper.config import BatchConfig
 from snapper.crop import CropGeometry, to_uint8
+from snapper.data.coco import short
 from snapper.geometry import clip_boxes, xywh_to_xyxy
-from snapper.imageio import ImageError, image_size, load_image
+from snapper.imageio import ImageError, ImageTooLarge, image_size, load_image
 
 Box = tuple[int, list[float]]  # (annotation id, finite rough xywh)
+MAX_SIDE = 1 << 31  # px; a JSON width/height beyond this is no image's size
+BOX_DETAILS = {"out_of_range": "a bbox number is too large for a 64-bit float"}
 
 
 @dataclass
@@ -56,6 +59,16 @@ def _box_reason(a: dict[str, Any]) -> tuple[str | None, np.ndarray | None]:
     return reason, b
 
 
+def _json_size(im: dict[str, Any]) -> tuple[tuple[int, int] | None, str | None]:
+    """(the JSON's width/height when given as positive integers, a problem with them)."""
+    w, h = im.get("width"), im.get("height")
+    if not (is_int(w) and is_int(h) and w > 0 and h > 0):
+        return None, None
+    if max(w, h) >= MAX_SIDE:
+        return None, f"JSON says {short(w)}x{short(h)}, beyond any image's size"
+    return (w, h), None
+
+
 def chunk_jobs(inp: RoughInput, chunk: Chunk) -> tuple[list[ImageJob], list[dict[str, Any]]]:
     """Box-only checks (no pixels needed), then one job per image with boxes left to snap."""
     jobs, kept = [], []
@@ -68,13 +81,15 @@ def chunk_jobs(inp: RoughInput, chunk: Chunk) -> tuple[list[ImageJob], list[dict
             a = inp.annotations[pos]
             reason, b = _box_reason(a)
             if reason is not None:
-                kept.append(make_row(a["id"], image_id, reason, rough_numbers(a.get("bbox"))))
+                kept.append(make_row(a["id"], image_id, reason, rough_numbers(a.get("bbox")), BOX_DETAILS.get(reason)))
             else:
                 boxes.append((a["id"], b.tolist()))
         if not boxes:
             continue
-        w, h = im.get("width"), im.get("height")
-        size = (w, h) if is_int(w) and is_int(h) and w > 0 and h > 0 else None
+        size, problem = _json_size(im)
+        if problem is not None:
+            kept += [make_row(a, image_id, "image_size_mismatch", b, problem) for a, b in boxes]
+            continue
         path = safe_image_path(chunk.images_dir, im.get("file_name"))
         jobs.append(ImageJob(image_id, None if path is None else str(path), size, boxes))
     return jobs, kept
@@ -139,16 +154,24 @@ class ImageCrops(torch.utils.data.Dataset):
         return boxes
 
     def _cut(self, out: dict[str, Any], job: ImageJob, boxes: list[Box]) -> dict[str, Any]:
+        """Decode once and cut every crop. Only problems of the image itself become kept rows;
+        anything else (a bug, a setting) raises and fails the chunk instead of every box."""
         try:
             w, h = job.json_size if job.json_size is not None else image_size(job.path)
-            if job.json_size is None:
-                boxes = self._check_sizes(out, boxes, (w, h))
-                if not boxes:
-                    return out
-            rough = clip_boxes(xywh_to_xyxy(np.array([b for _, b in boxes])), w, h)
-            geo = CropGeometry.around(rough, self.size, self.context, self.cfg.buffer_ratio)
-            image = load_image(job.path, min_scale=geo.decode_scale() if self.cfg.draft_decode else 1.0)
-        except (ImageError, OSError, ValueError) as e:
+        except (ImageError, OSError) as e:
+            return self._keep_all(out, boxes, "image_corrupt", str(e))
+        if job.json_size is None:
+            boxes = self._check_sizes(out, boxes, (w, h))
+            if not boxes:
+                return out
+        rough = clip_boxes(xywh_to_xyxy(np.array([b for _, b in boxes])), w, h)
+        geo = CropGeometry.around(rough, self.size, self.context, self.cfg.buffer_ratio)
+        try:
+            image = load_image(job.path, min_scale=geo.decode_scale() if self.cfg.draft_decode else 1.0,
+                               max_pixels=self.cfg.max_pixels)
+        except ImageTooLarge as e:
+            return self._keep_all(out, boxes, "image_too_large", str(e), (w, h))
+        except (ImageError, OSError) as e:
             return self._keep_all(out, boxes, "image_corrupt", str(e))
         if (image.width, image.height) != (w, h):
             return self._keep_all(out, boxes, "image_size_mismatch",

@@ -18,7 +18,7 @@ import pandas as pd
 
 from snapper.atomic import atomic_write_csv, atomic_write_json, atomic_write_parquet
 from snapper.batch.fuse import fuse
-from snapper.batch.rough import RoughInput, is_int, load_rough, rough_numbers
+from snapper.batch.rough import RoughInput, is_int, is_int64, load_rough, rough_numbers
 from snapper.batch.schema import (
     BOXES_PARQUET,
     CONF_COLS,
@@ -37,6 +37,7 @@ from snapper.batch.schema import (
 )
 from snapper.batch.truth import truth_table
 from snapper.config import BatchConfig, to_dict
+from snapper.data.coco import short
 from snapper.geometry import EDGE_NAMES
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -49,8 +50,10 @@ def _orphan_rows(inp: RoughInput) -> pd.DataFrame:
     for pos in inp.orphans:
         a = inp.annotations[pos]
         iid = a.get("image_id")
-        rows.append(make_row(a["id"], iid if is_int(iid) else None, "unknown_image", rough_numbers(a.get("bbox")),
-                             detail=f"image_id {iid!r} is not in 'images'"))
+        too_big = is_int(iid) and not is_int64(iid)
+        detail = f"image_id {short(iid)} " + ("does not fit a 64-bit integer" if too_big else "is not in 'images'")
+        rows.append(make_row(a["id"], iid if is_int64(iid) else None, "unknown_image", rough_numbers(a.get("bbox")),
+                             detail=detail))
     return rows_frame(rows)
 
 
@@ -138,7 +141,7 @@ def build_summary(inp: RoughInput, df: pd.DataFrame, cfg: BatchConfig, fused: li
     review_reasons = Counter(k for rs in df["review"] for k in {x.split(":")[0] for x in rs.split(";") if x})
     return {
         "input": inp.path, "input_sha256": inp.sha256, "output": str(out_dir / OUTPUT_JSON),
-        "n_images": len(inp.images), "n_annotations": len(df),
+        "n_images": len(inp.data["images"]), "n_annotations": len(df),
         "status": {s: int((df["status"] == s).sum()) for s in (SNAPPED, KEPT)},
         "reasons": {k: int(v) for k, v in Counter(df["reason"].dropna()).most_common()},
         "needs_review": int(df["needs_review"].sum()),

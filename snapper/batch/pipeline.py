@@ -10,10 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapper.batch.chunk import snap_chunk
+from snapper.batch.chunk import ChunkOutcome, run_chunk
 from snapper.batch.merge import merge_chunks
 from snapper.batch.rough import plan_chunks
-from snapper.batch.schema import BOXES_PARQUET, OUTPUT_JSON, REVIEW_CSV, SUMMARY_JSON
+from snapper.batch.schema import (
+    BOXES_PARQUET,
+    OUTPUT_JSON,
+    REVIEW_CSV,
+    SUMMARY_JSON,
+    BatchInputError,
+)
 from snapper.config import BatchConfig
 from snapper.registry import resolve_model
 
@@ -37,11 +43,30 @@ def result_for(out_dir: str | os.PathLike[str]) -> BatchResult:
                        json.loads((d / SUMMARY_JSON).read_text()))
 
 
-def run_extra(model_ref: str | os.PathLike[str], checkpoint: str | os.PathLike[str], n_chunks: int,
-              n_boxes: int, seconds: float) -> dict[str, Any]:
-    """What a run adds to ``summary.json``: the model and the throughput."""
-    return {"model": str(model_ref), "checkpoint": str(checkpoint), "n_chunks": n_chunks,
-            "snap_seconds": round(seconds, 3), "annotations_per_s": round(n_boxes / seconds, 2) if seconds > 0 else None}
+def run_extra(model_ref: str | os.PathLike[str], checkpoint: str | os.PathLike[str],
+              outcomes: list[ChunkOutcome] | list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """What a run adds to ``summary.json``: the model, the chunks snapped now and reused from
+    an earlier run, and the throughput of this run (``annotations_per_s`` counts only the
+    annotations snapped now: a resumed run does not claim the reused chunks' work)."""
+    done = [o.to_dict() if isinstance(o, ChunkOutcome) else o for o in outcomes]
+    fresh = sum(o["n_annotations"] for o in done if not o["reused"])
+    return {"model": str(model_ref), "checkpoint": str(checkpoint), "n_chunks": len(done),
+            "n_chunks_reused": sum(bool(o["reused"]) for o in done), "n_annotations_snapped_now": fresh,
+            "snap_seconds": round(seconds, 3),
+            "annotations_per_s": round(fresh / seconds, 2) if seconds > 0 and fresh else None}
+
+
+def check_folders(images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+    """A misspelled images folder would keep every box as ``image_missing``, an output path
+    that is a file would fail after the work: both are refused first, naming the path."""
+    if not Path(images_dir).is_dir():
+        raise BatchInputError(f"images folder {images_dir} does not exist (or is not a folder)")
+    out = Path(out_dir)
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise BatchInputError(f"output folder {out_dir}: {p} is a file, not a folder")
+            break
 
 
 def batch_snap(
@@ -55,11 +80,11 @@ def batch_snap(
     """Plan, snap every chunk (reusing finished ones) and merge, all in this process. The
     model reference is resolved once, so every chunk uses the same weights."""
     cfg = cfg or BatchConfig()
+    check_folders(images_dir, out_dir)
     t0 = time.perf_counter()
     chunks = plan_chunks(ann_file, images_dir, cfg.chunk_images)
     checkpoint = resolve_model(model_ref)
-    results = [snap_chunk(c, checkpoint, out_dir, cfg) for c in chunks]
-    t_snap = time.perf_counter() - t0
-    extra = run_extra(model_ref, checkpoint, len(chunks), sum(c.n_annotations for c in chunks), t_snap)
-    merge_chunks(ann_file, results, out_dir, cfg, truth=truth, extra=extra)
+    outcomes = [run_chunk(c, checkpoint, out_dir, cfg) for c in chunks]
+    extra = run_extra(model_ref, checkpoint, outcomes, time.perf_counter() - t0)
+    merge_chunks(ann_file, [o.path for o in outcomes], out_dir, cfg, truth=truth, extra=extra)
     return result_for(out_dir)

@@ -23,7 +23,7 @@ import numpy as np
 
 from snapper.batch.schema import BatchInputError
 from snapper.config import BatchConfig
-from snapper.data.coco import read_coco_json
+from snapper.data.coco import INT64_MAX, INT64_MIN, as_float, read_coco_json, short
 
 
 @dataclass
@@ -52,16 +52,35 @@ def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def is_int64(v: Any) -> bool:
+    """A JSON integer that fits the 64-bit id columns of ``boxes.parquet``."""
+    return is_int(v) and INT64_MIN <= v <= INT64_MAX
+
+
+def _id_problem(where: str, entry: Any) -> str | None:
+    """Why an entry has no usable id (the file is then refused: results are accounted by id)."""
+    if not isinstance(entry, dict) or not is_int(entry.get("id")):
+        return f"{where} must be an object with an integer 'id', got {str(entry)[:80]}"
+    if not is_int64(entry["id"]):
+        return f"{where} id {short(entry['id'])} does not fit a 64-bit integer"
+    return None
+
+
 def _index_images(name: str, entries: list[Any]) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """Images by id. An image whose id does not fit 64 bits is left out of the index (its
+    annotations are then kept as ``unknown_image``, saying why) rather than refusing the file."""
     images: dict[int, dict[str, Any]] = {}
     order: list[int] = []
+    seen: set[int] = set()
     for i, im in enumerate(entries):
         if not isinstance(im, dict) or not is_int(im.get("id")):
             raise BatchInputError(f"{name}: images[{i}] must be an object with an integer 'id', got {str(im)[:80]}")
-        if im["id"] in images:
-            raise BatchInputError(f"{name}: duplicate image id {im['id']} (images[{i}])")
-        images[im["id"]] = im
-        order.append(im["id"])
+        if im["id"] in seen:
+            raise BatchInputError(f"{name}: duplicate image id {short(im['id'])} (images[{i}])")
+        seen.add(im["id"])
+        if is_int64(im["id"]):
+            images[im["id"]] = im
+            order.append(im["id"])
     return images, order
 
 
@@ -71,8 +90,9 @@ def _index_annotations(name: str, entries: list[Any],
     by_image: dict[int, list[int]] = defaultdict(list)
     orphans: list[int] = []
     for i, a in enumerate(entries):
-        if not isinstance(a, dict) or not is_int(a.get("id")):
-            raise BatchInputError(f"{name}: annotations[{i}] must be an object with an integer 'id', got {str(a)[:80]}")
+        problem = _id_problem(f"annotations[{i}]", a)
+        if problem:
+            raise BatchInputError(f"{name}: {problem}")
         if a["id"] in seen:
             raise BatchInputError(f"{name}: duplicate annotation id {a['id']} (annotations[{i}]); "
                                   "results are accounted by id, so ids must be unique")
@@ -90,7 +110,8 @@ def parse_rough(path: str | os.PathLike[str], raw: bytes | None = None) -> Rough
 
     Fatal (:class:`BatchInputError`): not JSON, not an object, ``images``/``annotations``
     missing or not lists, an entry that is not an object, a missing/non-integer/duplicated
-    ``id``. Everything else about an annotation (its box, its image) is a per-annotation
+    ``id``, an annotation id outside the 64-bit range (results are accounted by id).
+    Everything else about an annotation (its box, its image) is a per-annotation
     reason decided later, because one bad box must not stop the other boxes.
     """
     name = str(path)
@@ -143,16 +164,17 @@ def finite_box(bbox: Any) -> tuple[str | None, np.ndarray | None]:
         return "malformed_bbox", None
     if any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in bbox):
         return "malformed_bbox", None
-    b = np.array([np.nan if v is None else float(v) for v in bbox], dtype=np.float64)
+    b = np.array([np.nan if v is None else as_float(v) for v in bbox], dtype=np.float64)
     if not np.isfinite(b).all():
-        return "non_finite", b
+        too_big = any(is_int(v) and not math.isfinite(x) for v, x in zip(bbox, b))
+        return ("out_of_range" if too_big else "non_finite"), b
     return None, b
 
 
 def rough_numbers(bbox: Any) -> list[float]:
     """The input bbox as 4 floats for the table (NaN where it has no number)."""
     if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
-        return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in bbox]
+        return [as_float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in bbox]
     return [math.nan] * 4
 
 

@@ -19,8 +19,8 @@ from snapper.geometry import EDGE_NAMES
 SNAPPED, KEPT = "snapped", "kept"
 # Kept reasons in the order they are checked (the first that applies is reported).
 REASONS = (
-    "missing_bbox", "malformed_bbox", "non_finite", "crowd", "degenerate", "unknown_image",
-    "outside_image", "too_small", "image_path_invalid", "image_missing", "image_corrupt",
+    "missing_bbox", "malformed_bbox", "non_finite", "out_of_range", "crowd", "degenerate", "unknown_image",
+    "outside_image", "too_small", "image_path_invalid", "image_missing", "image_corrupt", "image_too_large",
     "image_size_mismatch", "snap_failed",
 )
 CONF_COLS = [f"conf_{e}" for e in EDGE_NAMES]

@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("snapper.cli.evaluate", "evaluate a checkpoint: per-box Parquet + Table 1 summary"),
     "snap": ("snapper.cli.snap", "snap rough boxes on one image; print JSON, optionally draw"),
     "batch-snap": ("snapper.cli.batch_snap", "snap every box of a rough COCO file with full accounting"),
+    "serve": ("snapper.cli.serve", "serve the champion model over HTTP (MLflow's model server)"),
 }
 
 

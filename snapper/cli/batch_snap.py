@@ -7,7 +7,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from snapper.batch import AccountingError, BatchInputError, BatchResult, batch_snap, check_config, input_files
+from snapper.batch import (
+    AccountingError,
+    BatchInputError,
+    BatchResult,
+    batch_snap,
+    check_config,
+    check_folders,
+    input_files,
+)
 from snapper.batch.pipeline import DEFAULT_MODEL
 from snapper.cli.common import (
     add_set_option,
@@ -24,7 +32,7 @@ from snapper.config import BatchConfig
 PROG = "snapper batch-snap"
 
 # Options that set a BatchConfig field directly (the defaults are BatchConfig's).
-FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio")
+FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio", "max_pixels")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=non_negative_int, help=f"decoding processes, 0 = none (default {d.workers})")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default {d.device})")
     p.add_argument("--buffer-ratio", type=positive_float, help=f"crop size factor (default {d.buffer_ratio})")
+    p.add_argument("--max-pixels", type=positive_int,
+                   help=f"decode no image larger than this many pixels (after JPEG draft reduction); larger "
+                        f"ones are kept as image_too_large (default {d.max_pixels})")
     add_set_option(p, "BatchConfig")
     return p
 
@@ -58,12 +69,20 @@ def make_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ba
     return cfg
 
 
+def _speed(s: dict[str, Any]) -> str:
+    reused = s.get("n_chunks_reused") or 0
+    if reused and reused == s.get("n_chunks"):
+        return f"all {reused} chunk(s) reused from an earlier run"
+    speed = f"{s.get('annotations_per_s')} annotations/s"
+    return f"{speed} ({reused} of {s.get('n_chunks')} chunks reused)" if reused else speed
+
+
 def describe(f: Path, r: BatchResult) -> list[str]:
     """What is printed for one snapped file: counts, and Table 1 when truth was given."""
     s: dict[str, Any] = r.summary
     lines = [f"{f}: {s['n_annotations']} annotations -> {r.annotations}; "
              f"snapped {s['status']['snapped']}, kept {s['status']['kept']} {s['reasons']}, "
-             f"needs review {s['needs_review']}, {s.get('annotations_per_s')} annotations/s"]
+             f"needs review {s['needs_review']}, {_speed(s)}"]
     for row in s.get("truth", {}).get("table1", []):
         if row.get("size") == "all":
             lines.append(f"  {row['method']:<8} mIoU {row['miou']:.1f}  IoU>0.9 {row['iou_gt_0.9']:.1f}  "
@@ -85,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         files = input_files(args.rough)
         if args.truth and folder:
             raise BatchInputError("--truth needs a single rough file, not a folder")
+        check_folders(args.images_dir, args.out_dir)
         for f in files:
             out = Path(args.out_dir) / f.stem if folder else Path(args.out_dir)
             try:

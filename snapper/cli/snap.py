@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from snapper.cli.common import fail, positive_float, run
+from snapper.config import SNAP_MIN_BOX_SIZE
 from snapper.imageio import load_image
 from snapper.registry import resolve_model
 from snapper.snap import Snapper, SnapResult
@@ -27,6 +29,17 @@ def parse_box(text: str) -> list[float]:
     return vals
 
 
+def box_problem(box: list[float]) -> str | None:
+    """Why a ``--box`` cannot be snapped, before anything is loaded: a non-finite number, or
+    w or h under ``SNAP_MIN_BOX_SIZE`` (a thinner box has no edges to find; batch snapping
+    keeps such boxes as ``too_small``)."""
+    if not all(math.isfinite(v) for v in box):
+        return "non_finite: every number must be finite"
+    if min(box[2], box[3]) < SNAP_MIN_BOX_SIZE:
+        return f"degenerate: w and h must be at least {SNAP_MIN_BOX_SIZE:g} px"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Snap rough boxes on one image; prints JSON.")
     p.add_argument("image")
@@ -37,6 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="write a PNG with rough (red) and snapped (green) boxes")
     return p
+
+
+def out_problem(out: str) -> str | None:
+    """Why ``--out`` cannot take the overlay PNG, checked before the model is loaded."""
+    p = Path(out)
+    parent = p.resolve().parent
+    if p.is_dir():
+        return "is a folder; give a file name such as overlay.png"
+    if not parent.exists():
+        return f"folder {p.parent} does not exist"
+    if not parent.is_dir():
+        return f"{p.parent} is a file, not a folder"
+    if p.suffix.lower() not in Image.registered_extensions():
+        return f"unknown image extension {p.suffix!r}; use .png or .jpg"
+    return None
 
 
 def draw_overlay(image_path: str, result: SnapResult, out: str) -> None:
@@ -51,8 +79,13 @@ def draw_overlay(image_path: str, result: SnapResult, out: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.out and not Path(args.out).resolve().parent.is_dir():
-        return fail(PROG, f"--out {args.out}: folder {Path(args.out).parent} does not exist")
+    for i, box in enumerate(args.box):
+        problem = box_problem(box)
+        if problem:
+            return fail(PROG, f"--box {i} {','.join(f'{v:g}' for v in box)} is {problem}")
+    problem = out_problem(args.out) if args.out else None
+    if problem:
+        return fail(PROG, f"--out {args.out}: {problem}")
 
     def body() -> int:
         snapper = Snapper.from_checkpoint(resolve_model(args.checkpoint), device=args.device)

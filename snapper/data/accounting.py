@@ -21,8 +21,10 @@ MAX_WARNINGS_PER_REASON = 20  # per stream pass and worker; counting goes on sil
 @dataclass
 class StreamStats:
     """Counts by reason. ``skipped_*`` are failures (corrupt image, malformed JSON, unusable
-    box, unreadable shard); ``excluded_boxes`` are boxes left out by rule (crowd, below
-    ``min_box_size``)."""
+    box, samples a broken shard did not deliver as ``shard_<reason>``); ``excluded_boxes``
+    are boxes left out by rule (crowd, below ``min_box_size``); ``shard_errors`` counts
+    shards that failed, once each, and ``shard_problems`` the same by reason (``truncated``,
+    ``hash_mismatch``, ``bad_member``, ...)."""
 
     images: int = 0
     boxes: int = 0
@@ -30,6 +32,7 @@ class StreamStats:
     skipped_boxes: Counter = field(default_factory=Counter)
     excluded_boxes: Counter = field(default_factory=Counter)
     shard_errors: int = 0
+    shard_problems: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +42,7 @@ class StreamStats:
             "skipped_boxes": dict(self.skipped_boxes),
             "excluded_boxes": dict(self.excluded_boxes),
             "shard_errors": self.shard_errors,
+            "shard_problems": dict(self.shard_problems),
         }
 
     def merge(self, other: "StreamStats | dict[str, Any]") -> None:
@@ -49,6 +53,7 @@ class StreamStats:
         self.skipped_boxes.update(d.get("skipped_boxes", {}))
         self.excluded_boxes.update(d.get("excluded_boxes", {}))
         self.shard_errors += int(d.get("shard_errors", 0))
+        self.shard_problems.update(d.get("shard_problems", {}))
 
     @property
     def n_skipped_images(self) -> int:
@@ -106,12 +111,23 @@ class Tally:
         self.stats.boxes += n_boxes
 
     def shard_failed(self, exn: Exception) -> bool:
-        """WebDataset handler: count, warn, go on with the next shard."""
+        """WebDataset-style handler: count, warn, go on with the next shard."""
+        self.shard_problem(getattr(exn, "reason", "unreadable"), f"{type(exn).__name__}: {exn}")
+        return True
+
+    def shard_problem(self, reason: str, message: str, lost_images: int = 0, lost_boxes: int = 0) -> None:
+        """One shard failed (counted once), and the samples and boxes it did not deliver
+        (when its manifest says how many it has) as skipped ``shard_<reason>``."""
         self.pending = True
         self.stats.shard_errors += 1
-        self._warn("shard_error", f"{type(exn).__name__}: {exn}")
-        self._failed(repr(exn))
-        return True
+        self.stats.shard_problems[reason] += 1
+        if lost_images:
+            self.stats.skipped_images[f"shard_{reason}"] += lost_images
+        if lost_boxes:
+            self.stats.skipped_boxes[f"shard_{reason}"] += lost_boxes
+        self._warn("shard_error", message + (f" ({lost_images} sample(s), {lost_boxes} box(es) lost)"
+                                             if lost_images or lost_boxes else ""))
+        self._failed(message)
 
     def take(self) -> dict[str, Any]:
         d = self.stats.as_dict()

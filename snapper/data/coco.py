@@ -6,12 +6,14 @@ Policy (one rule per case, so that nothing is lost silently):
   the top level is not an object, ``images``/``annotations`` are missing or not lists, an entry
   is not an object or lacks a required key (``id``, ``file_name``, ``width``, ``height`` for
   images; ``id``, ``image_id``, ``bbox``, ``category_id`` for annotations), an id is not an
-  integer, ids are duplicated, an annotation refers to an unknown image, ``bbox`` is not a list
-  of 4 numbers, ``iscrowd`` is not 0/1, ``area`` is not a finite number, a ``file_name`` would
-  leave the images folder or is used twice. These mean the file is not what it claims to be;
+  integer in the 64-bit range the shards and streams carry, ids are duplicated, an annotation
+  refers to an unknown image, ``bbox`` is not a list of 4 numbers, ``iscrowd`` is not 0/1,
+  ``area`` is not a finite number, a ``file_name`` would leave the images folder or is used
+  twice. These mean the file is not what it claims to be;
   guessing would silently change the dataset.
 * **Counted skip** (the file is fine, one item is unusable): per annotation
-  ``non_finite`` (NaN/Infinity/null coordinate), ``degenerate`` (w or h <= 0),
+  ``non_finite`` (NaN/Infinity/null coordinate), ``out_of_range`` (an integer coordinate too
+  large for a 64-bit float, e.g. ``10**400``), ``degenerate`` (w or h <= 0),
   ``outside_image`` (no overlap with the image), ``too_small`` (after clipping, w or h below
   ``min_box_size``); per image (every annotation of it is skipped with the same reason)
   ``image_missing``, ``image_corrupt``, ``image_unsupported_format``, ``image_size_mismatch``
@@ -146,12 +148,38 @@ class CocoIndex:
 # ---------------------------------------------------------------------------- validation
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # ids travel as int64 (shards, streams, Parquet)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def as_float(v: Any) -> float:
+    """A JSON number as float64; an integer too large for one (JSON allows ``10**400``) is
+    +-inf, so one oversized number becomes a counted reason instead of an ``OverflowError``."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def _finite(v: Any) -> bool:
+    return math.isfinite(as_float(v))
+
+
+def _id_ok(v: Any, low: int = INT64_MIN) -> bool:
+    return _is_int(v) and low <= v <= INT64_MAX
+
+
+def short(v: Any, limit: int = 40) -> str:
+    """``repr(v)``, shortened for values hundreds of digits long (messages stay one line)."""
+    text = repr(v)
+    return text if len(text) <= limit else f"{text[:12]}...({len(text)} characters)"
 
 
 def _safe_rel_path(name: str) -> bool:
@@ -190,6 +218,8 @@ def _validate(data: Any, where: str) -> None:
         for i, cat in enumerate(data["categories"]):
             if not isinstance(cat, dict) or not _is_int(cat.get("id")):
                 raise fail(f"categories[{i}] must be an object with an integer id")
+            if not _id_ok(cat["id"]):
+                raise fail(f"categories[{i}] id {short(cat['id'])} is not a 64-bit integer")
 
     image_ids: set[int] = set()
     file_names: dict[str, int] = {}
@@ -200,15 +230,15 @@ def _validate(data: Any, where: str) -> None:
             if key not in img:
                 raise fail(f'images[{i}] (id={img.get("id")!r}) lacks "{key}"')
         iid = img["id"]
-        if not _is_int(iid) or iid < 0:
-            raise fail(f"images[{i}] id {iid!r} is not a non-negative integer")
+        if not _id_ok(iid, 0):
+            raise fail(f"images[{i}] id {short(iid)} is not a non-negative integer below 2**63")
         if iid in image_ids:
             raise fail(f"duplicate image id {iid} (images[{i}])")
         image_ids.add(iid)
         for key in ("width", "height"):
             v = img[key]
-            if not _is_number(v) or not math.isfinite(v) or v <= 0 or v != int(v):
-                raise fail(f"image id {iid}: {key} {v!r} is not a positive integer")
+            if not _is_number(v) or not _finite(v) or v <= 0 or v != int(v):
+                raise fail(f"image id {iid}: {key} {short(v)} is not a positive integer")
         name = img["file_name"]
         if not isinstance(name, str) or not _safe_rel_path(name):
             raise fail(f"image id {iid}: file_name {name!r} is not a relative path inside the images folder")
@@ -225,27 +255,27 @@ def _validate(data: Any, where: str) -> None:
         for key in ("id", "image_id", "bbox", "category_id"):
             if key not in ann:
                 raise fail(f'{label} lacks "{key}"')
-        if not _is_int(aid):
-            raise fail(f"annotations[{i}] id {aid!r} is not an integer")
+        if not _id_ok(aid):
+            raise fail(f"annotations[{i}] id {short(aid)} is not an integer in the 64-bit range")
         if aid in ann_ids:
             raise fail(f"duplicate annotation id {aid} (annotations[{i}])")
         ann_ids.add(aid)
         if not _is_int(ann["image_id"]):
-            raise fail(f"{label}: image_id {ann['image_id']!r} is not an integer")
+            raise fail(f"{label}: image_id {short(ann['image_id'])} is not an integer")
         if ann["image_id"] not in image_ids:
-            raise fail(f"{label} refers to unknown image id {ann['image_id']}")
-        if not _is_int(ann["category_id"]):
-            raise fail(f"{label}: category_id {ann['category_id']!r} is not an integer")
+            raise fail(f"{label} refers to unknown image id {short(ann['image_id'])}")
+        if not _id_ok(ann["category_id"]):
+            raise fail(f"{label}: category_id {short(ann['category_id'])} is not a 64-bit integer")
         bbox = ann["bbox"]
         # null is accepted as a coordinate: JavaScript writers serialise NaN as null, so it is
         # counted as non_finite rather than rejecting the whole file.
         if not isinstance(bbox, list) or len(bbox) != 4 or not all(v is None or _is_number(v) for v in bbox):
-            raise fail(f"{label}: bbox {bbox!r} is not a list of 4 numbers [x, y, w, h]")
+            raise fail(f"{label}: bbox {short(bbox, 120)} is not a list of 4 numbers [x, y, w, h]")
         crowd = ann.get("iscrowd", 0)
         if crowd not in (0, 1) or isinstance(crowd, float):
             raise fail(f"{label}: iscrowd {crowd!r} is not 0 or 1")
-        if "area" in ann and (not _is_number(ann["area"]) or not math.isfinite(ann["area"])):
-            raise fail(f"{label}: area {ann['area']!r} is not a finite number")
+        if "area" in ann and (not _is_number(ann["area"]) or not _finite(ann["area"])):
+            raise fail(f"{label}: area {short(ann['area'])} is not a finite number")
 
 
 # ---------------------------------------------------------------------------- image checks
@@ -316,7 +346,9 @@ def _read_json(ann_file: str | os.PathLike[str]) -> tuple[str, bytes, Any]:
 def _kept_box(a: dict[str, Any], width: int, height: int,
               min_box_size: float) -> tuple[dict[str, Any] | None, str | None, str, bool]:
     """(the annotation as kept, or None; skip reason; detail; whether it was clipped)."""
-    bbox = [math.nan if v is None else float(v) for v in a["bbox"]]
+    bbox = [math.nan if v is None else as_float(v) for v in a["bbox"]]
+    if any(_is_int(v) and not math.isfinite(b) for v, b in zip(a["bbox"], bbox)):
+        return None, "out_of_range", f"bbox {short(a['bbox'], 120)}: a number too large for a 64-bit float", False
     problem = box_problem(bbox, width, height)
     if problem is not None:
         return None, problem, f"bbox {a['bbox']!r} in {width}x{height}", False

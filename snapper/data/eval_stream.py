@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from webdataset.tariterators import tarfile_samples
 
 from snapper.config import JitterConfig, ModelConfig
 from snapper.crop import CropGeometry, to_uint8
 from snapper.data.accounting import StreamStats, Tally
 from snapper.data.iterators import batched, worker_slot
 from snapper.data.manifest import expand_urls
+from snapper.data.reader import shard_samples
 from snapper.data.records import ImageRecord
 from snapper.data.samples import SampleError, decode, parsed, usable
 from snapper.geometry import jitter_by_annotation, xywh_to_xyxy
@@ -37,8 +37,9 @@ def _collate_eval(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 class _EvalDataset(IterableDataset):
     def __init__(self, urls: list[str], model_cfg: ModelConfig, jitter: JitterConfig, seed: int,
-                 buffer_ratio: float, batch_size: int, draft_decode: bool):
+                 buffer_ratio: float, batch_size: int, draft_decode: bool, verify_shards: bool = True):
         super().__init__()
+        self.verify_shards = verify_shards
         self.urls = urls
         self.model_cfg = model_cfg
         self.jitter = jitter
@@ -91,8 +92,7 @@ class _EvalDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = worker_slot()
         tally = Tally()
-        mine = ({"url": u} for u in self.urls[worker::num_workers])
-        records = parsed(tarfile_samples(mine, handler=tally.shard_failed), tally)
+        records = parsed(shard_samples(self.urls[worker::num_workers], tally, self.verify_shards), tally)
         yield from batched(self._items(records, tally), self.batch_size, _collate_eval, tally, partial=True)
 
 
@@ -148,16 +148,20 @@ def eval_batches(
     max_boxes: int | None = None,
     workers: int = 0,
     draft_decode: bool = True,
+    verify_shards: bool = True,
 ) -> EvalStream:
     """Every non-crowd box of the shards exactly once, jittered per annotation id (seed),
     cropped with ``buffer_ratio * context``; no shuffling or augmentation. With ``workers`` > 0
     the shards are dealt to workers in order (worker w reads shards w, w + n, ...), so the
-    union is the same set of boxes; ``max_boxes`` keeps the first boxes delivered."""
+    union is the same set of boxes; ``max_boxes`` keeps the first boxes delivered.
+    ``verify_shards``: check each local shard against its manifest's sha256 before reading it
+    (:func:`snapper.data.reader.shard_samples`); broken shards are counted in ``stats``."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     if max_boxes is not None and max_boxes < 0:
         raise ValueError("max_boxes must be >= 0")
     if not np.isfinite(buffer_ratio) or buffer_ratio <= 0:
         raise ValueError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
-    dataset = _EvalDataset(expand_urls(urls), model_cfg, jitter, seed, buffer_ratio, batch_size, draft_decode)
+    dataset = _EvalDataset(expand_urls(urls), model_cfg, jitter, seed, buffer_ratio, batch_size, draft_decode,
+                           verify_shards)
     return EvalStream(dataset, max(0, workers), max_boxes)

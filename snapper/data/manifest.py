@@ -75,13 +75,16 @@ def _is_url(s: str) -> bool:
     return s.startswith("pipe:") or "://" in s
 
 
-def _is_local(url: str) -> bool:
+def is_local(url: str) -> bool:
     """A local file (``file://`` URLs included), as opposed to ``pipe:`` or a remote URL."""
     return not url.startswith("pipe:") and "://" not in url.replace("file://", "", 1)
 
 
-def _local_path(url: str) -> str:
+def local_path(url: str) -> str:
+    """The file path of a local URL (``file://`` stripped)."""
     return url[len("file://"):] if url.startswith("file://") else url
+
+
 
 
 def _manifest_data(source: str | os.PathLike[str] | Manifest, mname: str) -> tuple[dict[str, Any], Path | None, str | None]:
@@ -128,11 +131,11 @@ def _manifest_urls(url: str) -> list[str]:
     found = _MANIFEST_RE.findall(url)
     if not found:
         raise ValueError(f"{url}: a manifest URL must name <split>-manifest.json")
-    return shard_urls(_local_path(url) if _is_local(url) else url, found[-1])
+    return shard_urls(local_path(url) if is_local(url) else url, found[-1])
 
 
 def _read_manifest(url: str) -> dict[str, Any]:
-    with gopen(_local_path(url) if _is_local(url) else url, "rb") as f:
+    with gopen(local_path(url) if is_local(url) else url, "rb") as f:
         return json.loads(f.read())
 
 
@@ -151,9 +154,9 @@ def _folder_urls(path: str) -> list[str]:
 def _expand_one(url: str) -> list[str]:
     if MANIFEST_SUFFIX in url:
         return _manifest_urls(url)
-    if not _is_local(url):
+    if not is_local(url):
         return [url]
-    path = _local_path(url)
+    path = local_path(url)
     if os.path.isdir(path):
         return _folder_urls(path)
     if glob.has_magic(path):
@@ -185,9 +188,9 @@ def count_images(urls: Sequence[str]) -> int | None:
     """Images in local shards, from tar headers only (no data read); None if any is remote."""
     n = 0
     for url in urls:
-        if not _is_local(url):
+        if not is_local(url):
             return None
-        with tarfile.open(_local_path(url), "r:") as tf:
+        with tarfile.open(local_path(url), "r:") as tf:
             n += sum(1 for m in tf if m.isfile() and m.name.endswith(".json"))
     return n
 

@@ -65,8 +65,8 @@ def parse_sample(sample: dict[str, Any]) -> ImageRecord:
             source=f"{sample.get('__url__')}:{sample.get('__key__')}",
         )
         _ = (rec.boxes, rec.annotation_ids, rec.category_ids, rec.iscrowd, rec.areas)  # malformed boxes fail here
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise SampleError("bad_json", f"{where}: malformed metadata ({e!r})") from e
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:  # OverflowError: a 10**400
+        raise SampleError("bad_json", f"{where}: malformed metadata ({type(e).__name__}: {str(e)[:200]})") from e
     return rec
 
 

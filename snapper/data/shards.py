@@ -53,7 +53,8 @@ from snapper.data.manifest import (
     check_split,
     manifest_path,
 )
-from snapper.data.records import IMAGE_EXTS, WRITTEN_EXTS, ImageRecord, sniff_image_format
+from snapper.data.reader import iter_samples
+from snapper.data.records import WRITTEN_EXTS, ImageRecord, sniff_image_format
 
 __all__ = [
     "DEFAULT_SHARD_SIZE", "ShardInfo", "ShardSpec", "hold_out", "iter_shard",
@@ -63,8 +64,6 @@ __all__ = [
 
 KEY_DIGITS = 12
 DEFAULT_SHARD_SIZE = 1000
-_MEMBER_RE = re.compile(r"^([0-9]{1,20})\.(" + "|".join(IMAGE_EXTS) + r"|json)$")
-_MAX_MEMBER_BYTES = 1 << 30
 
 
 def sample_key(image_id: int) -> str:
@@ -253,40 +252,21 @@ def write_shard(spec: ShardSpec, out_dir: str | os.PathLike[str], verify: bool =
 def iter_shard(source: str | os.PathLike[str] | Any) -> Iterator[tuple[str, str, bytes, dict[str, Any]]]:
     """Yield ``(key, ext, image_bytes, sidecar)`` from a shard path or open binary stream.
 
-    Members are read into memory only; their names are never used as paths. Every name must be
-    ``<digits>.<known ext>``, regular files only, each key one image + one json, so a tampered
-    shard (``../x``, links, devices) is rejected with an error naming the member.
+    The members are read by :func:`snapper.data.reader.iter_samples` (names only matched,
+    never used as paths: ``<digits>.<known ext>``, regular files only), and each key must be
+    one image + one json, so a tampered shard (``../x``, links, devices) is rejected with an
+    error naming the member.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
     owned = isinstance(source, (str, os.PathLike))
     f = open(source, "rb") if owned else source
     try:
-        pending: dict[str, Any] = {}
-        current: str | None = None
-
-        def flush() -> Iterator[tuple[str, str, bytes, dict[str, Any]]]:
-            exts = [e for e in pending if e != "json"]
-            if "json" not in pending or len(exts) != 1:
-                raise ShardError(f"{name}: sample {current} has members {sorted(pending)}, expected one image + json")
-            yield current, exts[0], pending[exts[0]], json.loads(pending["json"])  # type: ignore[misc]
-
-        with tarfile.open(fileobj=f, mode="r|") as tar:
-            for m in tar:
-                match = _MEMBER_RE.match(m.name)
-                if not m.isreg() or match is None:
-                    raise ShardError(f"{name}: unexpected member {m.name!r} (type {m.type!r})")
-                if m.size > _MAX_MEMBER_BYTES:
-                    raise ShardError(f"{name}: member {m.name!r} is {m.size} bytes, over the limit")
-                key, ext = match.groups()
-                if key != current:
-                    if current is not None:
-                        yield from flush()
-                    current, pending = key, {}
-                if ext in pending:
-                    raise ShardError(f"{name}: duplicate member {m.name!r}")
-                pending[ext] = tar.extractfile(m).read()  # type: ignore[union-attr]
-            if current is not None:
-                yield from flush()
+        for sample in iter_samples(f, str(name)):
+            key = sample.pop("__key__")
+            exts = [e for e in sample if e != "json"]
+            if "json" not in sample or len(exts) != 1:
+                raise ShardError(f"{name}: sample {key} has members {sorted(sample)}, expected one image + json")
+            yield key, exts[0], sample[exts[0]], json.loads(sample["json"])
     finally:
         if owned:
             f.close()

@@ -9,6 +9,10 @@ batches. Shards are resampled by default so no rank ever runs dry in DDP; with
 (and the split must not leave any rank x worker without a shard). ``crop_on="device"`` leaves
 cutting to :class:`DeviceCropper` on the training device; workers then only decode.
 
+Shards are read by :func:`snapper.data.reader.shard_samples` (member names checked, local
+shards checked against their manifest's sha256 unless ``data.verify_shards`` is off, a
+broken shard counted once with what it did not deliver).
+
 Reproducibility: one generator per (seed, data seed, rank, worker, epoch) draws, per image and
 in this order, the boxes, their jitter, then the flips and colour factors. The demo's numbers
 depend on that order.
@@ -25,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from webdataset.tariterators import tarfile_samples
 
 from snapper.config import TrainConfig
 from snapper.crop import CropGeometry, crop_images, to_uint8
@@ -33,6 +36,7 @@ from snapper.data.accounting import StreamStats, Tally
 from snapper.data.augment import augment, draw_augment, hflip_targets
 from snapper.data.iterators import batched, shuffle, worker_slot
 from snapper.data.manifest import count_from_manifests, count_images, expand_urls
+from snapper.data.reader import shard_samples
 from snapper.data.records import ImageRecord
 from snapper.data.samples import SampleError, decode, parsed, usable
 from snapper.geometry import jitter_boxes, xywh_to_xyxy
@@ -193,7 +197,7 @@ class _TrainDataset(IterableDataset):
         worker, num_workers = worker_slot()
         rng = np.random.default_rng([cfg.seed, cfg.data.seed, self.rank, worker, self.epoch])
         tally = Tally(MAX_CONSECUTIVE_FAILURES if cfg.data.resampled else None)
-        samples = tarfile_samples(self._shards(rng, worker, num_workers), handler=tally.shard_failed)
+        samples = shard_samples(self._shards(rng, worker, num_workers), tally, cfg.data.verify_shards)
         per_image_buf = max(1, cfg.data.shuffle_buffer // max(1, cfg.data.boxes_per_image))
         records = shuffle(parsed(samples, tally), per_image_buf, rng)
         partial = not cfg.data.resampled

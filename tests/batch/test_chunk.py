@@ -17,21 +17,25 @@ from tests.batchdata import fast_config as cfg
 def test_result_name_changes_with_what_changes_the_result(rough, tmp_path):
     ann, images, _ = rough
     chunk = B.plan_chunks(ann, images, 2)[0]
-    base = B.chunk_result_path(chunk, tmp_path, "weights-a", cfg())
+    base = B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(), "images-a")
     assert base.parent == tmp_path / B.CHUNKS_DIR and base.name.startswith("chunk-00000-")
-    for kw in ({"buffer_ratio": 1.5}, {"min_box_size": 7.0}, {"draft_decode": False}, {"precision": "fp32"}):
-        assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(**kw)) != base, kw
-    assert B.chunk_result_path(chunk, tmp_path, "weights-b", cfg()) != base
+    for kw in ({"buffer_ratio": 1.5}, {"min_box_size": 7.0}, {"draft_decode": False}, {"precision": "fp32"},
+               {"max_pixels": 1000}):
+        assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(**kw), "images-a") != base, kw
+    assert B.chunk_result_path(chunk, tmp_path, "weights-b", cfg(), "images-a") != base
+    assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(), "images-b") != base  # an image's content
     # how the work is scheduled does not change the result: the same file is reused
-    assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(batch_size=64, workers=3, chunk_images=9)) == base
+    assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(batch_size=64, workers=3, chunk_images=9),
+                               "images-a") == base
     other = B.plan_chunks(ann, tmp_path, 2)[0]  # another images folder
-    assert B.chunk_result_path(other, tmp_path, "weights-a", cfg()) != base
+    assert B.chunk_result_path(other, tmp_path, "weights-a", cfg(), "images-a") != base
 
 
 @pytest.mark.parametrize(
     "kw, match",
     [({"buffer_ratio": 0.0}, "buffer_ratio"), ({"buffer_ratio": float("nan")}, "buffer_ratio"),
-     ({"batch_size": 0}, "batch_size"), ({"chunk_images": 0}, "chunk_images"), ({"precision": "fp8"}, "precision")],
+     ({"buffer_ratio": -1.0}, "buffer_ratio"), ({"batch_size": 0}, "batch_size"), ({"chunk_images": 0}, "chunk_images"),
+     ({"precision": "fp8"}, "precision"), ({"max_pixels": 0}, "max_pixels")],
 )
 def test_settings_that_would_fail_every_box_are_refused_first(rough, tmp_path, kw, match):
     ann, images, _ = rough

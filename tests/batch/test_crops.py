@@ -55,9 +55,9 @@ def test_decoded_at_the_coarsest_scale_the_crops_allow(tmp_path, monkeypatch, dr
     job = C.ImageJob(1, str(images / "big.jpg"), (800, 600), [(1, [100.0, 100.0, 400.0, 300.0])])
     seen = []
 
-    def spy(path, min_scale=1.0):
+    def spy(path, min_scale=1.0, **kw):
         seen.append(min_scale)
-        return load_image(path, min_scale=min_scale)
+        return load_image(path, min_scale=min_scale, **kw)
 
     monkeypatch.setattr(C, "load_image", spy)
     item = C.ImageCrops([job], 48, 1.4, cfg(draft_decode=draft))[0]

@@ -123,6 +123,14 @@ def test_snap_inbox_done_failed_and_outbox(harness, ckpt, home):
     (inbox / "late.json").write_text((inbox / "done" / "good.json").read_text())
     assert snap_inbox(str(inbox), str(images), model=str(ckpt), overrides=FAST, min_age_s=3600)["claimed"] == 0
     assert (inbox / "late.json").exists()
+    (inbox / "late.json").unlink()
+    # the missing image arrives and the file is sent again: snapped against the image, not the old verdict
+    (images / "missing.jpg").write_bytes((images / "a.jpg").read_bytes())
+    (inbox / "missing_image.json").write_text((inbox / "done" / "missing_image.json").read_text())
+    res = snap_inbox(str(inbox), str(images), model=str(ckpt), overrides=FAST, min_age_s=0, artifacts=False)
+    assert (res["claimed"], res["done"]) == (1, 1)
+    t = pd.read_parquet(inbox / "outbox" / "missing_image" / B.BOXES_PARQUET)
+    assert t.loc[t["image_id"] == 3, "status"].tolist() == ["snapped"]
 
 
 def test_two_concurrent_inbox_runs_process_each_file_once(harness, ckpt, home):

@@ -129,19 +129,19 @@ def test_resume_reuses_finished_chunks_and_equals_a_clean_run(rough, ckpt, tmp_p
     assert B.snap_chunk(chunks[0], other, out, c) != done[0]
 
 
-# snap_chunk is patched where batch_snap looks it up (snapper.batch.pipeline).
+# run_chunk is patched where batch_snap looks it up (snapper.batch.pipeline).
 KILLER = """
 import os, signal, sys
 from snapper.batch import pipeline as P
 from snapper.config import BatchConfig
 ann, images, out, ckpt = sys.argv[1:5]
-real, n = P.snap_chunk, [0]
+real, n = P.run_chunk, [0]
 def snap_then_die(*a, **k):
     if n[0] == 2:
         os.kill(os.getpid(), signal.SIGKILL)
     n[0] += 1
     return real(*a, **k)
-P.snap_chunk = snap_then_die
+P.run_chunk = snap_then_die
 P.batch_snap(ann, images, out, ckpt, BatchConfig(chunk_images=2, workers=0, batch_size=4, device="cpu"))
 """
 

@@ -42,7 +42,8 @@ NAN = float("nan")
     "bbox, reason",
     [(None, "missing_bbox"), ("14,11,41,30", "malformed_bbox"), ([1, 2, 3], "malformed_bbox"),
      ([True, 1, 2, 3], "malformed_bbox"), ([1, "2", 3, 4], "malformed_bbox"), ([NAN, 1, 2, 3], "non_finite"),
-     ([None, 1, 2, 3], "non_finite"), ([1, 2, float("inf"), 3], "non_finite"), ([1, 2.5, 3, 4], None)],
+     ([None, 1, 2, 3], "non_finite"), ([1, 2, float("inf"), 3], "non_finite"), ([1, 2.5, 3, 4], None),
+     ([10**400, 0, 10, 10], "out_of_range"), ([0, -(10**400), 10, 10], "out_of_range")],
 )
 def test_box_checks_without_pixels(bbox, reason):
     got, box = finite_box(bbox)
@@ -51,8 +52,8 @@ def test_box_checks_without_pixels(bbox, reason):
         assert box.tolist() == [float(v) for v in bbox]
     numbers = rough_numbers(bbox)  # what the table shows for the input box: NaN where it has no number
     assert len(numbers) == 4
-    if reason in (None, "non_finite"):
-        want = [math.nan if v is None else float(v) for v in bbox]
+    if reason in (None, "non_finite", "out_of_range"):
+        want = [math.nan if v is None else ((math.inf if v > 0 else -math.inf) if abs(v) > 1e308 else float(v)) for v in bbox]
         np.testing.assert_array_equal(numbers, want)  # NaN only where there is no number; inf stays inf
     if reason == "missing_bbox" or isinstance(bbox, str):
         assert all(map(math.isnan, numbers))

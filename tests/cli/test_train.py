@@ -93,5 +93,5 @@ def test_print_config_shows_the_layers(tmp_path, capsys):
                      "--out-dir", str(tmp_path / "o")]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["batch_size"] == 5 and printed["lr"] == 0.0005 and printed["out_dir"] == str(tmp_path / "o")
-    assert printed["model"]["backbone"] == "resnet18"  # from the preset
+    assert printed["model"]["backbone"] == "efficientnet_lite0"  # from the preset
     assert not (tmp_path / "o").exists()

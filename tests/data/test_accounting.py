@@ -18,17 +18,20 @@ def test_counts_travel_as_dicts_and_merge():
     t.box_failed("box_degenerate", "ann 7")
     t.excluded("crowd", 4)
     t.excluded("small", 0)
-    assert t.shard_failed(OSError("truncated")) is True  # webdataset: go on
+    assert t.shard_failed(OSError("unreadable")) is True  # handler form: go on
+    t.shard_problem("truncated", "shard-1.tar ended early", lost_images=2, lost_boxes=3)
     d = t.take()
-    assert d == {"images": 1, "boxes": 3, "skipped_images": {"corrupt_image": 1},
-                 "skipped_boxes": {"corrupt_image": 2, "box_degenerate": 1}, "excluded_boxes": {"crowd": 4},
-                 "shard_errors": 1}
+    assert d == {"images": 1, "boxes": 3, "skipped_images": {"corrupt_image": 1, "shard_truncated": 2},
+                 "skipped_boxes": {"corrupt_image": 2, "box_degenerate": 1, "shard_truncated": 3},
+                 "excluded_boxes": {"crowd": 4}, "shard_errors": 2,
+                 "shard_problems": {"unreadable": 1, "truncated": 1}}
     assert not t.pending and t.take()["images"] == 0  # take() hands the counts on once
     total = StreamStats()
     total.merge(d)
     total.merge(StreamStats(images=2, boxes=5, skipped_images=Counter(bad_json=1)))
-    assert (total.images, total.boxes, total.shard_errors) == (3, 8, 1)
-    assert total.skipped_images == Counter(corrupt_image=1, bad_json=1) and total.n_skipped_images == 2
+    assert (total.images, total.boxes, total.shard_errors) == (3, 8, 2)
+    assert total.skipped_images == Counter(corrupt_image=1, bad_json=1, shard_truncated=2)
+    assert total.shard_problems == Counter(unreadable=1, truncated=1) and total.n_skipped_images == 4
 
 
 def test_warnings_are_rate_limited_per_reason(caplog):

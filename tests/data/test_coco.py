@@ -57,6 +57,12 @@ FATAL = [
     ("area NaN", lambda d: d["annotations"][0].update(area=math.nan), "annotation id 100: area nan"),
     ("no category", lambda d: d["annotations"][0].pop("category_id"), 'annotation id 100 lacks "category_id"'),
     ("categories bad", lambda d: d.update(categories=[{"name": "x"}]), "categories[0]"),
+    # ids travel as int64 through shards and streams: one that does not fit is named, not a traceback
+    ("ann id 2**64", lambda d: d["annotations"][1].update(id=2**64), "annotations[1] id 18446744073709551616"),
+    ("image id 2**63", lambda d: d["images"][0].update(id=2**63), "images[0] id 9223372036854775808"),
+    ("category 2**63", lambda d: d["annotations"][0].update(category_id=2**63), "annotation id 100: category_id"),
+    ("width 10**400", lambda d: d["images"][0].update(width=10**400), "image id 1: width 100000000000...(401 characters)"),
+    ("area 10**400", lambda d: d["annotations"][0].update(area=10**400), "annotation id 100: area 100000000000...(401 characters)"),
 ]
 
 

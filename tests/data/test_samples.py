@@ -61,6 +61,11 @@ def test_every_image_extension_a_reader_accepts(ext):
      "bad_json", "4 numbers"),
     (_sample({"image_id": 1, "width": 4, "height": 4, "annotations": [{"bbox": [1, 2, 3, 4]}]}),
      "bad_json", "malformed metadata"),
+    # numbers no int64/float64 holds (another writer's shard): counted, never a traceback
+    (_sample({"image_id": 1, "width": 4, "height": 4, "annotations": [{"id": 2**64, "bbox": [1, 2, 3, 4]}]}),
+     "bad_json", "OverflowError"),
+    (_sample({"image_id": 1, "width": 4, "height": 4, "annotations": [{"id": 1, "bbox": [10**400, 2, 3, 4]}]}),
+     "bad_json", "OverflowError"),
 ])
 def test_bad_samples_name_shard_key_and_reason(sample, reason, message):
     with pytest.raises(SampleError, match=message) as e:

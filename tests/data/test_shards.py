@@ -324,6 +324,22 @@ def test_cli_rejects_bad_options_before_any_work(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_skips_one_oversized_box_and_shards_the_rest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ann, images, data = make_dataset(tmp_path / "src", n_images=2, boxes_per_image=2)
+    data["annotations"][1]["bbox"] = [10**400, 0, 10, 10]  # JSON allows it; no float holds it
+    ann.write_text(json.dumps(data))
+    assert shard_cli([str(ann), str(images), str(tmp_path / "out"), "--shard-size", "1"]) == 0
+    assert "out_of_range=1" in capsys.readouterr().out
+    m = Manifest.load(tmp_path / "out" / "train-manifest.json")
+    assert m.skip_counts == {"out_of_range": 1}
+    (skip,) = m.data["skipped"]
+    assert skip["annotation_id"] == data["annotations"][1]["id"] and skip["reason"] == "out_of_range"
+    kept = [s[3]["annotations"] for f in sorted((tmp_path / "out").glob("train-*.tar")) for s in iter_shard(f)]
+    kept_ids = sorted(a["id"] for anns in kept for a in anns)
+    assert kept_ids == sorted(a["id"] for a in data["annotations"] if a is not data["annotations"][1])
+    assert m.counts["annotations_input"] == m.counts["annotations_kept"] + m.counts["annotations_skipped"] == 4
+
+
 def test_cli_names_an_unwritable_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ann, images, _ = make_dataset(tmp_path / "src", n_images=2)
     (images / "img_001.jpg").write_bytes(b"GIF89a" + bytes(64))  # not a format shards carry

@@ -1,0 +1,118 @@
+"""Real-photo CPU experiment with an honest hold-out (successor of ``coco_cpu.sh``).
+
+The three COCO folders of ``../shared/data`` are split by image: 80% train (seed 0, the same
+images ``coco_cpu.sh`` trained on), and the 20% held out is split again by image (seed 1)
+into a *selection* part, on which each run keeps its best checkpoint, and a *report* part,
+which nothing has seen and on which every row below is measured. Rows: the rough boxes
+(identity), the detection-style regression baseline, the edge model with a random-init
+ResNet-18 (the earlier ``cpu`` preset) and with the ImageNet-pretrained EfficientNet-Lite0
+(today's ``cpu`` preset), all with the same crops and step budget.
+
+    .venv/bin/python experiments/coco_real.py                    # 1500 steps per run (~30 min each, 2 cores)
+    .venv/bin/python experiments/coco_real.py --steps 400 --runs lite0 resnet18
+
+Resumable: finished shards are reused, trainings resume from their last checkpoint, and a
+finished run is not retrained. Writes ``experiments/results/coco-real/`` (Table 1 overall and
+by size, ms per box) and prints the report table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from snapper.checkpoint import load_checkpoint
+from snapper.config import EvalConfig, apply_overrides
+from snapper.crop import CropGeometry, to_uint8
+from snapper.data.coco import load_coco
+from snapper.data.manifest import shard_urls
+from snapper.data.shards import shard_index, split_by_image
+from snapper.evaluate import evaluate
+from snapper.metrics import format_table
+from snapper.presets import preset_config
+from snapper.snap import Snapper
+from snapper.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = ("coco128-train", "coco-mini", "tiny-coco")
+RUNS = {  # name -> (method label, overrides on the `cpu` preset)
+    "resnet18": ("snapper-resnet18-random", ["model.backbone=resnet18", "model.weights=none", "trunk_lr_mult=1",
+                                             "freeze_trunk_bn=false"]),
+    "lite0": ("snapper-lite0-imagenet", []),
+    "regression": ("regression-lite0-imagenet", ["model.head=regression"]),
+}
+
+
+def make_shards(data: Path, out: Path) -> dict[str, list[str]]:
+    urls: dict[str, list[str]] = {"train": [], "select": [], "report": []}
+    for ds in DATASETS:
+        index = load_coco(data / ds / "annotations.json", data / ds / "images")
+        train_ids, held = split_by_image(index, 0.2, seed=0)
+        select_ids, report_ids = split_by_image(index.subset(held), 0.5, seed=1)
+        for split, ids in (("train", train_ids), ("select", select_ids), ("report", report_ids)):
+            shard_index(index, out / ds, split, shard_size=16, image_ids=ids)
+            urls[split] += shard_urls(out / ds, split)
+    return urls
+
+
+def run(name: str, steps: int, urls: dict[str, list[str]], runs_dir: Path) -> str:
+    label, sets = RUNS[name]
+    cfg = apply_overrides(preset_config("cpu"), [*sets, f"steps={steps}", "data.val_max_boxes=null",
+                                                 "experiment=snapper-coco-real", "registered_model=null",
+                                                 f"run_name={label}", f"out_dir={runs_dir / name}"])
+    cfg.data.train_shards, cfg.data.val_shards = urls["train"], urls["select"]
+    result = train(cfg)
+    return result.best_checkpoint or result.last_checkpoint
+
+
+def ms_per_box(checkpoint: str, n: int = 256) -> float:
+    """Single-pass snapping time per box on this CPU (batched crops, model only), median of 3."""
+    model, cfg, _ = load_checkpoint(checkpoint)
+    snapper = Snapper(model, cfg, device="cpu", batch_size=64)
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(0, 255, (3, 480, 640), dtype=np.uint8))
+    xy = rng.uniform(0, 400, (n, 2))
+    geo = CropGeometry.around(np.concatenate([xy, xy + rng.uniform(20, 200, (n, 2))], 1), cfg.input_size, cfg.context)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        snapper.predict_crops(to_uint8(geo.cut(image)), geo)
+        times.append((time.perf_counter() - t) / n * 1000)
+    return float(np.median(times))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--out", default=str(REPO / "experiments" / "results" / "coco-real"))
+    args = p.parse_args()
+    data = Path(args.data)
+    if not (data / "coco128-train" / "annotations.json").is_file():
+        raise SystemExit(f"{data}: the shared COCO folders are not there; nothing to do")
+    urls = make_shards(data, REPO / "shards" / "coco-real")
+    checkpoints = {RUNS[r][0]: run(r, args.steps, urls, REPO / "runs" / "coco-real") for r in args.runs}
+    out = Path(args.out)
+    res = evaluate(checkpoints, EvalConfig(shards=urls["report"], device="cpu"), out / "eval", n_examples=16)
+    speed = {m: ms_per_box(c) for m, c in checkpoints.items()}
+    md = (f"Report split (never used for training or checkpoint selection), {args.steps} steps per run.\n\n"
+          + res.table_md + "\n## ms per box (single pass, model + crop, this CPU)\n\n"
+          + "\n".join(f"- {m}: {v:.2f}" for m, v in speed.items()) + "\n")
+    (out / "report.md").write_text(md)
+    (out / "runs.json").write_text(json.dumps({"steps": args.steps, "checkpoints": checkpoints,
+                                               "ms_per_box": speed, "report_boxes": int(
+                                                   pd.read_parquet(res.parquet)["annotation_id"].nunique())},
+                                              indent=2))
+    print(md)
+    print(format_table(res.summary[res.summary["size"] == "all"]))
+
+
+if __name__ == "__main__":
+    main()

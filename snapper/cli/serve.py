@@ -1,0 +1,89 @@
+"""``snapper serve``: the champion (or any registered model) behind MLflow's model server.
+
+    snapper serve                       # models:/snapper@champion on http://127.0.0.1:5001
+    snapper serve --model models:/snapper/3 --port 5002
+    snapper serve --image-root /data/images   # also accept image_path rows inside that folder
+
+The model reference is pinned to its version before the server starts, so the version
+printed is the version served. The request and answer schema: :mod:`snapper.serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+
+from snapper.cli.common import fail, positive_int, run
+from snapper.registry import CHAMPION_REF, alias_version
+from snapper.serve import (
+    DEFAULT_PORT,
+    IMAGE_ROOT_ENV,
+    LOOPBACK,
+    image_root,
+    serve_command,
+    serve_env,
+)
+from snapper.tracking import configure, tracking_uri
+
+PROG = "snapper serve"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Serve a registered snapper model over HTTP "
+                                "(MLflow's model server, this environment's packages).")
+    p.add_argument("--model", default=CHAMPION_REF,
+                   help=f"registered model: models:/NAME@ALIAS or models:/NAME/VERSION (default {CHAMPION_REF})")
+    p.add_argument("--host", default=LOOPBACK, help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=positive_int, default=DEFAULT_PORT)
+    p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
+    p.add_argument("--timeout", type=positive_int, default=60, help="seconds one request may take")
+    p.add_argument("--image-root", help=f"a folder whose files requests may name in image_path (default: "
+                   f"${IMAGE_ROOT_ENV}; unset = image bytes only)")
+    return p
+
+
+def pinned(ref: str) -> tuple[str, str]:
+    """(``models:/NAME/VERSION``, a description) for a ``models:/`` reference."""
+    if not ref.startswith("models:/"):
+        raise ValueError(f"--model {ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    body = ref[len("models:/"):].strip("/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        mv = alias_version(name, alias)
+        if mv is None:
+            raise LookupError(f"no version of {name!r} has the alias {alias!r} in {tracking_uri()}: train one "
+                              "(`make demo`; a model takes 'champion' when it beats the current one) or set the "
+                              "alias by hand (README 'Model lifecycle')")
+        return f"models:/{name}/{mv.version}", f"{name} version {mv.version} (@{alias})"
+    return ref, ref[len("models:/"):]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        uri = configure()
+        root = image_root(args.image_root)
+        model_uri, what = pinned(args.model)
+        with socket.socket() as sock:
+            if sock.connect_ex((args.host, args.port)) == 0:
+                raise OSError(f"port {args.port} on {args.host} is in use; pick another with --port")
+        cmd = serve_command(model_uri, args.port, args.host, args.workers, args.timeout)
+        url = f"http://{args.host}:{args.port}/invocations"
+        print(f"{PROG}: {what} from {uri}\n  POST {url} (schema: README 'Serving'); "
+              f"image paths: {'inside ' + str(root) if root else 'refused'}; Ctrl-C stops it", flush=True)
+        try:
+            return subprocess.call(cmd, env=serve_env(os.environ, uri, root))
+        except KeyboardInterrupt:
+            return 0
+
+    if sys.platform == "win32":  # MLflow's model server needs a POSIX shell for uvicorn
+        return fail(PROG, "serving needs Linux or macOS")
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

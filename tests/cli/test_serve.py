@@ -1,0 +1,138 @@
+"""``snapper serve``: the champion behind MLflow's model server, from a fresh environment (no
+PATH set up by hand), answering a real image over HTTP and refusing a bad request with a 400
+that names the row."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from snapper import cli
+from snapper.checkpoint import save_checkpoint
+from snapper.config import ModelConfig
+from snapper.model import build_model
+from snapper.serve import encode_image, request_json
+from tests.helpers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 240  # s: the server imports torch and loads the model (~40 s on a busy 2-core box)
+
+
+@pytest.fixture
+def photo(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, list[float]]:
+    """A real photo with a COCO box (../shared/data through its fixture), else a generated one."""
+    try:
+        data = request.getfixturevalue("shared_data") / "coco128-train"
+    except pytest.skip.Exception:
+        img = np.zeros((96, 128, 3), np.uint8)
+        img[20:70, 30:100] = (200, 120, 40)
+        Image.fromarray(img).save(tmp_path / "generated.png")
+        return tmp_path / "generated.png", [30.0, 20.0, 70.0, 50.0]
+    coco = json.loads((data / "annotations.json").read_text())
+    first = coco["images"][0]
+    box = next(a["bbox"] for a in coco["annotations"] if a["image_id"] == first["id"])
+    return data / "images" / first["file_name"], [float(v) for v in box]
+
+
+def _store_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "_MLFLOW_SERVER_ARTIFACT_ROOT")}
+    # A bare PATH, as in a fresh clone with no venv activated: the command must find uvicorn itself.
+    env.update({"SNAPPER_HOME": str(home), "PATH": "/usr/bin:/bin", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    return env
+
+
+def _register_champion(home: Path) -> None:
+    """A tiny untrained model registered as snapper@champion in ``home``'s store (a subprocess,
+    so this test's own MLflow configuration stays untouched)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
+    ck = save_checkpoint(home / "ck", build_model(cfg), cfg)
+    code = ("from snapper import registry, tracking\n"
+            "with tracking.start_run('serve-test') as run:\n"
+            f"    v = registry.register_checkpoint(None, {str(ck)!r}, 'snapper')\n"
+            "registry.mlflow_client().set_registered_model_alias('snapper', 'champion', str(v))\n")
+    subprocess.run([sys.executable, "-c", code], env=_store_env(home), cwd=REPO, check=True, capture_output=True,
+                   timeout=300)
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:  # noqa: S310 - loopback
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _wait_until_up(port: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"snapper serve exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:  # noqa: S310
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"server not up after {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[float]]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    _register_champion(home)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "snapper.cli", "serve", "--port", str(port)], cwd=REPO,
+                                env=_store_env(home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_until_up(port, proc, log)
+        assert "snapper version 1 (@champion)" in log.read_text()
+        image, box = photo
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, body = _post(url, request_json(encode_image(image), [box]))
+        assert status == 200, body
+        (pred,) = body["predictions"]
+        assert set(pred) == {"x", "y", "w", "h", "conf_left", "conf_top", "conf_right", "conf_bottom"}
+        assert all(np.isfinite(v) for v in pred.values()) and pred["w"] >= 1 and 0 <= pred["conf_left"] <= 1
+        bad = request_json(encode_image(image), [box, [1e6, 1e6, 5, 5]])
+        status, body = _post(url, bad)
+        assert status == 400 and body["row"] == 1, body
+        assert body["cause"].startswith("row 1: box [1000000.0, 1000000.0, 5.0, 5.0] is unusable (outside_image)")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_no_champion_is_one_line_and_exit_2(store, capsys) -> None:
+    assert cli.main(["serve", "--model", "models:/nothing-here@champion"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (MLflow may log the new database first)
+    assert last.startswith("snapper serve: no version of 'nothing-here' has the alias 'champion'")
+
+
+def test_port_in_use_is_one_line_and_exit_2(store, capsys) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert cli.main(["serve", "--model", "models:/snapper/1", "--port", str(port)]) == 2
+    assert f"port {port} on 127.0.0.1 is in use" in capsys.readouterr().err
