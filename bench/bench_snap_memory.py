@@ -13,10 +13,12 @@ peak resident memory from ``resource.getrusage``:
 * ``decode_only``: the peak added by one ``load_image`` of one photo in a fresh process, in
   full and at the 1/4 draft scale (what the decode itself costs, without model or crops);
 
-next to ``decoded_image_mb``, the RGB size of one full-resolution decode (36 MB for 12 MP):
-with a bound per image the added peak is a small multiple of it (the decode, the crops of one
-image, one model batch), independent of how many images a run holds. The oversized PNG is
-kept as ``image_too_large`` without being decoded.
+next to ``decoded_image_mb``, the RGB size of one full-resolution decode (36 MB for 12 MP),
+which ``decode_only`` shows is what a decode costs. The rest of the added peak is the model's
+forward pass over one batch of crops (``--batch-size``) and the merge, not the photos: images
+are decoded one at a time (per worker) and only their small crops wait for a full batch. The
+oversized PNG is kept as ``image_too_large`` without being decoded; ``decode_only`` also shows
+what decoding it would have cost (``max_pixels=None``).
 
     .venv/bin/python bench/bench_snap_memory.py [--images 6] [--boxes 6] [--device cpu]
 
@@ -94,12 +96,15 @@ def make_set(root: Path, n_images: int, n_boxes: int, seed: int = 0) -> tuple[Pa
     return rough, images, len(coco["annotations"])
 
 
-def decode_child(path: str, min_scale: float) -> int:
-    """Peak added by decoding one image in this fresh process."""
+def decode_child(path: str, min_scale: float, budget: bool) -> int:
+    """Peak added by decoding one image in this fresh process (``budget``: the default pixel
+    budget, else none)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    li = load_image(path, min_scale=min_scale)
+    kw = {} if budget else {"max_pixels": None}
+    li = load_image(path, min_scale=min_scale, **kw)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"min_scale": min_scale, "decoded": f"{li.tensor.shape[2]}x{li.tensor.shape[1]}",
+    print(json.dumps({"image": Path(path).name, "min_scale": min_scale, "max_pixels": "default" if budget else None,
+                      "decoded": f"{li.tensor.shape[2]}x{li.tensor.shape[1]}",
                       "added_mb": round((peak - before) / MB, 1)}))
     return 0
 
@@ -145,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-draft", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--decode", help=argparse.SUPPRESS)
     ap.add_argument("--min-scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    ap.add_argument("--no-budget", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.decode:
-        return decode_child(a.decode, a.min_scale)
+        return decode_child(a.decode, a.min_scale, not a.no_budget)
     if a.child:
         return child(a)
     with tempfile.TemporaryDirectory(prefix="bench-snap-mem-") as tmp:
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--device", a.device, "--batch-size", str(a.batch_size), "--chunk-images", str(a.chunk_images)]
             runs.append(fresh_process(cmd + ([] if draft else ["--no-draft"])))
         decode = [fresh_process(["--decode", str(images / "0000.jpg"), "--min-scale", str(m)]) for m in (1.0, 0.25)]
+        decode.append(fresh_process(["--decode", str(images / "huge.png"), "--no-budget"]))
     report = {
         "photos": a.images, "photo_size": f"{W}x{H}", "boxes_per_photo": a.boxes, "annotations": n_ann,
         "oversized": "one 10000x10000 1-bit PNG (12 KB) with 2 boxes",

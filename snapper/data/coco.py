@@ -421,6 +421,8 @@ def load_coco(
     if not (isinstance(min_box_size, (int, float)) and math.isfinite(min_box_size) and min_box_size >= 0):
         raise ValueError(f"min_box_size must be a finite number >= 0, got {min_box_size!r}")
     where, raw, data = _read_json(ann_file)
+    if not Path(images_dir).is_dir():  # else every image would be skipped as image_missing
+        raise FileNotFoundError(f"images folder {images_dir} does not exist (or is not a folder)")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout

@@ -9,6 +9,7 @@ accepts braces, ``::`` lists, globs, ``pipe:`` commands, manifests and shard fol
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -27,6 +28,7 @@ MANIFEST_SUFFIX = "-manifest.json"
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
 _SHARD_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*-[0-9]{6}\.tar$")
 _MANIFEST_RE = re.compile(r"([A-Za-z0-9_]+)-manifest\.json")
+_SHARD_NAME_RE = re.compile(r"^(?P<split>[A-Za-z0-9][A-Za-z0-9_]*)-[0-9]{6}\.tar$")
 
 
 class ShardError(RuntimeError):
@@ -184,14 +186,52 @@ def expand_urls(urls: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _manifest_entries(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+        return {s["file"]: s for s in data["shards"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def manifest_entry(url: str) -> dict[str, Any] | None:
+    """The manifest's record of a local shard (``samples``, ``boxes``, ``bytes``,
+    ``sha256``), from ``<split>-manifest.json`` beside it; None for remote shards and for
+    tars without a manifest."""
+    if not is_local(url):
+        return None
+    path = os.path.abspath(local_path(url))
+    m = _SHARD_NAME_RE.match(os.path.basename(path))
+    if m is None:
+        return None
+    manifest = os.path.join(os.path.dirname(path), m["split"] + MANIFEST_SUFFIX)
+    try:
+        mtime = os.stat(manifest).st_mtime_ns
+    except OSError:
+        return None
+    return _manifest_entries(manifest, mtime).get(os.path.basename(path))
+
+
 def count_images(urls: Sequence[str]) -> int | None:
-    """Images in local shards, from tar headers only (no data read); None if any is remote."""
+    """Images in local shards: from their manifest where it lists them, else from tar headers
+    (no data read; a broken tar counts what it holds, the streams count its error); None if
+    any is remote."""
     n = 0
     for url in urls:
         if not is_local(url):
             return None
-        with tarfile.open(local_path(url), "r:") as tf:
-            n += sum(1 for m in tf if m.isfile() and m.name.endswith(".json"))
+        entry = manifest_entry(url)
+        if entry is not None:
+            n += int(entry.get("samples", 0))
+            continue
+        try:
+            with tarfile.open(local_path(url), "r:") as tf:
+                for m in tf:
+                    n += m.isfile() and m.name.endswith(".json")
+        except (tarfile.TarError, EOFError):
+            pass
     return n
 
 

@@ -34,12 +34,11 @@ from typing import IO, Any
 from webdataset.gopen import gopen
 
 from snapper.data.accounting import Tally
-from snapper.data.manifest import MANIFEST_SUFFIX, ShardError, is_local, local_path
+from snapper.data.manifest import ShardError, is_local, local_path, manifest_entry
 from snapper.data.records import IMAGE_EXTS
 
 MEMBER_RE = re.compile(r"^([0-9]{1,20})\.(" + "|".join(IMAGE_EXTS) + r"|json)$")
 MAX_MEMBER_BYTES = 1 << 30
-_SHARD_NAME_RE = re.compile(r"^(?P<split>[A-Za-z0-9][A-Za-z0-9_]*)-[0-9]{6}\.tar$")
 
 
 class ShardProblem(ShardError):
@@ -114,35 +113,7 @@ def iter_samples(f: IO[bytes], name: str) -> Iterator[dict[str, Any]]:
         yield sample
 
 
-# ---------------------------------------------------------------------------- manifests
-
-
-@functools.lru_cache(maxsize=64)
-def _manifest_entries(path: str, mtime_ns: int) -> dict[str, dict[str, Any]]:
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-        return {s["file"]: s for s in data["shards"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def manifest_entry(url: str) -> dict[str, Any] | None:
-    """The manifest's record of a local shard (``samples``, ``boxes``, ``bytes``,
-    ``sha256``), from ``<split>-manifest.json`` beside it; None for remote shards and for
-    tars without a manifest."""
-    if not is_local(url):
-        return None
-    path = os.path.abspath(local_path(url))
-    m = _SHARD_NAME_RE.match(os.path.basename(path))
-    if m is None:
-        return None
-    manifest = os.path.join(os.path.dirname(path), m["split"] + MANIFEST_SUFFIX)
-    try:
-        mtime = os.stat(manifest).st_mtime_ns
-    except OSError:
-        return None
-    return _manifest_entries(manifest, mtime).get(os.path.basename(path))
+# ---------------------------------------------------------------------------- hashes
 
 
 @functools.lru_cache(maxsize=4096)

@@ -47,6 +47,14 @@ def test_image_problems_become_kept_rows(rough):
     assert items[7]["size"] == (80, 60) and items[7]["ann_ids"] == [7001]
 
 
+def test_a_bad_setting_is_not_an_image_verdict(rough):
+    """Per-image handling catches image errors only: a setting that slipped past
+    check_config fails loudly instead of keeping every box as image_corrupt."""
+    ann, images, _ = rough
+    with pytest.raises(ValueError, match="buffer_ratio"):
+        _items(ann, images, buffer_ratio=-1.0)
+
+
 @pytest.mark.parametrize("draft", [True, False])
 def test_decoded_at_the_coarsest_scale_the_crops_allow(tmp_path, monkeypatch, draft):
     images = tmp_path / "images"

@@ -340,6 +340,13 @@ def test_cli_skips_one_oversized_box_and_shards_the_rest(tmp_path: Path, capsys:
     assert m.counts["annotations_input"] == m.counts["annotations_kept"] + m.counts["annotations_skipped"] == 4
 
 
+def test_cli_refuses_a_misspelled_images_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ann, images, _ = make_dataset(tmp_path / "src", n_images=2)
+    assert shard_cli([str(ann), str(images) + "s", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{images}s" in err[0] and not (tmp_path / "out").exists()
+
+
 def test_cli_names_an_unwritable_shard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ann, images, _ = make_dataset(tmp_path / "src", n_images=2)
     (images / "img_001.jpg").write_bytes(b"GIF89a" + bytes(64))  # not a format shards carry
