@@ -10,8 +10,8 @@ filesystem) -> one ``merge-batch`` task per input file. Every chunk result and t
 output are written atomically; a re-run reuses the finished chunks (their file names carry
 the input's, each image's and the weights' hashes), so an interrupted run resumes and a
 replaced image or model re-snaps exactly the chunks it changes. The model reference
-(checkpoint folder, ``models:/snapper/latest``, ``models:/snapper/3``, a registered name) is
-resolved once per flow run, so all chunks use the same weights even if "latest" moves.
+(checkpoint folder, ``models:/snapper@champion``, ``models:/snapper/3``, a registered name) is
+resolved once per flow run, so all chunks use the same weights even if the champion alias moves.
 Each run publishes Prefect artifacts (counts per status/reason, the review list, Table 1
 when ``truth`` is given) and, with ``track=True``, an MLflow run (experiment
 ``snapper-batch``) with the summary metrics and the summary/review files.

@@ -107,7 +107,7 @@ def _table1_row(ev: dict[str, Any], method: str) -> dict[str, Any] | None:
 def _champion_text(check: dict[str, Any] | None) -> str:
     if not check:
         return "not registered"
-    verdict = "**became champion**" if check["promoted"] else "not promoted"
+    verdict = "**became champion**" if check["promoted"] else "**the champion**" if check["holds"] else "not promoted"
     return f"`{check['name']}` version {check['version']}: {verdict} ({check['reason']})"
 
 

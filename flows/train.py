@@ -282,7 +282,7 @@ def _register_and_report(ctx: dict[str, Any], ev: dict[str, Any], champion: dict
     if model_name and run_id:
         version = register_task(run_id, ctx["best_checkpoint"], model_name, _version_tags(ev["metrics"], ctx))
         check = champion_check_task(model_name, version, ev["scores"], champion, _eval_set(ev, ctx))
-        registered = {"name": model_name, "version": version, "champion": check["promoted"],
+        registered = {"name": model_name, "version": version, "champion": check["holds"],
                       "champion_check": check["reason"]}
     elif model_name:
         logger.warning("MLflow tracking is off for this run (mlflow=false): nothing to register")
@@ -294,7 +294,7 @@ def _register_and_report(ctx: dict[str, Any], ev: dict[str, Any], champion: dict
         logger.info("MLflow run: %s", link or f"{run_id} in the local store (browse it with `make mlflow-ui`)")
     if registered:
         logger.info("registered model: %s version %d (%s)", model_name, registered["version"],
-                    "the new champion" if registered["champion"] else f"not champion: {registered['champion_check']}")
+                    "the champion" if registered["champion"] else f"not champion: {registered['champion_check']}")
     return registered
 
 
@@ -377,7 +377,16 @@ def train_snapper(
         "registered": registered,
         "mlflow_run_id": run_id,
         "mlflow_run_url": tracking.run_link(run_id, mlflow_ui()),
+        "mlflow_runs_url": _runs_link(run_id),
     }
+
+
+def _runs_link(run_id: str | None) -> str | None:
+    """The experiment's runs list with the Table 1 view, when an MLflow UI is known."""
+    ui = mlflow_ui()
+    if not run_id or not ui:
+        return None
+    return tracking.experiment_link(tracking.mlflow_client().get_run(run_id).info.experiment_id, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,6 +435,7 @@ def where_next(res: dict[str, Any]) -> str:
     lines = ["Where to look next:", f"  per-box table (Parquet): {res['eval']['parquet']}"]
     if res.get("mlflow_run_url"):
         lines.append(f"  MLflow run:    {res['mlflow_run_url']}")
+        lines.append(f"  all runs:      {res.get('mlflow_runs_url')}")
     elif res.get("mlflow_run_id"):
         lines.append(f"  MLflow run:    {res['mlflow_run_id']} in the local store; `make mlflow-ui`, then open "
                      "http://127.0.0.1:5000 (experiment 'snapper', view 'Table 1')")

@@ -287,11 +287,12 @@ class ChampionCheck:
     rival: str
     rival_score: float | None
     eval_set: str
-    promoted: bool
+    promoted: bool  # the alias moved to this version now
     reason: str
+    holds: bool = False  # this version is the champion after the check (promoted, or already was)
 
     def line(self) -> str:
-        verdict = "became champion" if self.promoted else "not promoted"
+        verdict = "became champion" if self.promoted else "stays champion" if self.holds else "not promoted"
         return f"{self.name} version {self.version} {verdict}: {self.reason}"
 
 
@@ -301,7 +302,7 @@ def decide_champion(name: str, version: int, score: float, eval_set: str, champi
     the rough boxes'), both measured on the same evaluation boxes."""
     if champion == version:
         return ChampionCheck(name, version, score, f"version {champion}", champion_score, eval_set, False,
-                             "it already is the champion")
+                             "it already is the champion", holds=True)
     if champion is not None and champion_score is None:
         return ChampionCheck(name, version, score, f"version {champion}", None, eval_set, False,
                              f"version {champion} (champion) could not be scored on {eval_set}; promote by hand")
@@ -312,13 +313,13 @@ def decide_champion(name: str, version: int, score: float, eval_set: str, champi
     reason = f"score {score:.2f} vs {rival_score:.2f} for {what} on {eval_set}"
     if champion is None:
         reason += "; there is no champion yet"
-    return ChampionCheck(name, version, score, rival, rival_score, eval_set, better, reason)
+    return ChampionCheck(name, version, score, rival, rival_score, eval_set, better, reason, holds=better)
 
 
 def record_champion_check(check: ChampionCheck) -> None:
     """Log the comparison as tags of the version and move the alias when it won."""
     client = mlflow_client()
-    tags = {"champion.check": "promoted" if check.promoted else "kept",
+    tags = {"champion.check": "promoted" if check.promoted else "holds" if check.holds else "kept",
             "champion.rival": check.rival, "champion.score": f"{check.score:.4g}",
             "champion.rival_score": "" if check.rival_score is None else f"{check.rival_score:.4g}",
             "champion.eval_set": check.eval_set, "champion.reason": check.reason}

@@ -45,7 +45,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from snapper.atomic import atomic_write_text
-from snapper.checkpoint import read_config, save_checkpoint, unwrap
+from snapper.checkpoint import check_weights_match, read_config, save_checkpoint, unwrap
 from snapper.config import TrainConfig, dump_yaml, to_dict
 from snapper.device import autocast, autocast_dtype, resolve_device, use_channels_last
 from snapper.distributed import (
@@ -181,7 +181,8 @@ class _Loop:
         seed_everything(cfg.seed + info.rank)
         net = build_model(cfg.model)
         net.trunk_bn_frozen = cfg.freeze_trunk_bn
-        if state is not None:
+        if state is not None:  # a state of an older architecture version is refused by name
+            check_weights_match(net, state.model, str(Path(cfg.out_dir) / "train_state.pt"))
             net.load_state_dict(state.model)
         net.to(device)
         if cfg.channels_last and use_channels_last(device):

@@ -107,7 +107,8 @@ def test_decide_champion() -> None:
     unscored = decide_champion("m", 3, 99.0, "val", 2, None, identity_score=40.0)
     assert not unscored.promoted and "could not be scored" in unscored.reason
     same = decide_champion("m", 2, 65.0, "val", 2, 65.0, identity_score=40.0)
-    assert not same.promoted and "already" in same.reason
+    assert not same.promoted and same.holds and "already" in same.reason and "stays champion" in same.line()
+    assert better.holds and not tie.holds
     assert better.line().startswith("m version 3 became champion")
 
 

@@ -130,7 +130,7 @@ def test_deployment_run_through_the_stack(stack: dict) -> None:
     assert mrun["info"]["status"] == "FINISHED"
     assert mrun["info"]["run_id"] in arts[0]["data"]
     metrics = {m["key"] for m in mrun["data"].get("metrics", [])}
-    assert "train/loss" in metrics and any(k.startswith("eval/snapper/") for k in metrics), sorted(metrics)
+    assert {"train/loss", "miou"} <= metrics and any(k.startswith("val/eval/snapper/") for k in metrics), sorted(metrics)
     listing = _http("GET", f"{mlflow_url}/api/2.0/mlflow/artifacts/list?run_id={mrun['info']['run_id']}&path=eval")
     assert "eval/boxes.parquet" in {f["path"] for f in listing.get("files", [])}
     assert "prefect.flow_run_url" in {t["key"] for t in mrun["data"]["tags"]}  # a link back to Prefect

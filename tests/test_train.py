@@ -66,7 +66,7 @@ def test_train_writes_checkpoints_state_and_mlflow(shards, tmp_path, monkeypatch
 
     run = mlflow.MlflowClient().get_run(res.mlflow_run_id)
     assert run.data.params["model.backbone"] == "resnet18"
-    assert {"train/loss", "train/lr", "val/score", "best/score"} <= set(run.data.metrics)
+    assert {"train/loss", "train/lr", "val/score", "val/best/score"} <= set(run.data.metrics)  # grouped (train_tracker)
     assert res.registered_version is not None
 
     # A finished run re-run does nothing and reports the same result.

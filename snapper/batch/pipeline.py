@@ -21,9 +21,9 @@ from snapper.batch.schema import (
     BatchInputError,
 )
 from snapper.config import BatchConfig
-from snapper.registry import resolve_model
+from snapper.registry import CHAMPION_REF, resolve_model
 
-DEFAULT_MODEL = "models:/snapper/latest"
+DEFAULT_MODEL = CHAMPION_REF
 
 
 @dataclass

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shard URLs/globs, or a shard folder (its --split manifest is used)")
     p.add_argument("--split", default="val", help="manifest split when --shards is a folder (default: val)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_MODELREF",
-                   help="checkpoint folder or MLflow model ref (models:/snapper/latest); repeatable")
+                   help="checkpoint folder or MLflow model ref (models:/snapper@champion, models:/snapper/3); repeatable")
     p.add_argument("--out-dir", default="eval")
     p.add_argument("--max-boxes", type=positive_int)
     p.add_argument("--buffer-ratio", type=positive_float, default=EvalConfig.buffer_ratio)

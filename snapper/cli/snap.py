@@ -12,11 +12,11 @@ from PIL import Image, ImageDraw
 from snapper.cli.common import fail, positive_float, run
 from snapper.config import SNAP_MIN_BOX_SIZE
 from snapper.imageio import load_image
-from snapper.registry import resolve_model
+from snapper.registry import CHAMPION_REF, resolve_model
 from snapper.snap import Snapper, SnapResult
 
 PROG = "snapper snap"
-DEFAULT_MODEL = "models:/snapper/latest"
+DEFAULT_MODEL = CHAMPION_REF
 
 
 def parse_box(text: str) -> list[float]:
