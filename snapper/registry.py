@@ -157,7 +157,7 @@ def find_checkpoint(root: str | os.PathLike[str]) -> Path:
     raise ValueError(f"{root}: several checkpoints found ({[str(f) for f in found]}); point at one")
 
 
-def _normalise_ref(ref: str) -> str:
+def pin_model_ref(ref: str) -> str:
     """A models:/ or runs:/ URI with 'latest', bare names and aliases pinned to a version."""
     if ref.startswith("runs:/"):
         return ref
@@ -216,7 +216,7 @@ def resolve_model(ref: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
     if not (text.startswith(("models:/", "runs:/")) or _NAME_RE.match(text)):
         raise FileNotFoundError(f"{text}: no such checkpoint path, and not a models:/ or runs:/ URI "
                                 f"or registered model name")
-    uri = _normalise_ref(text)
+    uri = pin_model_ref(text)
     if uri.startswith("models:/"):
         from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 

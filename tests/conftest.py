@@ -54,3 +54,16 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     mp.undo()
     if previous_uri:
         tracking.mlflow.set_tracking_uri(previous_uri)
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    """A small JPEG with one orange rectangle at x 20..70, y 10..40 on black."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.zeros((60, 90, 3), dtype=np.uint8)
+    arr[10:40, 20:70] = (200, 100, 50)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(arr).save(path, quality=95)
+    return path

@@ -24,15 +24,6 @@ def ckpt(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def photo(tmp_path):
-    arr = np.zeros((60, 90, 3), dtype=np.uint8)
-    arr[10:40, 20:70] = (200, 100, 50)
-    path = tmp_path / "photo.jpg"
-    Image.fromarray(arr).save(path, quality=95)
-    return path
-
-
 def test_snap_returns_boxes_and_confidence(ckpt, photo):
     s = Snapper.from_checkpoint(ckpt, device="cpu")
     r = s.snap(photo, [[18, 12, 55, 26], [0, 0, 90, 60]])

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from snapper.cli.common import fail, positive_int, run
-from snapper.registry import CHAMPION_REF, alias_version
+from snapper.registry import CHAMPION_REF, pin_model_ref
 from snapper.serve import (
     DEFAULT_PORT,
     IMAGE_ROOT_ENV,
@@ -26,7 +26,7 @@ from snapper.serve import (
     serve_command,
     serve_env,
 )
-from snapper.tracking import configure, tracking_uri
+from snapper.tracking import configure
 
 PROG = "snapper serve"
 
@@ -46,19 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def pinned(ref: str) -> tuple[str, str]:
-    """(``models:/NAME/VERSION``, a description) for a ``models:/`` reference."""
+    """(``models:/NAME/VERSION``, a description) for a ``models:/`` reference: the version is
+    fixed at start, so moving the alias later does not change what a running server serves."""
     if not ref.startswith("models:/"):
         raise ValueError(f"--model {ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    body = ref[len("models:/"):].strip("/")
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        mv = alias_version(name, alias)
-        if mv is None:
-            raise LookupError(f"no version of {name!r} has the alias {alias!r} in {tracking_uri()}: train one "
-                              "(`make demo`; a model takes 'champion' when it beats the current one) or set the "
-                              "alias by hand (README 'Model lifecycle')")
-        return f"models:/{name}/{mv.version}", f"{name} version {mv.version} (@{alias})"
-    return ref, ref[len("models:/"):]
+    uri = pin_model_ref(ref)
+    name, _, version = uri[len("models:/"):].rpartition("/")
+    alias = ref.partition("@")[2]
+    return uri, f"{name} version {version}" + (f" (@{alias})" if alias else "")
 
 
 def main(argv: list[str] | None = None) -> int:

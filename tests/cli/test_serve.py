@@ -126,7 +126,7 @@ def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[f
 def test_no_champion_is_one_line_and_exit_2(store, capsys) -> None:
     assert cli.main(["serve", "--model", "models:/nothing-here@champion"]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (MLflow may log the new database first)
-    assert last.startswith("snapper serve: no version of 'nothing-here' has the alias 'champion'")
+    assert last.startswith("snapper serve: ") and "no version of 'nothing-here' has the alias 'champion'" in last
 
 
 def test_port_in_use_is_one_line_and_exit_2(store, capsys) -> None:

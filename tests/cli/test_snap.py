@@ -16,15 +16,6 @@ def ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("ck") / "tiny")
 
 
-@pytest.fixture
-def photo(tmp_path):
-    arr = np.zeros((60, 90, 3), dtype=np.uint8)
-    arr[10:40, 20:70] = (200, 100, 50)
-    path = tmp_path / "photo.jpg"
-    Image.fromarray(arr).save(path, quality=95)
-    return path
-
-
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0], err
