@@ -6,7 +6,8 @@ into a *selection* part, on which each run keeps its best checkpoint, and a *rep
 which nothing has seen and on which every row below is measured. Rows: the rough boxes
 (identity), the detection-style regression baseline, the edge model with a random-init
 ResNet-18 (the earlier ``cpu`` preset) and with the ImageNet-pretrained EfficientNet-Lite0
-(today's ``cpu`` preset), all with the same crops and step budget.
+(today's ``cpu`` preset), and the pretrained Lite0 with the zoom-in pass (``model.zoom``; its
+report rows with and without the second pass), all with the same crops and step budget.
 
     .venv/bin/python experiments/coco_real.py                    # 1500 steps per run (~30 min each, 2 cores)
     .venv/bin/python experiments/coco_real.py --steps 400 --runs lite0 resnet18
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from snapper.checkpoint import load_checkpoint
+from snapper.checkpoint import load_checkpoint, read_config
 from snapper.config import EvalConfig, apply_overrides
 from snapper.crop import CropGeometry, to_uint8
 from snapper.data.coco import load_coco
@@ -46,7 +47,9 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
                                              "freeze_trunk_bn=false"]),
     "lite0": ("snapper-lite0-imagenet", []),
     "regression": ("regression-lite0-imagenet", ["model.head=regression"]),
+    "lite0-zoom": ("snapper-lite0-imagenet-zoom", ["model.zoom=true"]),
 }
+ONE_PASS = " (pass 1 only)"  # suffix of a zoom model's row evaluated without its second pass
 
 
 def make_shards(data: Path, out: Path) -> dict[str, list[str]]:
@@ -71,8 +74,9 @@ def run(name: str, steps: int, urls: dict[str, list[str]], runs_dir: Path) -> st
     return result.best_checkpoint or result.last_checkpoint
 
 
-def ms_per_box(checkpoint: str, n: int = 256) -> float:
-    """Single-pass snapping time per box on this CPU (batched crops, model only), median of 3."""
+def ms_per_box(checkpoint: str, passes: int = 1, n: int = 256) -> float:
+    """Snapping time per box on this CPU (batched crops, model and crop cutting), median of 3,
+    for boxes of 20-200 px on a 640x480 image (the second pass looks again at the larger ones)."""
     model, cfg, _ = load_checkpoint(checkpoint)
     snapper = Snapper(model, cfg, device="cpu", batch_size=64)
     rng = np.random.default_rng(0)
@@ -82,7 +86,10 @@ def ms_per_box(checkpoint: str, n: int = 256) -> float:
     times = []
     for _ in range(3):
         t = time.perf_counter()
-        snapper.predict_crops(to_uint8(geo.cut(image)), geo)
+        pos, conf = snapper.predict_crops(to_uint8(geo.cut(image)), geo)
+        if passes == 2:
+            snapper.second_pass(geo.to_original(pos, 640, 480), conf, geo, [(image, (1.0, 1.0))], np.zeros(n, int),
+                                640, 480)
         times.append((time.perf_counter() - t) / n * 1000)
     return float(np.median(times))
 
@@ -99,11 +106,15 @@ def main() -> None:
         raise SystemExit(f"{data}: the shared COCO folders are not there; nothing to do")
     urls = make_shards(data, REPO / "shards" / "coco-real")
     checkpoints = {RUNS[r][0]: run(r, args.steps, urls, REPO / "runs" / "coco-real") for r in args.runs}
+    passes = {m: max(read_config(c)[0].passes) for m, c in checkpoints.items()}
+    for m in [m for m, p in passes.items() if p == 2]:  # a zoom model: also its first pass alone
+        checkpoints[m + ONE_PASS], passes[m + ONE_PASS] = checkpoints[m], 1
     out = Path(args.out)
-    res = evaluate(checkpoints, EvalConfig(shards=urls["report"], device="cpu"), out / "eval", n_examples=16)
-    speed = {m: ms_per_box(c) for m, c in checkpoints.items()}
+    res = evaluate(checkpoints, EvalConfig(shards=urls["report"], device="cpu"), out / "eval", n_examples=16,
+                   passes=passes)
+    speed = {m: ms_per_box(c, passes[m]) for m, c in checkpoints.items()}
     md = (f"Report split (never used for training or checkpoint selection), {args.steps} steps per run.\n\n"
-          + res.table_md + "\n## ms per box (single pass, model + crop, this CPU)\n\n"
+          + res.table_md + "\n## ms per box (model + crop cutting, this CPU; the zoom rows include the second pass)\n\n"
           + "\n".join(f"- {m}: {v:.2f}" for m, v in speed.items()) + "\n")
     (out / "report.md").write_text(md)
     (out / "runs.json").write_text(json.dumps({"steps": args.steps, "checkpoints": checkpoints,

@@ -162,6 +162,7 @@ def batch_snap_flow(
     truth: str | None = None,
     chunk_images: int | None = None,
     review_threshold: float | None = None,
+    passes: int | None = None,
     overrides: dict[str, Any] | None = None,
     track: bool = True,
     experiment: str = "snapper-batch",
@@ -169,14 +170,15 @@ def batch_snap_flow(
 ) -> dict[str, Any]:
     """Snap a rough COCO file (or every ``*.json`` of a folder, each into ``out_dir/<stem>``).
 
-    ``overrides``: any :class:`snapper.config.BatchConfig` field (``{"batch_size": 256}``).
+    ``passes=2`` adds the zoom-in pass (models trained with ``model.zoom``). ``overrides``: any
+    :class:`snapper.config.BatchConfig` field (``{"batch_size": 256}``).
     Returns ``{name: {"annotations": path, "summary": {...}, "mlflow_run_id": ...}}``.
     """
     logger = get_run_logger()
     ctx = FlowRunContext.get()
     if ctx is not None:
         logger.info("task runner: %s", describe(ctx.task_runner))
-    cfg = _config(overrides, chunk_images=chunk_images, review_threshold=review_threshold)
+    cfg = _config(overrides, chunk_images=chunk_images, review_threshold=review_threshold, passes=passes)
     ann, images, out = resolve(ann_file), resolve(images_dir), resolve(out_dir)
     files = input_files(ann)
     if truth and ann.is_dir():

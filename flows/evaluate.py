@@ -58,20 +58,22 @@ def evaluate_snapper(
     shards: list[str] | None = None,
     dataset: str = DEMO_DATASET,
     split: str = "val",
+    passes: int = 1,
     overrides: dict[str, Any] | None = None,
     include_identity: bool = True,
     out_dir: str | None = None,
     mlflow_run_id: str | None = None,
     experiment: str = "snapper-eval",
 ) -> dict[str, Any]:
-    """Evaluate ``model`` (and ``baselines``) on held-out shards; returns paths, metrics, Table 1."""
+    """Evaluate ``model`` (and ``baselines``) on held-out shards; returns paths, metrics, Table 1.
+    ``passes=2`` adds the zoom-in pass (models trained with ``model.zoom``)."""
     logger = get_run_logger()
     urls = list(shards) if shards else shard_urls_task(str(resolve(Path("shards") / dataset)), split)
     checkpoints = {method: resolve_task(model)}
     for name, ref in (baselines or {}).items():
         checkpoints[name] = resolve_task(ref)
     logger.info("evaluating %s on %d shard(s)", checkpoints, len(urls))
-    cfg = override(EvalConfig(shards=urls), overrides)
+    cfg = override(EvalConfig(shards=urls, passes=passes), overrides)
     out = resolve(out_dir) if out_dir else resolve(Path("runs") / "eval" / f"{_slug(model)}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = mlflow_run_id
     if run_id is None and experiment:

@@ -41,7 +41,7 @@ def save_checkpoint(
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
     atomic_torch_save(state, path / MODEL_FILE)
-    meta = {"model": to_dict(cfg), **(extra or {})}
+    meta = {"model": to_dict(cfg), "passes": list(cfg.passes), **(extra or {})}
     atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
     return path
 

@@ -73,10 +73,23 @@ class ModelConfig:
     # confidence = the model's probability that the edge is within this many original px.
     # Inference-only: changing it changes no weight, so a run may resume with another value.
     confidence_px: float = field(default=3.0, metadata=INFERENCE_ONLY)
+    # The zoom-in pass (``snapper.zoom``): with ``zoom`` the model has a fifth decoder, trained
+    # on edge strips, and supports ``passes=2``. A strip is ``input_size * zoom_scale`` original
+    # px across the edge and ``zoom_length`` input px along it; edges whose first-pass crop had
+    # more than ``zoom_min_scale * zoom_scale`` original px per input px get the second look.
+    zoom: bool = False
+    zoom_scale: float = 1.0
+    zoom_length: int = 32
+    zoom_min_scale: float = 1.5
 
     @property
     def num_bins(self) -> int:
         return self.input_size + 1
+
+    @property
+    def passes(self) -> tuple[int, ...]:
+        """The snapping passes a model of this config supports."""
+        return (1, 2) if self.zoom else (1,)
 
 
 @dataclass
@@ -97,6 +110,9 @@ class DataConfig:
     epoch_samples: int | None = None  # crops per resampled epoch over all ranks; None = counted from shards
     crop_on: str = "worker"  # "worker" (CPU, in the loader) or "device" (loader decodes, trainer crops)
     draft_decode: bool = True  # decode JPEGs at reduced DCT scale when every crop is downscaled
+    # zoom-in training (model.zoom): strips are cut around true edges moved by a normal error of
+    # this many first-pass input px, the error a first pass leaves at that crop's scale
+    zoom_noise: float = 1.5
     # check each local shard's sha256 against its manifest before reading it (remote shards,
     # e.g. pipe: URLs to object storage, are never re-downloaded to be checked)
     verify_shards: bool = True
@@ -151,6 +167,7 @@ class EvalConfig:
     device: str = "auto"
     precision: str = "auto"  # one of PRECISION_CHOICES: auto (bf16/fp16 autocast on CUDA, fp32 on CPU)
     verify_shards: bool = True  # as DataConfig.verify_shards
+    passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
 
 
 @dataclass
@@ -180,6 +197,7 @@ class BatchConfig:
     fuse_key: str | None = "object_id"
     draft_decode: bool = True
     max_pixels: int | None = MAX_DECODE_PIXELS
+    passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
 
 
 # ---------------------------------------------------------------------------- (de)serialisation

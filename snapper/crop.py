@@ -86,13 +86,19 @@ def edge_targets(true_boxes: np.ndarray, windows: np.ndarray, size: int) -> np.n
     return original_to_input(true_boxes, windows, size).clip(0.0, float(size))
 
 
+def _out_hw(size: "int | tuple[int, int]") -> tuple[int, int]:
+    """``size`` (square side) or ``(height, width)`` as (height, width)."""
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
 def crop_images(
     image: torch.Tensor,
     windows: np.ndarray,
-    size: int,
+    size: "int | tuple[int, int]",
     image_scale: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
-    """Resample each window of one image to ``size x size`` with area averaging.
+    """Resample each window of one image to ``size x size`` (or ``(height, width)``) with area
+    averaging.
 
     ``image`` is ``(C, H, W)`` (any dtype; computed in float32 on its device). ``image_scale``
     is (decoded width / original width, decoded height / original height) for images decoded
@@ -104,11 +110,12 @@ def crop_images(
         raise ValueError(f"expected a (C, H, W) image tensor, got shape {tuple(image.shape)}")
     w = torch.as_tensor(np.asarray(windows, dtype=np.float64).reshape(-1, 4), dtype=torch.float32)
     w = w * torch.tensor([image_scale[0], image_scale[1], image_scale[0], image_scale[1]])
+    oh, ow = _out_hw(size)
     if len(w) == 0:
-        return image.new_zeros((0, image.shape[0], size, size), dtype=torch.float32)
+        return image.new_zeros((0, image.shape[0], oh, ow), dtype=torch.float32)
     img = image.to(torch.float32).unsqueeze(0)
     rois = torch.cat([torch.zeros(len(w), 1), w], dim=1).to(img.device)
-    return roi_align(img, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    return roi_align(img, rois, output_size=(oh, ow), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
 def tidy_boxes(xyxy: np.ndarray, width: "float | np.ndarray", height: "float | np.ndarray") -> np.ndarray:
@@ -280,7 +287,7 @@ def _resample(taps: _AxisTaps, rows: torch.Tensor) -> torch.Tensor:
 def cut_crops(
     image: torch.Tensor,
     windows: np.ndarray,
-    size: int,
+    size: "int | tuple[int, int]",
     image_scale: tuple[float, float] = (1.0, 1.0),
     mirror: "np.ndarray | torch.Tensor | None" = None,
 ) -> torch.Tensor:
@@ -292,20 +299,22 @@ def cut_crops(
     c, h, w = image.shape
     win = np.asarray(windows, dtype=np.float64).reshape(-1, 4)
     n = len(win)
-    out = torch.zeros((n, c, size, size), dtype=torch.float32)
+    oh, ow = _out_hw(size)
+    out = torch.zeros((n, c, oh, ow), dtype=torch.float32)
     if n == 0:
         return out
     sx, sy = image_scale
-    reverse = None
-    if mirror is not None:
-        reverse = np.concatenate([np.zeros(n, dtype=bool), np.asarray(mirror, dtype=bool).reshape(n)])
-    taps = _axis_taps(
-        np.concatenate([win[:, 1] * sy, win[:, 0] * sx]),
-        np.concatenate([win[:, 3] * sy, win[:, 2] * sx]),
-        size,
-        np.concatenate([np.full(n, h), np.full(n, w)]),
-        reverse,
-    )
+    if oh == ow:  # both axes in one vectorised call
+        reverse = None
+        if mirror is not None:
+            reverse = np.concatenate([np.zeros(n, dtype=bool), np.asarray(mirror, dtype=bool).reshape(n)])
+        taps = _axis_taps(np.concatenate([win[:, 1] * sy, win[:, 0] * sx]),
+                          np.concatenate([win[:, 3] * sy, win[:, 2] * sx]), oh,
+                          np.concatenate([np.full(n, h), np.full(n, w)]), reverse)
+    else:
+        reverse = None if mirror is None else np.asarray(mirror, dtype=bool).reshape(n)
+        taps = (_axis_taps(win[:, 1] * sy, win[:, 3] * sy, oh, np.full(n, h))
+                + _axis_taps(win[:, 0] * sx, win[:, 2] * sx, ow, np.full(n, w), reverse))
     hwc = image.permute(1, 2, 0)  # decoded images are HWC in memory: rows of w * C values
     for i in range(n):
         ty, tx = taps[i], taps[n + i]
@@ -313,6 +322,6 @@ def cut_crops(
             continue  # the window misses the image: all padding
         rows = hwc[ty.lo : ty.lo + ty.span, tx.lo : tx.lo + tx.span].to(torch.float32).reshape(ty.span, -1)
         tmp = _resample(ty, rows)  # (S_y, span_x * C): rows resampled
-        tmp = tmp.reshape(size, tx.span, c).transpose(0, 1).reshape(tx.span, size * c)
-        out[i] = _resample(tx, tmp).reshape(size, size, c).permute(2, 1, 0)  # (S_x, S_y * C)
+        tmp = tmp.reshape(oh, tx.span, c).transpose(0, 1).reshape(tx.span, oh * c)
+        out[i] = _resample(tx, tmp).reshape(ow, oh, c).permute(2, 1, 0)  # (S_x, S_y * C)
     return out

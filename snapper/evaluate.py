@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from snapper.geometry import xywh_to_xyxy
 from snapper.metrics import box_table, confidence_report, format_table, summarize, summary_metrics
 from snapper.registry import resolve_model
 from snapper.snap import Snapper
+from snapper.zoom import check_passes
 
 log = logging.getLogger("snapper.evaluate")
 
@@ -71,12 +73,26 @@ def _numpy(batch: dict[str, Any], key: str) -> np.ndarray:
     return v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
 
 
+def _sources(per_box: list[Any]) -> tuple[list[Any], np.ndarray]:
+    """Each box's (image, scale) as distinct images and an owner index per box."""
+    index: dict[int, int] = {}
+    sources: list[Any] = []
+    owner = np.empty(len(per_box), dtype=np.int64)
+    for i, src in enumerate(per_box):
+        key = id(src[0])
+        if key not in index:
+            index[key] = len(sources)
+            sources.append(src)
+        owner[i] = index[key]
+    return sources, owner
+
+
 def _stream(cfg: EvalConfig, model_cfg: ModelConfig) -> EvalStream:
     if not cfg.shards:
         raise ValueError("EvalConfig.shards is empty: give the held-out shard URLs/globs")
     return eval_batches(cfg.shards, model_cfg, cfg.jitter, seed=cfg.seed, buffer_ratio=cfg.buffer_ratio,
                         batch_size=cfg.batch_size, max_boxes=cfg.max_boxes, workers=cfg.workers,
-                        verify_shards=cfg.verify_shards)
+                        verify_shards=cfg.verify_shards, keep_images=cfg.passes == 2)
 
 
 def evaluate_model(
@@ -94,6 +110,7 @@ def evaluate_model(
     ``examples`` (if given) receives up to ``n_examples`` crops with their boxes for plots;
     ``stats`` receives the stream's delivered/skipped counts.
     """
+    check_passes(model_cfg, cfg.passes, method)
     dev = resolve_device(cfg.device if device is None else device)
     snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size, precision=cfg.precision)
     stream = _stream(cfg, model_cfg)
@@ -104,6 +121,9 @@ def evaluate_model(
         geo = CropGeometry(windows, model_cfg.input_size)
         pos, conf = snapper.predict_crops(batch["image"], geo)
         pred = geo.to_original(pos, sizes[:, 0], sizes[:, 1])
+        if cfg.passes == 2:
+            sources, owner = _sources(batch["source"])
+            pred, conf = snapper.second_pass(pred, conf, geo, sources, owner, sizes[:, 0], sizes[:, 1])
         true, rough = _numpy(batch, "true"), _numpy(batch, "rough")
         df = box_table(pred, true, image_id=_numpy(batch, "image_id"), annotation_id=_numpy(batch, "annotation_id"),
                        category_id=_numpy(batch, "category_id"), rough_xyxy=rough, confidence=conf,
@@ -247,10 +267,12 @@ def evaluate(
     include_identity: bool = True,
     n_examples: int = 16,
     plots: bool = True,
+    passes: dict[str, int] | None = None,
 ) -> EvalResult:
     """Evaluate each checkpoint (method name -> checkpoint folder) on the same boxes and write
     the per-box table, summaries and plots to ``out_dir`` (:func:`snapper.tracking.log_evaluation`
-    puts them in an MLflow run)."""
+    puts them in an MLflow run). ``passes`` (method name -> 1 or 2) overrides ``cfg.passes``
+    per method, e.g. to compare one checkpoint with and without the zoom-in pass."""
     if not checkpoints and not include_identity:
         raise ValueError("nothing to evaluate: no checkpoints and include_identity=False")
     for name in checkpoints:
@@ -265,7 +287,8 @@ def evaluate(
         log.info("evaluating %s (%s) on %s", name, path, cfg.shards)
         examples[name] = []
         stats: dict[str, Any] = {}
-        tables[name] = evaluate_checkpoint(path, cfg, method=name, examples=examples[name],
+        method_cfg = dataclasses.replace(cfg, passes=(passes or {}).get(name, cfg.passes))
+        tables[name] = evaluate_checkpoint(path, method_cfg, method=name, examples=examples[name],
                                            n_examples=n_examples, stats=stats)
         stream_stats[name] = stats
     if include_identity:

@@ -117,17 +117,43 @@ class SnapperNet(_TrunkModel):
             [EdgeDecoder(2 * cfg.fpn_channels, 2 * cskip, cfg.decoder_channels, cfg.decoder_layers, cfg.num_bins)
              for _ in range(4)]
         )
+        # The zoom-in pass (snapper.zoom): one decoder for canonical strips of all four edges.
+        self.zoom = (EdgeDecoder(2 * cfg.fpn_channels, 2 * cskip, cfg.decoder_channels, cfg.decoder_layers,
+                                 cfg.num_bins) if cfg.zoom else None)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8/float (B, 3, S, S) in [0, 255] -> logits (B, 4, num_bins), edges left, top, right, bottom."""
+    def forward(self, images: torch.Tensor,
+                strips: torch.Tensor | None = None) -> "torch.Tensor | tuple[torch.Tensor, torch.Tensor]":
+        """uint8/float (B, 3, S, S) in [0, 255] -> logits (B, 4, num_bins), edges left, top, right,
+        bottom; with ``strips`` (K, 3, L, S) also their zoom logits (K, num_bins), in one call so
+        that DDP sees one forward per backward."""
         stem, feats = self.trunk(images)
         x_seq, y_seq = directional_pool(self.fuse(feats))
         x_skip, y_skip = directional_pool(self.skip(stem))
         seqs = ((x_seq, x_skip), (y_seq, y_skip), (x_seq, x_skip), (y_seq, y_skip))
-        return torch.stack([dec(s, k) for dec, (s, k) in zip(self.decoders, seqs)], dim=1)
+        logits = torch.stack([dec(s, k) for dec, (s, k) in zip(self.decoders, seqs)], dim=1)
+        if strips is None:
+            return logits
+        return logits, self.forward_strips(strips)
 
-    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return edge_loss(out, target, self.cfg.input_size)
+    def forward_strips(self, strips: torch.Tensor) -> torch.Tensor:
+        """Canonical strips (K, 3, L, S) (edge upright, object to its right) -> (K, num_bins)."""
+        if self.zoom is None:
+            raise ValueError("this model has no zoom-in decoder (trained without model.zoom): use passes=1")
+        stem, feats = self.trunk(strips)
+        x_seq, _ = directional_pool(self.fuse(feats))
+        x_skip, _ = directional_pool(self.skip(stem))
+        return self.zoom(x_seq, x_skip)
+
+    def loss(self, out: "torch.Tensor | tuple[torch.Tensor, torch.Tensor]", target: torch.Tensor,
+             strip_target: torch.Tensor | None = None) -> torch.Tensor:
+        """Edge loss of the crops, plus that of the strips (same per-edge weight) when given."""
+        if strip_target is None:
+            return edge_loss(out, target, self.cfg.input_size)
+        logits, zoom = out
+        n_edges, n_strips = logits.shape[0] * 4, zoom.shape[0]
+        crops = edge_loss(logits, target, self.cfg.input_size)
+        strips = edge_loss(zoom.unsqueeze(1), strip_target.view(-1, 1), self.cfg.input_size)
+        return (crops * n_edges + strips * n_strips) / (n_edges + n_strips)
 
     @torch.no_grad()
     def decode(self, out: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,6 +163,14 @@ class SnapperNet(_TrunkModel):
         input pixel spans several original ones, would be trusted as much as a small one."""
         tol = self.cfg.confidence_px if scale is None else self.cfg.confidence_px / scale.to(out.device).float()
         return decode_edges(out, self.cfg.input_size, self.cfg.decode_window, tol)
+
+    @torch.no_grad()
+    def decode_strips(self, out: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zoom logits (K, num_bins) -> positions across (K,) in input px and confidence (K,);
+        ``scale`` (K,) original px per input px across each strip."""
+        tol = self.cfg.confidence_px / scale.to(out.device).float().view(-1, 1)
+        pos, conf = decode_edges(out.unsqueeze(1), self.cfg.input_size, self.cfg.decode_window, tol)
+        return pos[:, 0], conf[:, 0]
 
 
 class RegressionNet(_TrunkModel):
@@ -185,5 +219,7 @@ def build_model(cfg: ModelConfig) -> SnapperNet | RegressionNet:
     if cfg.head == "edges":
         return SnapperNet(cfg)
     if cfg.head == "regression":
+        if cfg.zoom:
+            raise ValueError("model.zoom needs the edge head (model.head='edges'); the regression baseline has none")
         return RegressionNet(cfg)
     raise ValueError(f"unknown head {cfg.head!r}; choose 'edges' or 'regression'")

@@ -19,10 +19,15 @@ from PIL import Image
 
 from snapper.checkpoint import load_checkpoint
 from snapper.config import ModelConfig
-from snapper.crop import CropGeometry, to_uint8
+from snapper.crop import CropGeometry, tidy_boxes, to_uint8
 from snapper.device import autocast, autocast_dtype, resolve_device, use_channels_last
 from snapper.geometry import EDGE_NAMES, box_problem, xywh_to_xyxy, xyxy_to_xywh
 from snapper.imageio import LoadedImage, load_image
+from snapper.zoom import StripGeometry, check_passes, zoom_edges
+
+# A zoom-pass position this close (input px) to a strip's border means the edge lies outside
+# the band (the first pass was off by more than half a strip): the first pass is kept.
+STRIP_BORDER = 1.0
 
 
 @dataclass
@@ -86,6 +91,50 @@ class Snapper:
             return np.zeros((0, 4)), np.zeros((0, 4))
         return torch.cat(pos).numpy(), torch.cat(conf).numpy()
 
+    @torch.inference_mode()
+    def predict_strips(self, strips: torch.Tensor, geometry: StripGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical strips (K, 3, L, S) -> edge positions across (K,) in input px, confidence (K,)."""
+        scale = torch.from_numpy(geometry.scale).float()
+        step = self.batch_size * max(1, self.cfg.input_size // max(1, self.cfg.zoom_length))  # same pixels per call
+        pos, conf = [], []
+        for i in range(0, len(strips), step):
+            x = strips[i : i + step].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.autocast_dtype):
+                out = self.model.forward_strips(x)
+            p, c = self.model.decode_strips(out.float(), scale[i : i + step])
+            pos.append(p.double().cpu())
+            conf.append(c.double().cpu())
+        if not pos:
+            return np.zeros(0), np.zeros(0)
+        return torch.cat(pos).numpy(), torch.cat(conf).numpy()
+
+    def second_pass(self, boxes_xyxy: np.ndarray, confidence: np.ndarray, first: CropGeometry,
+                    sources: "list[tuple[torch.Tensor, tuple[float, float]]]", owner: np.ndarray,
+                    width: "float | np.ndarray", height: "float | np.ndarray") -> tuple[np.ndarray, np.ndarray]:
+        """The zoom-in pass over first-pass results ``boxes_xyxy`` (N, 4) (original px) and their
+        ``confidence``: every edge coarser than the model's zoom threshold is decoded again from
+        a strip. ``sources[owner[i]]`` is box i's image tensor and its decoded/original scale
+        (decoded at >= 1 / zoom_scale for the strips to gain anything)."""
+        boxes = np.array(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        conf = np.array(confidence, dtype=np.float64).reshape(-1, 4)
+        bi, ei = np.nonzero(zoom_edges(first, self.cfg))
+        if len(bi) == 0:
+            return boxes, conf
+        geo = StripGeometry.around(boxes[bi], ei, self.cfg)
+        owners = np.asarray(owner).reshape(-1)[bi]
+        strips = torch.empty((len(bi), 3, geo.length, geo.across), dtype=torch.uint8)
+        for src in np.unique(owners):
+            sel = np.flatnonzero(owners == src)
+            image, scale = sources[int(src)]
+            strips[torch.from_numpy(sel)] = to_uint8(geo[sel].cut(image, scale)).cpu()
+        u, c = self.predict_strips(strips, geo)
+        inside = (u > STRIP_BORDER) & (u < geo.across - STRIP_BORDER)
+        boxes[bi[inside], ei[inside]] = geo.to_original(u)[inside]
+        conf[bi[inside], ei[inside]] = c[inside]
+        return tidy_boxes(boxes, width, height), conf
+
     def geometry(self, rough_xyxy: np.ndarray, buffer_ratio: float = 1.0) -> CropGeometry:
         """The crops this model reads for these rough boxes (its own input size and context)."""
         return CropGeometry.around(rough_xyxy, self.cfg.input_size, self.cfg.context, buffer_ratio)
@@ -95,8 +144,11 @@ class Snapper:
         image: "str | os.PathLike[str] | bytes | Image.Image | LoadedImage",
         boxes: "np.ndarray | list[list[float]]",
         buffer_ratio: float = 1.0,
+        passes: int = 1,
     ) -> SnapResult:
-        """Snap COCO ``[x, y, w, h]`` rough boxes on one image (decoded once)."""
+        """Snap COCO ``[x, y, w, h]`` rough boxes on one image (decoded once); ``passes=2`` adds
+        the zoom-in pass (models trained with ``model.zoom``)."""
+        check_passes(self.cfg, passes)
         rough = np.asarray(boxes, dtype=np.float64)
         if rough.size == 0:
             rough = rough.reshape(0, 4)
@@ -114,4 +166,7 @@ class Snapper:
         crops = to_uint8(geo.cut(image.tensor, image.scale))
         pos, conf = self.predict_crops(crops, geo)
         snapped = geo.to_original(pos, image.width, image.height)
+        if passes == 2:
+            snapped, conf = self.second_pass(snapped, conf, geo, [(image.tensor, image.scale)], np.zeros(len(xyxy), int),
+                                             image.width, image.height)
         return SnapResult(boxes=xyxy_to_xywh(snapped), confidence=conf, rough=rough)

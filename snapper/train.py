@@ -196,7 +196,9 @@ class _Loop:
             loop.restore(state)
         model: torch.nn.Module = net
         if info.enabled:
-            model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+            # a zoom model's strip decoder is idle on a batch without strips
+            model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                            find_unused_parameters=cfg.model.zoom)
         loop.model = torch.compile(model) if cfg.compile else model
         loop.tracker = RunTracker(cfg, cfg.mlflow and info.is_main, loop.run_id)
         last = loop.out / LAST_DIR
@@ -268,8 +270,15 @@ class _Loop:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         target = batch["target"].float()
+        strips = batch.get("strip")  # zoom-in strips (model.zoom), in the same forward call
+        if strips is not None and self.channels_last:
+            strips = strips.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp_dtype):
-            loss = self.net.loss(self.model(images), target)  # type: ignore[operator]
+            if strips is None:
+                loss = self.net.loss(self.model(images), target)  # type: ignore[operator]
+            else:
+                out = self.model(images, strips)
+                loss = self.net.loss(out, target, batch["strip_target"].float())  # type: ignore[operator]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip and self.cfg.grad_clip > 0:

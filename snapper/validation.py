@@ -20,7 +20,8 @@ VAL_BATCH_MIN = 32  # validation needs no gradients: a larger batch than tiny tr
 def validation_config(cfg: TrainConfig) -> EvalConfig:
     return EvalConfig(shards=list(cfg.data.val_shards), jitter=cfg.jitter,
                       batch_size=max(cfg.batch_size, VAL_BATCH_MIN), max_boxes=cfg.data.val_max_boxes,
-                      workers=0, seed=0, device=cfg.device, verify_shards=cfg.data.verify_shards)
+                      workers=0, seed=0, device=cfg.device, verify_shards=cfg.data.verify_shards,
+                      passes=max(cfg.model.passes))  # a zoom model is chosen on what it will be used for
 
 
 def validation_score(metrics: dict[str, float]) -> float:

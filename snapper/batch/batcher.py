@@ -24,8 +24,8 @@ class Batcher:
     """Feed it items of :class:`snapper.batch.crops.ImageCrops` with :meth:`add`; :meth:`finish`
     runs what is left and returns every row (kept rows first as they arrive)."""
 
-    def __init__(self, snapper: Snapper, batch_size: int):
-        self.snapper, self.bs = snapper, batch_size
+    def __init__(self, snapper: Snapper, batch_size: int, passes: int = 1):
+        self.snapper, self.bs, self.passes = snapper, batch_size, passes
         self.items: list[dict[str, Any]] = []
         self.queue: list[tuple[int, torch.Tensor]] = []  # (item index, crops) not yet run
         self.queued = 0
@@ -89,6 +89,11 @@ class Batcher:
     def _emit(self, item: dict[str, Any]) -> None:
         w, h = item["size"]
         snapped = item["geometry"].to_original(item["pos"], w, h)
+        if self.passes == 2:  # the zoom-in pass, one image's strips per forward
+            t = time.perf_counter()
+            snapped, item["conf"] = self.snapper.second_pass(snapped, item["conf"], item["geometry"], [item["source"]],
+                                                             np.zeros(len(snapped), dtype=np.int64), w, h)
+            self.forward_s += time.perf_counter() - t
         rough_c = clip_boxes(xywh_to_xyxy(np.array(item["rough"])), w, h)
         iou = paired_iou(snapped, rough_c)
         delta = np.abs(snapped - rough_c)

@@ -43,6 +43,7 @@ from snapper.data.shards import sha256_file
 from snapper.device import check_precision, resolve_device
 from snapper.registry import resolve_model
 from snapper.snap import Snapper
+from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,12 @@ def chunk_result_path(chunk: Chunk, out_dir: str | os.PathLike[str], model_fp: s
                       images_fp: str) -> Path:
     """Where a chunk's result lives; the name changes with anything that changes the result
     (input file, images folder, image ids, the images' contents as ``images_fp``, weights,
-    buffer ratio, size limit, decode scale, precision, pixel budget)."""
-    h = hashlib.sha256(json.dumps([chunk.key, images_fp, model_fp, cfg.buffer_ratio, cfg.min_box_size,
-                                   cfg.draft_decode, cfg.precision, cfg.max_pixels]).encode())
+    buffer ratio, size limit, decode scale, precision, pixel budget, passes)."""
+    key = [chunk.key, images_fp, model_fp, cfg.buffer_ratio, cfg.min_box_size, cfg.draft_decode, cfg.precision,
+           cfg.max_pixels]
+    if cfg.passes != 1:  # one-pass results keep the names they had before the zoom-in pass existed
+        key.append(cfg.passes)
+    h = hashlib.sha256(json.dumps(key).encode())
     return Path(out_dir) / CHUNKS_DIR / f"chunk-{chunk.index:05d}-{h.hexdigest()[:12]}.parquet"
 
 
@@ -98,6 +102,8 @@ def check_config(cfg: BatchConfig) -> None:
     if cfg.max_pixels is not None and int(cfg.max_pixels) < 1:
         raise ValueError(f"max_pixels must be >= 1 (or null for no budget), got {cfg.max_pixels!r}")
     check_precision(cfg.precision)
+    if cfg.passes not in (1, 2):
+        raise ValueError(f"passes must be 1 or 2, got {cfg.passes!r}")
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,8 @@ def usable_result(path: Path, expected: int) -> bool:
 def _snap_rows(inp: RoughInput, chunk: Chunk, ckpt: Path, cfg: BatchConfig) -> pd.DataFrame:
     jobs, kept = chunk_jobs(inp, chunk)
     snapper = get_snapper(ckpt, cfg.device, cfg.batch_size, cfg.precision)
-    batcher = Batcher(snapper, cfg.batch_size)
+    check_passes(snapper.cfg, cfg.passes, str(ckpt))
+    batcher = Batcher(snapper, cfg.batch_size, cfg.passes)
     batcher.rows += kept
     for item in iter_image_crops(jobs, snapper.cfg.input_size, snapper.cfg.context, cfg):
         batcher.add(item)

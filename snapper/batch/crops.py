@@ -118,7 +118,8 @@ class ImageCrops(torch.utils.data.Dataset):
     """Decode one image (once, at the coarsest usable JPEG scale) and cut all its crops.
 
     An item is ``{"image_id", "kept": [rows], "ann_ids", "rough": [xywh], "crops": uint8
-    (N, 3, S, S) | None, "geometry": CropGeometry | None, "size": (w, h) | None}``.
+    (N, 3, S, S) | None, "geometry": CropGeometry | None, "size": (w, h) | None}``, plus
+    ``"source"``: (decoded image, its scale) for a second pass (``cfg.passes == 2``).
     Never raises for a bad image: the image's boxes come back as kept rows with the reason.
     """
 
@@ -167,7 +168,9 @@ class ImageCrops(torch.utils.data.Dataset):
         rough = clip_boxes(xywh_to_xyxy(np.array([b for _, b in boxes])), w, h)
         geo = CropGeometry.around(rough, self.size, self.context, self.cfg.buffer_ratio)
         try:
-            image = load_image(job.path, min_scale=geo.decode_scale() if self.cfg.draft_decode else 1.0,
+            # a second pass reads ~1 original px per input px: full resolution for it
+            draft = self.cfg.draft_decode and self.cfg.passes == 1
+            image = load_image(job.path, min_scale=geo.decode_scale() if draft else 1.0,
                                max_pixels=self.cfg.max_pixels)
         except ImageTooLarge as e:
             return self._keep_all(out, boxes, "image_too_large", str(e), (w, h))
@@ -178,6 +181,8 @@ class ImageCrops(torch.utils.data.Dataset):
                                   f"JSON says {w}x{h}, the file is {image.width}x{image.height}", (w, h))
         out.update(ann_ids=[a for a, _ in boxes], rough=[b for _, b in boxes], geometry=geo, size=(w, h),
                    crops=to_uint8(geo.cut(image.tensor, image.scale)))
+        if self.cfg.passes == 2:
+            out["source"] = (image.tensor, image.scale)
         return out
 
 

@@ -32,7 +32,8 @@ from snapper.config import BatchConfig
 PROG = "snapper batch-snap"
 
 # Options that set a BatchConfig field directly (the defaults are BatchConfig's).
-FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio", "max_pixels")
+FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio", "max_pixels",
+                 "passes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pixels", type=positive_int,
                    help=f"decode no image larger than this many pixels (after JPEG draft reduction); larger "
                         f"ones are kept as image_too_large (default {d.max_pixels})")
+    p.add_argument("--passes", type=int, choices=(1, 2),
+                   help=f"2 adds the zoom-in pass (models trained with model.zoom) (default {d.passes})")
     add_set_option(p, "BatchConfig")
     return p
 

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=EvalConfig.device)
     p.add_argument("--precision", default=EvalConfig.precision, choices=PRECISION_CHOICES,
                    help="inference precision (auto: bf16/fp16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--passes", type=int, choices=(1, 2), default=EvalConfig.passes,
+                   help="2 adds the zoom-in pass (models trained with model.zoom)")
     add_set_option(p, "EvalConfig")
     p.add_argument("--no-identity", action="store_true", help="leave out the rough-box floor")
     p.add_argument("--no-plots", action="store_true")
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(p: argparse.ArgumentParser, args: argparse.Namespace, shards: list[str]) -> EvalConfig:
     cfg = EvalConfig(shards=shards, jitter=JitterConfig(shift=args.jitter_shift), batch_size=args.batch_size,
                      buffer_ratio=args.buffer_ratio, seed=args.seed, max_boxes=args.max_boxes,
-                     workers=args.workers, device=args.device, precision=args.precision)
+                     workers=args.workers, device=args.device, precision=args.precision, passes=args.passes)
     return apply_sets(p, cfg, args.overrides)
 
 

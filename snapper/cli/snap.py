@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, models:/NAME@ALIAS)")
     p.add_argument("--buffer-ratio", type=positive_float, default=1.0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--passes", type=int, choices=(1, 2), default=1,
+                   help="2 adds the zoom-in pass (models trained with model.zoom)")
     p.add_argument("--out", help="write a PNG with rough (red) and snapped (green) boxes")
     return p
 
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         snapper = Snapper.from_checkpoint(resolve_model(args.checkpoint), device=args.device)
-        result = snapper.snap(args.image, args.box, buffer_ratio=args.buffer_ratio)
+        result = snapper.snap(args.image, args.box, buffer_ratio=args.buffer_ratio, passes=args.passes)
         print(json.dumps({"image": args.image, "boxes": result.to_json()}, indent=2))
         if args.out:
             draw_overlay(args.image, result, args.out)

@@ -27,18 +27,23 @@ from snapper.geometry import jitter_by_annotation, xywh_to_xyxy
 from snapper.imageio import ImageError
 
 
+LIST_KEYS = ("file_name", "source")  # per box, not stacked: names and (image, scale) references
+
+
 def _collate_eval(items: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in items[0]:
         vals = [it[k] for it in items]
-        out[k] = vals if k == "file_name" else torch.stack(vals)
+        out[k] = vals if k in LIST_KEYS else torch.stack(vals)
     return out
 
 
 class _EvalDataset(IterableDataset):
     def __init__(self, urls: list[str], model_cfg: ModelConfig, jitter: JitterConfig, seed: int,
-                 buffer_ratio: float, batch_size: int, draft_decode: bool, verify_shards: bool = True):
+                 buffer_ratio: float, batch_size: int, draft_decode: bool, verify_shards: bool = True,
+                 keep_images: bool = False):
         super().__init__()
+        self.keep_images = keep_images
         self.verify_shards = verify_shards
         self.urls = urls
         self.model_cfg = model_cfg
@@ -49,13 +54,16 @@ class _EvalDataset(IterableDataset):
         self.draft_decode = draft_decode
 
     def _cut(self, rec: ImageRecord, true: np.ndarray,
-             idx: np.ndarray) -> tuple[np.ndarray, CropGeometry, torch.Tensor, np.ndarray]:
-        """(rough boxes, their crop geometry, uint8 crops, float32 targets) of one image."""
+             idx: np.ndarray) -> tuple[np.ndarray, CropGeometry, torch.Tensor, np.ndarray, tuple[Any, ...] | None]:
+        """(rough boxes, their crop geometry, uint8 crops, float32 targets, the decoded image and
+        its scale when ``keep_images``) of one image."""
         rough = jitter_by_annotation(true, rec.annotation_ids[idx], rec.width, rec.height, self.jitter, self.seed)
         geometry = CropGeometry.around(rough, self.model_cfg.input_size, self.model_cfg.context, self.buffer_ratio)
-        li, scale = decode(rec, geometry, self.draft_decode)
+        # a second pass reads ~1 original px per input px: no draft decode for it
+        li, scale = decode(rec, geometry, self.draft_decode and not self.keep_images)
         crops = to_uint8(geometry.cut(li.tensor, scale))
-        return rough, geometry, crops, geometry.targets(true).astype(np.float32)
+        source = (li.tensor, scale) if self.keep_images else None
+        return rough, geometry, crops, geometry.targets(true).astype(np.float32), source
 
     def _items(self, records: Iterable[ImageRecord], tally: Tally) -> Iterator[dict[str, Any]]:
         for rec in records:
@@ -65,7 +73,7 @@ class _EvalDataset(IterableDataset):
                 continue
             true = xywh_to_xyxy(rec.boxes[idx])
             try:
-                rough, geometry, crops, targets = self._cut(rec, true, idx)
+                rough, geometry, crops, targets, source = self._cut(rec, true, idx)
             except (ImageError, SampleError) as e:
                 tally.image_failed(getattr(e, "reason", "corrupt_image"), str(e), n_boxes=len(idx))
                 continue
@@ -75,7 +83,7 @@ class _EvalDataset(IterableDataset):
             tally.delivered(len(idx))
             size_t = torch.tensor([rec.width, rec.height], dtype=torch.int64)
             for j, i in enumerate(idx):
-                yield {
+                item = {
                     "image": crops[j],
                     "target": torch.from_numpy(targets[j]),
                     "window": torch.from_numpy(geometry.windows[j]),
@@ -88,6 +96,9 @@ class _EvalDataset(IterableDataset):
                     "image_size": size_t,
                     "file_name": rec.file_name,
                 }
+                if source is not None:
+                    item["source"] = source
+                yield item
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = worker_slot()
@@ -149,13 +160,16 @@ def eval_batches(
     workers: int = 0,
     draft_decode: bool = True,
     verify_shards: bool = True,
+    keep_images: bool = False,
 ) -> EvalStream:
     """Every non-crowd box of the shards exactly once, jittered per annotation id (seed),
     cropped with ``buffer_ratio * context``; no shuffling or augmentation. With ``workers`` > 0
     the shards are dealt to workers in order (worker w reads shards w, w + n, ...), so the
     union is the same set of boxes; ``max_boxes`` keeps the first boxes delivered.
     ``verify_shards``: check each local shard against its manifest's sha256 before reading it
-    (:func:`snapper.data.reader.shard_samples`); broken shards are counted in ``stats``."""
+    (:func:`snapper.data.reader.shard_samples`); broken shards are counted in ``stats``.
+    ``keep_images``: batches also carry "source", each box's decoded image and its
+    decoded/original scale (full resolution), for a second pass."""
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     if max_boxes is not None and max_boxes < 0:
@@ -163,5 +177,5 @@ def eval_batches(
     if not np.isfinite(buffer_ratio) or buffer_ratio <= 0:
         raise ValueError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
     dataset = _EvalDataset(expand_urls(urls), model_cfg, jitter, seed, buffer_ratio, batch_size, draft_decode,
-                           verify_shards)
+                           verify_shards, keep_images)
     return EvalStream(dataset, max(0, workers), max_boxes)

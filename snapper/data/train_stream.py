@@ -41,6 +41,7 @@ from snapper.data.records import ImageRecord
 from snapper.data.samples import SampleError, decode, parsed, usable
 from snapper.geometry import jitter_boxes, xywh_to_xyxy
 from snapper.imageio import ImageError, LoadedImage
+from snapper.zoom import training_strips
 
 MAX_CONSECUTIVE_FAILURES = 200  # a training stream that delivers nothing is broken, not unlucky
 CROP_MODES = ("worker", "device")
@@ -52,6 +53,8 @@ class _Crop:
     target: torch.Tensor  # (4,) float32
     image_id: int
     annotation_id: int
+    strip: torch.Tensor | None = None  # (3, L, S) uint8: a zoom-in strip of this box (model.zoom)
+    strip_target: float = 0.0  # its true edge, input px across
 
 
 @dataclass
@@ -63,15 +66,21 @@ class _Prepared:
     geometry: CropGeometry
     targets: torch.Tensor  # (k, 4) float32, input px
     chosen: np.ndarray  # indices of the sampled boxes in the record
+    true: np.ndarray  # (k, 4) the sampled boxes, xyxy original px
 
 
 def _collate_crops(items: list[_Crop]) -> dict[str, Any]:
-    return {
+    out = {
         "image": torch.stack([c.image for c in items]),
         "target": torch.stack([c.target for c in items]),
         "image_id": torch.tensor([c.image_id for c in items], dtype=torch.int64),
         "annotation_id": torch.tensor([c.annotation_id for c in items], dtype=torch.int64),
     }
+    with_strip = [c for c in items if c.strip is not None]
+    if with_strip:
+        out["strip"] = torch.stack([c.strip for c in with_strip])
+        out["strip_target"] = torch.tensor([c.strip_target for c in with_strip], dtype=torch.float32)
+    return out
 
 
 def _collate_images(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -131,12 +140,13 @@ class _TrainDataset(IterableDataset):
         rough = jitter_boxes(true, rec.width, rec.height, rng, cfg.jitter)
         geometry = CropGeometry.around(rough, cfg.model.input_size, cfg.model.context)
         try:
-            image, scale = decode(rec, geometry, cfg.data.draft_decode)
+            # zoom strips read ~1 original px per input px: no draft decode for them
+            image, scale = decode(rec, geometry, cfg.data.draft_decode and not cfg.model.zoom)
         except (ImageError, SampleError) as e:
             tally.image_failed(getattr(e, "reason", "corrupt_image"), str(e), n_boxes=k)
             return None
         targets = torch.from_numpy(geometry.targets(true).astype(np.float32))
-        return _Prepared(image, scale, geometry, targets, chosen)
+        return _Prepared(image, scale, geometry, targets, chosen, true)
 
     def _drawn(self, records: Iterable[ImageRecord], rng: np.random.Generator,
                tally: Tally) -> Iterator[tuple[ImageRecord, _Prepared, torch.Tensor, torch.Tensor | None]]:
@@ -153,6 +163,21 @@ class _TrainDataset(IterableDataset):
                 continue
             yield rec, prep, flip, color
 
+    def _strips(self, prep: _Prepared, color: torch.Tensor | None,
+                rng: np.random.Generator) -> dict[int, tuple[torch.Tensor, float]]:
+        """Zoom-in strips (model.zoom): box index -> (uint8 strip, target). Draws from ``rng``
+        only for a zoom model, so other runs' streams are unchanged."""
+        if not self.cfg.model.zoom:
+            return {}
+        boxes, geo = training_strips(prep.true, prep.geometry, self.cfg.model, self.cfg.data.zoom_noise, rng)
+        if len(boxes) == 0:
+            return {}
+        strips = geo.cut(prep.image.tensor, prep.scale)
+        strips = to_uint8(augment(strips, torch.zeros(len(boxes), 4), None,
+                                  None if color is None else color[torch.from_numpy(boxes)])[0])
+        targets = geo.targets(prep.true[boxes])
+        return {int(b): (strips[j], float(targets[j])) for j, b in enumerate(boxes)}
+
     def _crops(self, records: Iterable[ImageRecord], rng: np.random.Generator, tally: Tally) -> Iterator[_Crop]:
         size = self.cfg.model.input_size
         for rec, prep, flip, color in self._drawn(records, rng, tally):
@@ -160,12 +185,14 @@ class _TrainDataset(IterableDataset):
                 crops = prep.geometry.cut(prep.image.tensor, prep.scale, mirror=flip)  # mirrored while cut
                 targets = torch.where(flip.view(-1, 1), hflip_targets(prep.targets, size), prep.targets)
                 crops = to_uint8(augment(crops, targets, None, color)[0])
+                strips = self._strips(prep, color, rng)
             except Exception as e:  # noqa: BLE001
                 tally.image_failed("unexpected_error", f"{rec.name}: {type(e).__name__}: {e}")
                 continue
             tally.delivered(len(prep.chosen))
             for j, i in enumerate(prep.chosen):
-                yield _Crop(crops[j], targets[j], rec.image_id, int(rec.annotation_ids[i]))
+                strip, strip_target = strips.get(j, (None, 0.0))
+                yield _Crop(crops[j], targets[j], rec.image_id, int(rec.annotation_ids[i]), strip, strip_target)
 
     def _images(self, records: Iterable[ImageRecord], rng: np.random.Generator,
                 tally: Tally) -> Iterator[dict[str, Any]]:
@@ -243,6 +270,8 @@ def _check(cfg: TrainConfig, rank: int, world_size: int) -> None:
     data = cfg.data
     if data.crop_on not in CROP_MODES:
         raise ValueError(f"data.crop_on must be one of {CROP_MODES}, got {data.crop_on!r}")
+    if cfg.model.zoom and data.crop_on == "device":
+        raise ValueError("model.zoom (zoom-in strips) is cut in the loader workers: use data.crop_on=worker")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of size {world_size}")
     if not data.train_shards:
