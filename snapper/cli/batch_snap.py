@@ -1,5 +1,8 @@
 """``snapper batch-snap ROUGH IMAGES OUT``: snap every box of a rough COCO file (or of each
-``*.json`` in a folder, into ``OUT/<stem>/``) with full accounting; prints one line per file."""
+``*.json`` in a folder, into ``OUT/<stem>/``) with full accounting; prints one line per file.
+Ground Truth manifests, Pascal VOC, YOLO and CVAT inputs (``--format``, detected by default)
+are converted, snapped the same way and written back in their format under ``OUT/snapped/``
+(:func:`snapper.formats.batch_snap_any`)."""
 
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from snapper.cli.common import (
     unit_float,
 )
 from snapper.config import BatchConfig
+from snapper.formats import FORMAT_CHOICES, batch_snap_any, resolve_format
 
 PROG = "snapper batch-snap"
 
@@ -40,12 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = BatchConfig()
     p = argparse.ArgumentParser(
         prog=PROG, description="Snap every box of a rough COCO file (or a folder of them) with full accounting.")
-    p.add_argument("rough", help="COCO JSON of rough boxes, or a folder of them (each -> OUT_DIR/<stem>/)")
+    p.add_argument("rough", help="COCO JSON of rough boxes, or a folder of them (each -> OUT_DIR/<stem>/); or a "
+                                 "Ground Truth manifest, a folder of VOC XML or YOLO txt files, a CVAT XML file")
     p.add_argument("images_dir")
     p.add_argument("out_dir")
     p.add_argument("--checkpoint", default=DEFAULT_MODEL,
                    help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, "
                         "models:/NAME@ALIAS, or NAME)")
+    p.add_argument("--format", choices=FORMAT_CHOICES, default="auto",
+                   help="input format (default: detected from the content); non-COCO results are also written "
+                        "back in that format under OUT_DIR/snapped/")
+    p.add_argument("--label-attribute", metavar="NAME",
+                   help="Ground Truth: the label attribute (labeling job name); default: the one key holding boxes")
     p.add_argument("--truth", help="COCO JSON of true boxes with the same annotation ids: report Table 1")
     p.add_argument("--chunk-images", type=positive_int, help=f"images per chunk (default {d.chunk_images})")
     p.add_argument("--review-threshold", type=unit_float,
@@ -103,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
 
     def body() -> int:
+        fmt = resolve_format(args.rough, args.format)
+        if fmt != "coco":
+            try:
+                r = batch_snap_any(args.rough, args.images_dir, args.out_dir, args.checkpoint, cfg, fmt=fmt,
+                                   label_attribute=args.label_attribute, truth=args.truth)
+            except AccountingError as e:
+                return fail(PROG, e)
+            print("\n".join(describe(Path(args.rough), r.batch)))
+            print(f"  {fmt} written back: {Path(args.out_dir) / 'snapped'} ({len(r.written)} file(s))")
+            return 0
+        if args.label_attribute:
+            raise BatchInputError("--label-attribute is for Ground Truth manifests, not COCO")
         folder = Path(args.rough).is_dir()
         files = input_files(args.rough)
         if args.truth and folder:
