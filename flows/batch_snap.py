@@ -75,6 +75,9 @@ from snapper.batch.report import (
 )
 from snapper.cli.common import positive_int, unit_float
 from snapper.config import BatchConfig, from_dict, to_dict
+from snapper.formats import resolve_format
+from snapper.formats.common import Sidecar
+from snapper.formats.pipeline import INPUT_SIDECAR, SNAPPED_DIR, read_any, save_input, write_any
 from snapper.registry import resolve_model
 
 
@@ -126,6 +129,26 @@ def snap_chunk_task(chunk: dict[str, Any], checkpoint: str, out_dir: str, cfg: d
     return done.to_dict()
 
 
+@task(name="convert-input")
+def convert_task(path: str, images_dir: str, out_dir: str, fmt: str, label_attribute: str | None,
+                 fuse_key: str | None) -> str:
+    """A Ground Truth / VOC / YOLO / CVAT input as ``out_dir/input.coco.json`` (+ sidecar)."""
+    coco, sidecar = read_any(path, images_dir, fmt, label_attribute, fuse_key or "object_id")
+    done = save_input(coco, sidecar, Path(out_dir))
+    get_run_logger().info("%s (%s): %d boxes -> %s", path, fmt, len(coco["annotations"]), done)
+    return str(done)
+
+
+@task(name="write-back")
+def write_back_task(annotations: str, out_dir: str) -> list[str]:
+    """The snapped COCO result written back in the input's format under ``out_dir/snapped``."""
+    sidecar = Sidecar.from_json(json.loads((Path(out_dir) / INPUT_SIDECAR).read_text()))
+    written = write_any(json.loads(Path(annotations).read_text()), sidecar, Path(out_dir) / SNAPPED_DIR)
+    get_run_logger().info("%s written back: %d file(s) in %s", sidecar.format, len(written),
+                          Path(out_dir) / SNAPPED_DIR)
+    return [str(w) for w in written]
+
+
 @task(name="merge-batch", retries=1, retry_delay_seconds=10, retry_condition_fn=_transient)
 def merge_task(ann_file: str, results: list[str], out_dir: str, cfg: dict[str, Any], truth: str | None,
                extra: dict[str, Any]) -> dict[str, Any]:
@@ -163,12 +186,16 @@ def batch_snap_flow(
     chunk_images: int | None = None,
     review_threshold: float | None = None,
     passes: int | None = None,
+    input_format: str = "auto",
+    label_attribute: str | None = None,
     overrides: dict[str, Any] | None = None,
     track: bool = True,
     experiment: str = "snapper-batch",
     artifacts: bool = True,
 ) -> dict[str, Any]:
-    """Snap a rough COCO file (or every ``*.json`` of a folder, each into ``out_dir/<stem>``).
+    """Snap a rough COCO file (or every ``*.json`` of a folder, each into ``out_dir/<stem>``),
+    or a Ground Truth manifest, VOC / YOLO folder or CVAT XML (``input_format``, detected by default;
+    written back in its format under ``out_dir/snapped``, see :mod:`snapper.formats`).
 
     ``passes=2`` adds the zoom-in pass (models trained with ``model.zoom``). ``overrides``: any
     :class:`snapper.config.BatchConfig` field (``{"batch_size": 256}``).
@@ -180,10 +207,15 @@ def batch_snap_flow(
         logger.info("task runner: %s", describe(ctx.task_runner))
     cfg = _config(overrides, chunk_images=chunk_images, review_threshold=review_threshold, passes=passes)
     ann, images, out = resolve(ann_file), resolve(images_dir), resolve(out_dir)
+    fmt = resolve_format(ann, input_format)
+    check_folders(images, out)
+    if fmt != "coco":  # converted once; then the same fan-out, accounting and resume as COCO
+        ann = Path(convert_task(str(ann), str(images), str(out), fmt, label_attribute, cfg.fuse_key))
+    elif label_attribute:
+        raise BatchInputError("label_attribute is for Ground Truth manifests, not COCO")
     files = input_files(ann)
     if truth and ann.is_dir():
         raise BatchInputError("truth needs a single rough file, not a folder")
-    check_folders(images, out)
     checkpoint = str(resolve_model(model))  # once: every chunk uses the same weights
     logger.info("model %s -> %s", model, checkpoint)
     cfg_d = to_dict(cfg)
@@ -204,6 +236,8 @@ def batch_snap_flow(
         s = merged["summary"]
         logger.info("%s: snapped %d, kept %d %s, needs review %d -> %s", f.name, s["status"]["snapped"],
                     s["status"]["kept"], s["reasons"], s["needs_review"], merged["annotations"])
+        if fmt != "coco":
+            merged["written_back"] = write_back_task(merged["annotations"], str(f_out))
         if artifacts:
             publish(f.stem, f_out, s)
         merged["mlflow_run_id"] = track_summary(s, cfg, f_out, experiment, f"batch-snap {f.stem}") if track else None
@@ -302,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth")
     ap.add_argument("--chunk-images", type=positive_int)
     ap.add_argument("--review-threshold", type=unit_float)
+    ap.add_argument("--passes", type=int, choices=(1, 2))
+    ap.add_argument("--format", default="auto", help="auto, coco, groundtruth, voc, yolo or cvat")
+    ap.add_argument("--label-attribute", help="Ground Truth: the label attribute (default: detected)")
     ap.add_argument("--no-track", action="store_true")
     ap.add_argument("--inbox", help="run snap-inbox on this folder instead")
     ap.add_argument("--images-root", default="images")
@@ -313,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (a.ann_file and a.images_dir and a.out_dir):
             ap.error("ann_file, images_dir and out_dir are required without --inbox")
         res = batch_snap_flow(a.ann_file, a.images_dir, a.out_dir, a.model, a.truth, a.chunk_images,
-                              a.review_threshold, track=not a.no_track)
+                              a.review_threshold, passes=a.passes, input_format=a.format,
+                              label_attribute=a.label_attribute, track=not a.no_track)
         res = {k: {"annotations": v["annotations"], "mlflow_run_id": v["mlflow_run_id"],
                    "status": v["summary"]["status"], "reasons": v["summary"]["reasons"]} for k, v in res.items()}
     print(json.dumps(res, indent=1, default=str))

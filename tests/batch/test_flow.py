@@ -188,3 +188,22 @@ def test_claims_of_stopped_runs_are_taken_over_then_given_up(harness, ckpt, home
     # the run it belongs to is alive and has nothing else: the next run stays idle
     assert snap_inbox(str(inbox), str(images), model=str(ckpt), overrides=FAST, min_age_s=0,
                       artifacts=False)["claimed"] == 0
+
+
+@pytest.mark.slow
+def test_batch_snap_flow_takes_a_ground_truth_manifest_and_writes_it_back(harness, ckpt, home):
+    from flows.batch_snap import batch_snap_flow
+    from tests.formats.data import gt_manifest, make_images
+
+    images = make_images(home / "in")
+    facts = gt_manifest(home / "in" / "output.manifest")
+    res = batch_snap_flow(str(home / "in" / "output.manifest"), str(images), "gt-out", model=str(ckpt),
+                          overrides=FAST, track=False, artifacts=False)
+    (r,) = res.values()
+    out = json.loads(Path(r["annotations"]).read_text())
+    assert len(out["annotations"]) == facts["n_boxes"]  # every worker's box, once, with a status
+    assert len(out["snapper_fused"]) == facts["n_objects"]
+    written = [Path(p) for p in r["written_back"]]
+    assert [p.name for p in written] == ["output.manifest"] and written[0].parent == home / "gt-out" / "snapped"
+    lines = [json.loads(x) for x in written[0].read_text().splitlines()]
+    assert len(lines) == len(facts["lines"]) and all("my-job-snapper" in x for x in lines)
