@@ -125,7 +125,9 @@ def check_resumable(cfg: TrainConfig, state: TrainState, path: str | os.PathLike
     saved = state.config
     saved_model = saved.get("model") or {}
     current = to_dict(cfg.model)
-    if any(saved_model.get(k, ...) != current[k] for k in weight_fields()):
+    # a field added since the run was saved is at its default there (e.g. model.zoom)
+    defaults = to_dict(ModelConfig())
+    if any(saved_model.get(k, defaults[k]) != current[k] for k in weight_fields()):
         raise ValueError(f"{path}: the saved run used a different model config "
                          f"({saved.get('model')}) than this one ({current}); "
                          "use a new out_dir to train a different model")

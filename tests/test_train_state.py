@@ -77,6 +77,16 @@ def test_inference_only_settings_do_not_block_a_resume(tmp_path, caplog):
     assert "schedule changes" in caplog.text
 
 
+def test_a_run_saved_before_a_model_field_existed_resumes_at_its_default(tmp_path):
+    cfg = TrainConfig()
+    saved = _state(cfg)
+    for key in ("zoom", "zoom_scale", "zoom_length", "zoom_min_scale"):  # added with the zoom-in pass
+        del saved.config["model"][key]
+    check_resumable(cfg, saved, tmp_path / STATE_FILE)
+    with pytest.raises(ValueError, match="different model config"):  # but not with the new feature on
+        check_resumable(dataclasses.replace(cfg, model=ModelConfig(zoom=True)), saved, tmp_path / STATE_FILE)
+
+
 def test_a_different_model_is_refused(tmp_path):
     cfg = TrainConfig()
     other = dataclasses.replace(cfg, model=ModelConfig(input_size=48))
