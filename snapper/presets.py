@@ -55,6 +55,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The regression baseline learns at this fraction of the edge model's rate. At the edge model's
+# 2e-3 it never leaves the rough boxes: its four outputs read BatchNorm'd features directly, and
+# at that rate the batch statistics it trains on drift away from the running ones it is evaluated
+# with (an untrained head is ~30 px off in eval mode on crops it fits to 0.1 px in train mode).
+# `experiments/regression_lr.py` measures the rates (results in experiments/results/regression-lr).
+REGRESSION_LR_SCALE = 0.125
+
+
+def regression_baseline(cfg: TrainConfig) -> TrainConfig:
+    """The regression baseline of a run: the same trunk, crops, data and steps, the regression
+    head (no zoom decoder), at :data:`REGRESSION_LR_SCALE` times its learning rate."""
+    model = dataclasses.replace(cfg.model, head="regression", zoom=False)
+    return dataclasses.replace(cfg, model=model, lr=cfg.lr * REGRESSION_LR_SCALE)
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` over ``base``, section by section (a partial ``model`` keeps the rest of it)."""
     out = dict(base)

@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from snapper.config import ConfigError, TrainConfig
-from snapper.presets import PRESETS, build_config, deep_merge, preset_config
+from snapper.presets import (
+    PRESETS, REGRESSION_LR_SCALE, build_config, deep_merge, preset_config, regression_baseline,
+)
 
 
 def test_presets_and_override_order(tmp_path):
@@ -57,3 +59,12 @@ def test_deep_merge_keeps_the_rest_of_a_section():
     assert merged == {"model": {"backbone": "resnet18", "input_size": 32}, "steps": 4, "lr": 1.0}
     assert base["model"]["input_size"] == 48  # the preset itself is not modified
     assert preset_config("cpu-tiny", {"model": {"input_size": 32}}).model.backbone == "resnet18"
+
+
+def test_the_regression_baseline_keeps_the_run_but_its_head_and_rate():
+    base = preset_config("cpu", {"model": {"zoom": True}})
+    reg = regression_baseline(base)
+    assert reg.model.head == "regression" and not reg.model.zoom
+    assert reg.lr == base.lr * REGRESSION_LR_SCALE < base.lr
+    assert (reg.model.backbone, reg.steps, reg.batch_size, reg.data) == (base.model.backbone, base.steps,
+                                                                         base.batch_size, base.data)

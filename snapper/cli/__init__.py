@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snap": ("snapper.cli.snap", "snap rough boxes on one image; print JSON, optionally draw"),
     "batch-snap": ("snapper.cli.batch_snap", "snap every box of a rough COCO file with full accounting"),
     "serve": ("snapper.cli.serve", "serve the champion model over HTTP (MLflow's model server)"),
+    "label-studio": ("snapper.cli.labelstudio", "serve a model as a Label Studio ML backend (snap drawn boxes)"),
+    "cvat-tighten": ("snapper.cli.cvat_tighten", "snap a CVAT task's rectangles; dry-run report, --apply patches them back"),
 }
 
 

@@ -1,0 +1,69 @@
+"""``snapper label-studio``: the champion (or any model) as a Label Studio ML backend.
+
+    snapper label-studio                          # models:/snapper@champion on http://127.0.0.1:9090
+    snapper label-studio --model runs/demo/best --port 9091
+    snapper label-studio --host 0.0.0.0           # reachable from another machine or a container
+
+Connect it in Label Studio: project Settings -> Model -> Connect Model, URL
+``http://127.0.0.1:9090``, "Interactive preannotations" on; the labeling config's
+RectangleLabels tag needs ``smart="true"``. Images are read as :mod:`snapper.labelstudio`
+says (Label Studio's data folders, or downloaded with ``LABEL_STUDIO_URL`` +
+``LABEL_STUDIO_API_KEY``). The model is loaded once, before the server listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+
+import torch
+from werkzeug.serving import run_simple
+
+from snapper.cli.common import positive_float, positive_int, run, setup_logging
+from snapper.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
+from snapper.registry import CHAMPION_REF
+
+PROG = "snapper label-studio"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Serve a snapper model as a Label Studio ML backend "
+                                "(interactive snapping of drawn rectangles, and pre-annotation).")
+    p.add_argument("--model", default=None, help=f"model reference: models:/NAME@ALIAS, models:/NAME/VERSION or a "
+                   f"checkpoint folder (default: ${MODEL_ENV}, else {CHAMPION_REF})")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=positive_int, default=DEFAULT_PORT)
+    p.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, mps or auto (default: ${DEVICE_ENV}, else cpu)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--buffer-ratio", type=positive_float, default=1.0, help="context around each box (default 1.0)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        setup_logging()
+        with socket.socket() as sock:
+            if sock.connect_ex((args.host, args.port)) == 0:
+                raise OSError(f"port {args.port} on {args.host} is in use; pick another with --port")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        backend = load_backend(args.model, args.device, args.buffer_ratio)
+        app = create_app(backend)
+        print(f"{PROG}: {backend.model_version} on {backend.snapper.device}\n  Label Studio -> project Settings -> "
+              f"Model -> Connect Model: http://{args.host}:{args.port} (interactive preannotations on); "
+              "Ctrl-C stops it", flush=True)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        try:
+            run_simple(args.host, args.port, app, threaded=True)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    return run(PROG, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
