@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from snapper.atomic import atomic_write_text
-from snapper.batch import BatchInputError, batch_snap
+from snapper.batch import BatchInputError
+from snapper.formats import batch_snap_any
 from snapper.config import BatchConfig
 
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
@@ -248,7 +249,8 @@ def process_claimed(claim: Claim, inbox: str | os.PathLike[str], images_root: st
         if not images.is_dir():
             raise BatchInputError(f"{name}: images folder {images} does not exist")
         with heartbeat(claimed, heartbeat_s):
-            r = batch_snap(claimed, images, out, checkpoint, cfg)
+            # COCO, or a Ground Truth manifest saved as .json (detected by content; written back)
+            r = batch_snap_any(claimed, images, out, checkpoint, cfg).batch
         dest = free_path(Path(inbox) / DONE, name)
         os.replace(claimed, dest)
     except Exception as e:  # noqa: BLE001 - reported in failed/, never blocking the others

@@ -15,6 +15,7 @@ import pytest
 from snapper import inbox as ib
 from snapper.batch import OUTPUT_JSON
 from tests.batchdata import fast_config, make_rough, tiny_checkpoint
+from tests.formats.data import gt_manifest, make_images
 
 OLD = time.time() - 7200  # two hours ago: older than any stale limit used here
 
@@ -194,3 +195,17 @@ def test_a_resubmitted_file_is_snapped_against_the_images_as_they_are_now(tmp_pa
     assert verdicts == [1, 0]
     assert results[1]["summary"]["n_chunks_reused"] == 0
     assert sorted(p.name for p in (box / ib.DONE).iterdir()) == ["job.1.json", "job.json"]
+
+
+def test_a_ground_truth_manifest_saved_as_json_is_snapped_and_written_back(tmp_path):
+    images = make_images(tmp_path / "src")
+    facts = gt_manifest(tmp_path / "job.manifest")
+    box = tmp_path / "inbox"
+    box.mkdir()
+    (tmp_path / "job.manifest").rename(box / "job.json")
+    rnd = ib.claim_round(box, "run1")
+    (r,) = [ib.process_claimed(c, box, images, tmp_path / "outbox", tiny_checkpoint(tmp_path / "ck"), fast_config(),
+                               heartbeat_s=0.05) for c in rnd.claims]
+    assert r["status"] == "done" and r["annotations"] == facts["n_boxes"]
+    lines = (tmp_path / "outbox" / "job" / "snapped").iterdir()
+    assert [p.suffix for p in lines] == [".json"]
