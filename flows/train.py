@@ -64,8 +64,8 @@ from snapper.config import ConfigError, EvalConfig, TrainConfig, from_dict, to_d
 from snapper.data.manifest import shard_urls
 from snapper.data.synthetic import generate
 from snapper.evaluate import IDENTITY, evaluate
-from snapper.launch import stream_command, torchrun_command, write_launch_config
-from snapper.presets import preset_config, regression_baseline
+from snapper.launch import stream_command, torch_threads_side_by_side, torchrun_command, train_command, write_launch_config
+from snapper.presets import preset_config, regression_baseline as regression_baseline_config
 from snapper.registry import DEFAULT_MODEL_NAME, model_name_for
 from snapper.train import train
 from snapper.train_log import progress_of
@@ -180,22 +180,26 @@ class _Progress:
 
 
 @task(name="train-model")
-def train_task(cfg_dict: dict[str, Any], gpus: int = 0) -> dict[str, Any]:
+def train_task(cfg_dict: dict[str, Any], gpus: int = 0, threads: int | None = None) -> dict[str, Any]:
     """Train one model (``snapper.train.train``); returns the TrainResult as JSON.
 
-    ``gpus > 1``: torchrun in a subprocess, its output streamed into the run log."""
+    ``gpus > 1``: torchrun in a subprocess; ``threads``: a process of its own with that many
+    torch threads (CPU trainings side by side); either way its output is streamed into the run
+    log."""
     cfg = from_dict(TrainConfig, cfg_dict)
     logger = get_run_logger()
     progress = _Progress(Path(cfg.out_dir).name)
-    if gpus > 1:
-        cmd = torchrun_command(write_launch_config(cfg), gpus)
+    if gpus > 1 or threads is not None:
+        config_file = write_launch_config(cfg)
+        cmd = torchrun_command(config_file, gpus) if gpus > 1 else train_command(config_file)
         logger.info("launching: %s", " ".join(cmd))
 
         def on_line(line: str) -> None:
             logger.info("%s", line)
             progress(line)
 
-        stream_command(cmd, on_line)
+        stream_command(cmd, on_line, "torchrun" if gpus > 1 else "training",
+                       env=None if threads is None else {"OMP_NUM_THREADS": str(threads)})
         # The finished run's state holds its result: train() returns it at once without training.
         return jsonable(train(cfg))
     with _library_logs_to(logger, progress):
@@ -230,6 +234,22 @@ def evaluate_task(
 
 
 # ---------------------------------------------------------------------------- the flow
+
+
+def _train_both(edges_cfg: TrainConfig, reg_cfg: TrainConfig | None,
+                gpus: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The model and (optionally) its regression baseline. On CPU they train side by side, a
+    process each with half the cores (small convolutions scale far better across processes
+    than across threads); otherwise one after the other."""
+    threads = torch_threads_side_by_side(edges_cfg.device) if reg_cfg is not None and gpus == 0 else None
+    if threads is not None and edges_cfg.mlflow:
+        tracking.ensure_experiment(edges_cfg.experiment)  # once, before two processes would race to create it
+    edges_f = train_task.submit(to_dict(edges_cfg), gpus, threads)
+    reg_f = (train_task.with_options(name="train-regression-baseline").submit(to_dict(reg_cfg), gpus, threads)
+             if reg_cfg is not None else None)
+    edges = edges_f.result()
+    get_run_logger().info("model trained: %s steps, best checkpoint %s", edges["steps"], edges["best_checkpoint"])
+    return edges, (reg_f.result() if reg_f is not None else None)
 
 
 def _shards(train_shards: list[str] | None, val_shards: list[str] | None, **data: Any) -> dict[str, list[str]]:
@@ -338,19 +358,18 @@ def train_snapper(
                      num_images=num_images, val_fraction=val_fraction, shard_size=shard_size, seed=seed)
     logger.info("data: %d train shard(s), %d val shard(s)", len(shards["train"]), len(shards["val"]))
 
-    # 2. training: the model, then (optionally) the regression baseline
+    # 2. training: the model and (optionally) the regression baseline
     runs = resolve(runs_dir)
     base = _base_config(preset, overrides, shards, gpus)
     edges_cfg = dataclasses.replace(base, out_dir=str(runs / name), run_name=base.run_name or name)
-    edges = train_task(to_dict(edges_cfg), gpus)
-    logger.info("model trained: %s steps, best checkpoint %s", edges["steps"], edges["best_checkpoint"])
-    checkpoints = {"snapper": edges["best_checkpoint"]}
-    regression = None
+    reg_cfg = None
     if regression_baseline:
-        reg_cfg = override(regression_baseline(edges_cfg), regression_overrides)
+        reg_cfg = override(regression_baseline_config(edges_cfg), regression_overrides)
         reg_cfg = dataclasses.replace(reg_cfg, out_dir=str(runs / f"{name}-regression"),
                                       run_name=f"{edges_cfg.run_name}-regression")
-        regression = train_task.with_options(name="train-regression-baseline")(to_dict(reg_cfg), gpus)
+    edges, regression = _train_both(edges_cfg, reg_cfg, gpus)
+    checkpoints = {"snapper": edges["best_checkpoint"]}
+    if regression is not None:
         checkpoints["regression"] = regression["best_checkpoint"]
 
     # 3. evaluation on the held-out shards: identity, the models and the current champion, same boxes

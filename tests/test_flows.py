@@ -161,6 +161,9 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     assert Path(trained["train"]["best_checkpoint"], "model.pt").is_file()
     assert Path(trained["regression"]["best_checkpoint"], "model.pt").is_file()
     assert Path(trained["train"]["out_dir"]).parent == home / "runs"  # relative paths land in SNAPPER_HOME
+    # on CPU the model and its baseline trained side by side, a process each
+    for run in (trained["train"], trained["regression"]):
+        assert Path(run["out_dir"], "flow-train-config.yaml").is_file()
 
     df = pd.read_parquet(trained["eval"]["parquet"])
     assert set(df["method"]) == {"snapper", "regression", "identity"}

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from snapper.config import TrainConfig, load_yaml
-from snapper.launch import LAUNCH_CONFIG_FILE, stream_command, torchrun_command, write_launch_config
+from snapper.launch import (
+    LAUNCH_CONFIG_FILE, stream_command, torch_threads_side_by_side, torchrun_command, train_command, write_launch_config,
+)
 
 
 def test_launch_config_round_trips(tmp_path):
@@ -29,3 +31,19 @@ def test_stream_command_passes_lines_and_reports_failure():
     assert lines == ["a", "b"]
     with pytest.raises(RuntimeError, match=r"torchrun exited with 3; last lines:\nboom"):
         stream_command([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], lambda line: None)
+
+
+def test_side_by_side_trainings_split_the_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert torch_threads_side_by_side("cpu") == 4 and torch_threads_side_by_side("cpu", 3) == 2
+    assert torch_threads_side_by_side("cuda") is None and torch_threads_side_by_side("cuda:1") is None
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert torch_threads_side_by_side("cpu") is None  # one core: one after the other
+    assert train_command("c.yaml")[-4:] == ["snapper.cli", "train", "--config", "c.yaml"]
+
+
+def test_stream_command_adds_to_the_environment():
+    lines: list[str] = []
+    stream_command([sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"], lines.append,
+                   env={"OMP_NUM_THREADS": "3"})
+    assert lines == ["3"]
