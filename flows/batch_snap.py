@@ -19,6 +19,7 @@ when ``truth`` is given) and, with ``track=True``, an MLflow run (experiment
 ``snap-inbox`` (scheduled, e.g. every 5 minutes): the inbox folder layout is::
 
     <inbox>/*.json              new rough-annotation files (write elsewhere, then move in;
+                                also *.manifest / *.jsonl Ground Truth manifests, *.xml CVAT;
                                 files younger than ``min_age_s`` are left for the next run)
     <inbox>/processing/         claimed files: ``<stem>.<claim id>-<attempt>.json``
     <inbox>/done/<name>.json    inputs snapped successfully

@@ -4,6 +4,7 @@ folder and every file is snapped once.
 Layout::
 
     <inbox>/*.json              new rough-annotation files (write elsewhere, then move in;
+                                also *.manifest / *.jsonl Ground Truth manifests, *.xml CVAT;
                                 files younger than ``min_age_s`` are left for the next run)
     <inbox>/processing/         claimed files: ``<stem>.<claim id>-<attempt>.json``
     <inbox>/done/<name>.json    inputs snapped successfully
@@ -44,7 +45,10 @@ PROCESSING, DONE, FAILED = "processing", "done", "failed"
 OUTBOX = "outbox"  # default outbox: <inbox>/outbox
 ERROR_SUFFIX = ".error.txt"
 
-_CLAIM_RE = re.compile(r"^(?P<stem>.+)\.(?P<claim>[0-9A-Za-z]+)-(?P<attempt>[0-9]+)\.json$")
+# What a rough file may be: COCO or a Ground Truth manifest saved as .json, a manifest as
+# .manifest/.jsonl, a CVAT XML (see snapper.formats; detected by content)
+SUFFIXES = (".json", ".manifest", ".jsonl", ".xml")
+_CLAIM_RE = re.compile(r"^(?P<stem>.+)\.(?P<claim>[0-9A-Za-z]+)-(?P<attempt>[0-9]+)(?P<suffix>\.(?:json|manifest|jsonl|xml))$")
 
 Claim = dict[str, Any]  # {"name": original file name, "claimed": path in processing/, "attempt": n}
 
@@ -68,10 +72,14 @@ def claim_to(src: Path, dst: Path) -> bool:
     return True
 
 
+def _rough_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES) if folder.is_dir() else []
+
+
 def new_files(inbox: str | os.PathLike[str], min_age_s: float = 0.0) -> list[Path]:
-    """The inbox's ``*.json`` files old enough to claim, sorted."""
+    """The inbox's rough files (:data:`SUFFIXES`) old enough to claim, sorted."""
     now, out = time.time(), []
-    for src in sorted(Path(inbox).glob("*.json")):
+    for src in _rough_files(Path(inbox)):
         try:
             if src.is_file() and not (min_age_s > 0 and now - src.stat().st_mtime < min_age_s):
                 out.append(src)
@@ -82,13 +90,13 @@ def new_files(inbox: str | os.PathLike[str], min_age_s: float = 0.0) -> list[Pat
 
 def claim_files(inbox: str | os.PathLike[str], claim_id: str, min_age_s: float = 0.0,
                 limit: int | None = None) -> list[Claim]:
-    """Atomically claim new ``*.json`` files of ``inbox``: ``[{"name", "claimed", "attempt"}]``.
+    """Atomically claim new rough files of ``inbox``: ``[{"name", "claimed", "attempt"}]``.
     The destination carries ``claim_id``, so it never overwrites a claim."""
     proc = Path(inbox) / PROCESSING
     proc.mkdir(parents=True, exist_ok=True)
     out: list[Claim] = []
     for src in new_files(inbox, min_age_s):
-        dst = proc / f"{src.stem}.{claim_id}-1.json"
+        dst = proc / f"{src.stem}.{claim_id}-1{src.suffix}"
         if not claim_to(src, dst):
             continue  # claimed by another run between listing and renaming
         out.append({"name": src.name, "claimed": str(dst), "attempt": 1})
@@ -101,7 +109,7 @@ def stale_claims(inbox: str | os.PathLike[str], stale_after_s: float) -> list[Pa
     """Claims in ``processing/`` that no run has touched for ``stale_after_s``."""
     proc, now = Path(inbox) / PROCESSING, time.time()
     out = []
-    for p in sorted(proc.glob("*.json")) if proc.is_dir() else []:
+    for p in _rough_files(proc):
         try:
             if now - p.stat().st_mtime > stale_after_s:
                 out.append(p)
@@ -113,13 +121,13 @@ def stale_claims(inbox: str | os.PathLike[str], stale_after_s: float) -> list[Pa
 def has_work(inbox: str | os.PathLike[str], stale_after_s: float) -> bool:
     """New files or stale claims: whether a run has anything to do (else it need not even
     load the model)."""
-    return any(p.is_file() for p in Path(inbox).glob("*.json")) or bool(stale_claims(inbox, stale_after_s))
+    return any(p.is_file() for p in _rough_files(Path(inbox))) or bool(stale_claims(inbox, stale_after_s))
 
 
 def parse_claim(p: Path) -> tuple[str, int]:
-    """(original stem, attempt) of a claimed file's name."""
+    """(original name, attempt) of a claimed file's name."""
     m = _CLAIM_RE.match(p.name)
-    return (m["stem"], int(m["attempt"])) if m else (p.name.split(".")[0], 1)
+    return (m["stem"] + m["suffix"], int(m["attempt"])) if m else (p.name.split(".")[0] + p.suffix, 1)
 
 
 def free_path(folder: Path, name: str) -> Path:
@@ -154,14 +162,13 @@ def reclaim_stale(inbox: str | os.PathLike[str], claim_id: str, stale_after_s: f
     inbox = Path(inbox)
     claims, abandoned = [], []
     for p in stale_claims(inbox, stale_after_s):
-        stem, attempt = parse_claim(p)
-        name = f"{stem}.json"
+        name, attempt = parse_claim(p)
         if attempt >= max_attempts:
             gone = _give_up(inbox, p, name, attempt)
             if gone is not None:
                 abandoned.append(gone)
             continue
-        dst = p.with_name(f"{stem}.{claim_id}-{attempt + 1}.json")
+        dst = p.with_name(f"{Path(name).stem}.{claim_id}-{attempt + 1}{Path(name).suffix}")
         if claim_to(p, dst):
             claims.append({"name": name, "claimed": str(dst), "attempt": attempt + 1})
     return claims, abandoned
@@ -249,7 +256,7 @@ def process_claimed(claim: Claim, inbox: str | os.PathLike[str], images_root: st
         if not images.is_dir():
             raise BatchInputError(f"{name}: images folder {images} does not exist")
         with heartbeat(claimed, heartbeat_s):
-            # COCO, or a Ground Truth manifest saved as .json (detected by content; written back)
+            # COCO, a Ground Truth manifest or CVAT XML (detected by content; written back)
             r = batch_snap_any(claimed, images, out, checkpoint, cfg).batch
         dest = free_path(Path(inbox) / DONE, name)
         os.replace(claimed, dest)

@@ -15,7 +15,7 @@ import pytest
 from snapper import inbox as ib
 from snapper.batch import OUTPUT_JSON
 from tests.batchdata import fast_config, make_rough, tiny_checkpoint
-from tests.formats.data import gt_manifest, make_images
+from tests.formats.data import CVAT, gt_manifest, make_images
 
 OLD = time.time() - 7200  # two hours ago: older than any stale limit used here
 
@@ -112,7 +112,7 @@ def test_stale_claim_is_taken_over_with_the_next_attempt(tmp_path):
     assert ib.has_work(tmp_path, 3600)
     claims, abandoned = ib.reclaim_stale(tmp_path, "new1", 3600, max_attempts=3)
     assert claims == [{"name": "killed.json", "claimed": str(proc / "killed.new1-2.json"), "attempt": 2}]
-    assert abandoned == [] and ib.parse_claim(proc / "killed.new1-2.json") == ("killed", 2)
+    assert abandoned == [] and ib.parse_claim(proc / "killed.new1-2.json") == ("killed.json", 2)
     assert sorted(p.name for p in proc.iterdir()) == ["busy.live0002-1.json", "killed.new1-2.json"]
     assert not ib.stale_claims(tmp_path, 3600)  # the takeover is a fresh claim
     assert not ib.has_work(tmp_path, 3600)  # the live claim belongs to a running run
@@ -197,15 +197,30 @@ def test_a_resubmitted_file_is_snapped_against_the_images_as_they_are_now(tmp_pa
     assert sorted(p.name for p in (box / ib.DONE).iterdir()) == ["job.1.json", "job.json"]
 
 
-def test_a_ground_truth_manifest_saved_as_json_is_snapped_and_written_back(tmp_path):
+@pytest.mark.parametrize("suffix", [".json", ".manifest"])
+def test_a_ground_truth_manifest_is_snapped_and_written_back(tmp_path, suffix):
     images = make_images(tmp_path / "src")
     facts = gt_manifest(tmp_path / "job.manifest")
     box = tmp_path / "inbox"
     box.mkdir()
-    (tmp_path / "job.manifest").rename(box / "job.json")
+    (tmp_path / "job.manifest").rename(box / f"job{suffix}")
+    (box / "notes.txt").write_text("not a rough file")
     rnd = ib.claim_round(box, "run1")
+    assert [c["name"] for c in rnd.claims] == [f"job{suffix}"]
     (r,) = [ib.process_claimed(c, box, images, tmp_path / "outbox", tiny_checkpoint(tmp_path / "ck"), fast_config(),
                                heartbeat_s=0.05) for c in rnd.claims]
     assert r["status"] == "done" and r["annotations"] == facts["n_boxes"]
-    lines = (tmp_path / "outbox" / "job" / "snapped").iterdir()
-    assert [p.suffix for p in lines] == [".json"]
+    written = list((tmp_path / "outbox" / "job" / "snapped").iterdir())
+    assert [p.suffix for p in written] == [suffix]
+    assert sorted(p.name for p in (box / ib.DONE).iterdir()) == [f"job{suffix}"]
+
+
+def test_a_killed_claim_of_an_xml_file_keeps_its_suffix(tmp_path):
+    box = tmp_path / "inbox"
+    box.mkdir()
+    (box / "task.xml").write_text(CVAT)
+    (c,) = ib.claim_round(box, "run1").claims
+    assert Path(c["claimed"]).name == "task.run1-1.xml"
+    os.utime(c["claimed"], (0, 0))  # the run was killed: the claim went stale
+    (again,) = ib.claim_round(box, "run2", stale_after_s=60).retried
+    assert again["name"] == "task.xml" and Path(again["claimed"]).name == "task.run2-2.xml"
