@@ -56,9 +56,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # The regression baseline learns at this fraction of the edge model's rate. At the edge model's
-# 2e-3 it never leaves the rough boxes: its four outputs read BatchNorm'd features directly, and
-# at that rate the batch statistics it trains on drift away from the running ones it is evaluated
-# with (an untrained head is ~30 px off in eval mode on crops it fits to 0.1 px in train mode).
+# 2e-3 it barely leaves the rough boxes in the demo's 500 steps, although it can fit a fixed
+# batch (experiments/regression_overfit.py): its four outputs read BatchNorm'd features directly,
+# and a large rate keeps moving the statistics they depend on (our reading, not a proof).
 # `experiments/regression_lr.py` measures the rates (results in experiments/results/regression-lr).
 REGRESSION_LR_SCALE = 0.125
 
