@@ -13,14 +13,17 @@ control and label, in percent, with a score and the four edge confidences.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +122,55 @@ def scenario(api: str, headers: dict, image_ref: str) -> dict:
             "score": snapped["score"], "prediction_model_version": preds[-1].get("model_version")}
 
 
-def main() -> int:
+@contextlib.contextmanager
+def services(tmp: Path, model: str, token: str, username: str = "e2e@example.com",
+             password: str | None = None, passes: int = 1) -> Iterator[tuple[str, dict]]:
+    """Label Studio (data in ``tmp/ls``, local files served from ``tmp/files``) and
+    ``snapper label-studio`` on ``model``, both on loopback; yields (API URL, auth headers)
+    and stops both on exit, printing their log tails when the body failed."""
     exe = install()
-    token = secrets.token_hex(20)
+    for port in (LS_PORT, BACKEND_PORT):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise RuntimeError(f"port {port} is in use (an earlier run still up?); stop it first")
+    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "ML_BLOCK_LOCAL_IP": "false",
+           "SSRF_PROTECTION_ENABLED": "false",  # else the backend's /webhook is refused when it is saved
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(tmp / "files"),
+           "LABEL_STUDIO_BASE_DATA_DIR": str(tmp / "ls"), "DO_NOT_TRACK": "1",
+           "LABEL_STUDIO_URL": f"http://127.0.0.1:{LS_PORT}", "LABEL_STUDIO_API_KEY": token, "OMP_NUM_THREADS": "1"}
+    if os.environ.get("LS_E2E_DEFAULT_SSRF"):  # to see what Label Studio's defaults refuse
+        env.pop("ML_BLOCK_LOCAL_IP")  # 1.23.2: POST /api/ml -> 403 "URL resolves to a reserved network address"
+        env.pop("SSRF_PROTECTION_ENABLED")  # the same 403, from the webhook Label Studio adds for the backend
+    logs = {n: open(tmp / f"{n}.log", "wb") for n in ("ls", "backend")}
+    ls = subprocess.Popen([str(exe), "start", "--no-browser", "--port", str(LS_PORT), "--data-dir", str(tmp / "ls"),
+                           "--username", username, "--password", password or secrets.token_hex(8),
+                           "--user-token", token, "--enable-legacy-api-token"], env=env, stdout=logs["ls"],
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    backend = subprocess.Popen([sys.executable, "-m", "snapper.cli.labelstudio", "--model", model,
+                                "--port", str(BACKEND_PORT), "--threads", "1", "--passes", str(passes)], env=env, cwd=ROOT,
+                               stdout=logs["backend"], stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t = time.time()
+        wait(f"http://127.0.0.1:{BACKEND_PORT}/health", backend, 300)
+        wait(f"http://127.0.0.1:{LS_PORT}/health", ls, 600)
+        print(f"services up in {time.time() - t:.0f} s", flush=True)
+        yield f"http://127.0.0.1:{LS_PORT}/api", {"Authorization": f"Token {token}"}
+    except BaseException:
+        for n in logs:
+            print(f"--- {n}.log (tail)", file=sys.stderr)
+            print((tmp / f"{n}.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise
+    finally:
+        for p in (backend, ls):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+def main() -> int:
     with tempfile.TemporaryDirectory(prefix="ls-e2e-") as tmp:
         tmp_p = Path(tmp)
         (tmp_p / "files" / "images").mkdir(parents=True)
@@ -131,44 +180,10 @@ def main() -> int:
         torch.manual_seed(0)
         cfg = ModelConfig(backbone="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
         ckpt = save_checkpoint(tmp_p / "ckpt", build_model(cfg), cfg)
-        env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "ML_BLOCK_LOCAL_IP": "false",
-               "SSRF_PROTECTION_ENABLED": "false",  # else the backend's /webhook is refused when it is saved
-               "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(tmp_p / "files"),
-               "LABEL_STUDIO_BASE_DATA_DIR": str(tmp_p / "ls"), "DO_NOT_TRACK": "1", "LABEL_STUDIO_URL": f"http://127.0.0.1:{LS_PORT}",
-               "LABEL_STUDIO_API_KEY": token, "OMP_NUM_THREADS": "1"}
-        if os.environ.get("LS_E2E_DEFAULT_SSRF"):  # to see what Label Studio's defaults refuse
-            env.pop("ML_BLOCK_LOCAL_IP")  # 1.23.2: POST /api/ml -> 403 "URL resolves to a reserved network address"
-            env.pop("SSRF_PROTECTION_ENABLED")  # the same 403, from the webhook Label Studio adds for the backend
-        logs = {n: open(tmp_p / f"{n}.log", "wb") for n in ("ls", "backend")}
-        ls = subprocess.Popen([str(exe), "start", "--no-browser", "--port", str(LS_PORT), "--data-dir", str(tmp_p / "ls"),
-                               "--username", "e2e@example.com", "--password", secrets.token_hex(8), "--user-token", token,
-                               "--enable-legacy-api-token"], env=env, stdout=logs["ls"], stderr=subprocess.STDOUT,
-                              start_new_session=True)
-        backend = subprocess.Popen([sys.executable, "-m", "snapper.cli.labelstudio", "--model", str(ckpt),
-                                    "--port", str(BACKEND_PORT), "--threads", "1"], env=env, cwd=ROOT,
-                                   stdout=logs["backend"], stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            t = time.time()
-            wait(f"http://127.0.0.1:{BACKEND_PORT}/health", backend, 120)
-            wait(f"http://127.0.0.1:{LS_PORT}/health", ls, 600)
-            print(f"services up in {time.time() - t:.0f} s", flush=True)
-            result = scenario(f"http://127.0.0.1:{LS_PORT}/api", {"Authorization": f"Token {token}"},
-                              "/data/local-files/?d=images/photo.png")
-            print(json.dumps({"e2e": "ok", **result}))
-            return 0
-        except Exception:
-            for n in logs:
-                print(f"--- {n}.log (tail)", file=sys.stderr)
-                print((tmp_p / f"{n}.log").read_text(errors="replace")[-3000:], file=sys.stderr)
-            raise
-        finally:
-            for p in (backend, ls):
-                if p.poll() is None:
-                    os.killpg(p.pid, signal.SIGTERM)
-                    try:
-                        p.wait(30)
-                    except subprocess.TimeoutExpired:
-                        os.killpg(p.pid, signal.SIGKILL)
+        with services(tmp_p, str(ckpt), secrets.token_hex(20)) as (api, headers):
+            result = scenario(api, headers, "/data/local-files/?d=images/photo.png")
+        print(json.dumps({"e2e": "ok", **result}))
+        return 0
 
 
 if __name__ == "__main__":

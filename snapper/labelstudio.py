@@ -58,6 +58,7 @@ from snapper.imageio import ImageError, LoadedImage, load_image
 from snapper.registry import CHAMPION_REF, pin_model_ref, resolve_model
 from snapper.serve import IMAGE_ROOT_ENV, image_root
 from snapper.snap import Snapper
+from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)
 
@@ -355,16 +356,20 @@ class SnapperBackend:
     """What a ``LabelStudioMLBase`` subclass would do, on one :class:`snapper.snap.Snapper`
     (loaded once per process by :func:`load_backend`); one snap at a time."""
 
-    def __init__(self, snapper: Snapper, model_version: str, buffer_ratio: float = 1.0):
+    def __init__(self, snapper: Snapper, model_version: str, buffer_ratio: float = 1.0, passes: int = 1):
+        check_passes(snapper.cfg, passes, model_version)
         self.snapper = snapper
+        self.passes = passes
         self.model_version = model_version
         self.buffer_ratio = buffer_ratio
         self._lock = threading.Lock()
 
     def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
-                label_config: str | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-        """One prediction per task: interactive when ``context`` holds regions (the newest
-        rectangle of the first task snapped), else pre-annotation of every task."""
+                label_config: str | None = None, **kwargs: Any) -> list[Any]:
+        """One answer per task: interactive when ``context`` holds regions (the newest
+        rectangle of the first task snapped), else pre-annotation of every task. A task with
+        no rectangle to snap gets an empty list, which Label Studio reads as "no prediction"
+        (an empty prediction would show in the labeling view as a model tab at 0.00%)."""
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
             raise LabelStudioRequestError("tasks must be a non-empty list of task objects")
         controls = rect_controls(label_config)
@@ -379,8 +384,10 @@ class SnapperBackend:
         control = control_for(region, controls)
         return _prediction(self.snap_regions(task, control, [region]), self.model_version)
 
-    def preannotate(self, task: dict[str, Any], controls: list[RectControl]) -> dict[str, Any]:
+    def preannotate(self, task: dict[str, Any], controls: list[RectControl]) -> dict[str, Any] | list[Any]:
         _, rects = task_rectangles(task, self.model_version)
+        if not rects:
+            return []
         results: list[dict[str, Any]] = []
         by_control: dict[RectControl, list[dict[str, Any]]] = {}
         for r in rects:
@@ -403,7 +410,7 @@ class SnapperBackend:
                 raise LabelStudioRequestError(f"{where}: {e}") from None
         try:
             with self._lock:
-                res = self.snapper.snap(image, boxes, buffer_ratio=self.buffer_ratio)
+                res = self.snapper.snap(image, boxes, buffer_ratio=self.buffer_ratio, passes=self.passes)
         except ValueError as e:  # an unusable box (outside the image, too small, ...)
             raise LabelStudioRequestError(f"task {tid}: {e}") from None
         return [region_result(r, control, b, c, image, self.model_version)
@@ -411,7 +418,8 @@ class SnapperBackend:
 
 
 @functools.lru_cache(maxsize=4)
-def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio: float = 1.0) -> SnapperBackend:
+def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio: float = 1.0,
+                 passes: int = 1) -> SnapperBackend:
     """The backend on model ``ref`` (default ``$SNAPPER_MODEL``, else the champion) on ``device``
     (default ``$SNAPPER_DEVICE``, else cpu), loaded once per process and arguments."""
     ref = ref or os.environ.get(MODEL_ENV) or CHAMPION_REF
@@ -421,7 +429,7 @@ def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio
     version = ref[len("models:/"):] if ref.startswith("models:/") else ref if not Path(ref).exists() \
         else f"{ckpt.parent.name}/{ckpt.name}"
     log.info("Label Studio backend: %s from %s on %s", version, ckpt, device)
-    return SnapperBackend(Snapper.from_checkpoint(ckpt, device=device), version, buffer_ratio)
+    return SnapperBackend(Snapper.from_checkpoint(ckpt, device=device), version, buffer_ratio, passes)
 
 
 # -------------------------------------------------------------------------------- HTTP app

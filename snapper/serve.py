@@ -15,6 +15,9 @@ column          type     meaning
                          param, 1.0)
 ==============  =======  ===========================================================
 
+Request params (``"params"`` next to the dataframe): ``buffer_ratio`` (default 1.0) and
+``passes`` (1, or 2 for the zoom-in pass of a model trained with ``model.zoom``).
+
 Rows of one image are snapped together (the image is decoded once). The answer has one row
 per request row: snapped ``x, y, w, h`` and ``conf_left, conf_top, conf_right, conf_bottom``
 (probability that the edge is within the model's confidence radius).
@@ -41,6 +44,7 @@ from snapper.geometry import EDGE_NAMES, box_problem
 from snapper.imageio import ImageError, LoadedImage, load_image
 from snapper.snap import Snapper
 from snapper.tracking import mlflow  # first: it sets MLflow's telemetry defaults before the import
+from snapper.zoom import check_passes
 
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402  (maps to HTTP 400)
 
@@ -153,6 +157,15 @@ def _boxes(df: pd.DataFrame) -> np.ndarray:
     return boxes
 
 
+def _passes(snapper: Snapper, params: Mapping[str, Any] | None) -> int:
+    value = (params or {}).get("passes", 1)
+    try:
+        check_passes(snapper.cfg, int(value), "the served model")
+    except (TypeError, ValueError) as e:
+        raise SnapRequestError(None, f"params.passes={value!r}: {e}") from None
+    return int(value)
+
+
 def _load(source: bytes | Path, row: int) -> LoadedImage:
     try:
         return load_image(source, name="image_b64" if isinstance(source, bytes) else "image_path")
@@ -166,6 +179,7 @@ def snap_rows(snapper: Snapper, model_input: pd.DataFrame, params: Mapping[str, 
     df = pd.DataFrame(model_input).reset_index(drop=True)
     boxes = _boxes(df)
     default = float((params or {}).get("buffer_ratio", 1.0) or 1.0)
+    passes = _passes(snapper, params)
     ratios = _ratios(df, default)
     sources = image_sources(df, root)
     out = np.full((len(df), 8), np.nan)
@@ -182,7 +196,7 @@ def snap_rows(snapper: Snapper, model_input: pd.DataFrame, params: Mapping[str, 
             if problem is not None:
                 raise SnapRequestError(row, f"box {boxes[row].tolist()} is unusable ({problem}) for an image of "
                                             f"{image.width}x{image.height}")
-        res = snapper.snap(image, boxes[rows], buffer_ratio=ratio)
+        res = snapper.snap(image, boxes[rows], buffer_ratio=ratio, passes=passes)
         out[rows, :4], out[rows, 4:] = res.boxes, res.confidence
     return pd.DataFrame(out, columns=list(OUTPUT_COLUMNS))
 
@@ -208,7 +222,8 @@ def signature() -> "mlflow.models.ModelSignature":
     inputs = Schema([ColSpec("string", "image_b64", required=False), ColSpec("string", "image_path", required=False),
                      *[ColSpec("double", c) for c in BOX_COLUMNS], ColSpec("double", "buffer_ratio", required=False)])
     outputs = Schema([ColSpec("double", c) for c in OUTPUT_COLUMNS])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("buffer_ratio", "double", 1.0)]))
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("buffer_ratio", "double", 1.0),
+                                                                         ParamSpec("passes", "long", 1)]))
 
 
 def encode_image(path: str | os.PathLike[str]) -> str:
@@ -216,13 +231,16 @@ def encode_image(path: str | os.PathLike[str]) -> str:
     return base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
-def request_json(image_b64: str, boxes: "list[list[float]]", buffer_ratio: float | None = None) -> dict[str, Any]:
+def request_json(image_b64: str, boxes: "list[list[float]]", buffer_ratio: float | None = None,
+                 passes: int | None = None) -> dict[str, Any]:
     """The JSON body of a request for several boxes of one image (``dataframe_split``)."""
     columns = ["image_b64", *BOX_COLUMNS]
     data = [[image_b64, *map(float, b)] for b in boxes]
     body: dict[str, Any] = {"dataframe_split": {"columns": columns, "data": data}}
-    if buffer_ratio is not None:
-        body["params"] = {"buffer_ratio": float(buffer_ratio)}
+    params = {k: v for k, v in (("buffer_ratio", None if buffer_ratio is None else float(buffer_ratio)),
+                                ("passes", passes)) if v is not None}
+    if params:
+        body["params"] = params
     return body
 
 

@@ -151,6 +151,12 @@ def test_preannotation_snaps_the_last_annotation(client) -> None:
     assert pred["score"] == pytest.approx(min(x["score"] for x in pred["result"]))
 
 
+def test_a_task_without_rectangles_gets_no_prediction(client) -> None:
+    r = client.post("/predict", json=_body(None))
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["results"] == [[]]  # Label Studio: a list per task, empty = none
+
+
 def test_preannotation_sources() -> None:
     task = {"annotations": [], "predictions": [{"id": 4, "model_version": "crowd", "result": [OLD]},
                                                {"id": 5, "model_version": "tiny/test", "result": [NEW]}]}
@@ -246,3 +252,8 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert (args.host, args.port, args.model, args.device) == ("127.0.0.1", 9090, None, None)
     assert cli.main(["--model", str(tmp_path / "nothing"), "--port", "9"]) == 2
     assert "no such checkpoint path" in capsys.readouterr().err
+
+
+def test_two_passes_need_a_zoom_model(backend) -> None:
+    with pytest.raises(ValueError, match="tiny/test supports passes=1 only"):
+        SnapperBackend(backend.snapper, "tiny/test", passes=2)

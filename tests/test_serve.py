@@ -17,6 +17,7 @@ from PIL import Image
 from snapper.config import ModelConfig
 from snapper.model import build_model
 from snapper.serve import (
+    BOX_COLUMNS,
     IMAGE_ROOT_ENV,
     OUTPUT_COLUMNS,
     SnapRequestError,
@@ -119,3 +120,25 @@ def test_server_command_and_environment(tmp_path: Path) -> None:
     assert "_MLFLOW_SERVER_ARTIFACT_ROOT" not in env
     assert serve_env({}, "u", tmp_path)[IMAGE_ROOT_ENV] == str(tmp_path)
     assert base64.b64decode(request_json("aGk=", [[1, 2, 3, 4]])["dataframe_split"]["data"][0][0]) == b"hi"
+
+
+def test_two_passes_on_request(snapper: Snapper, images: Path) -> None:
+    b64 = encode_image(images / "a.png")
+    body = request_json(b64, [[18, 9, 33, 30]], passes=2)
+    assert body["params"] == {"passes": 2}
+    split = body["dataframe_split"]
+    rows = pd.DataFrame(split["data"], columns=split["columns"])
+    with pytest.raises(SnapRequestError, match=r"^params.passes=2: the served model supports passes=1 only") as e:
+        snap_rows(snapper, rows, body["params"])  # a one-pass model: a 400, not a 500
+    assert e.value.get_http_status_code() == 400
+    with pytest.raises(SnapRequestError, match=r"params.passes=3: passes must be 1 or 2"):
+        snap_rows(snapper, rows, {"passes": 3})
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1,
+                      zoom=True)
+    zoom = Snapper(build_model(cfg), cfg, device="cpu")
+    wide = request_json(b64, [[2, 9, 76, 30]], passes=2)  # wide enough for a second look at x
+    out = snap_rows(zoom, pd.DataFrame(wide["dataframe_split"]["data"], columns=split["columns"]), wide["params"])
+    direct = zoom.snap(Image.open(images / "a.png"), [[2, 9, 76, 30]], passes=2)
+    np.testing.assert_allclose(out[list(BOX_COLUMNS)].to_numpy(), direct.boxes)
+    assert not np.allclose(direct.boxes, zoom.snap(Image.open(images / "a.png"), [[2, 9, 76, 30]]).boxes)

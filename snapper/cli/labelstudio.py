@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, mps or auto (default: ${DEVICE_ENV}, else cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--buffer-ratio", type=positive_float, default=1.0, help="context around each box (default 1.0)")
+    p.add_argument("--passes", type=int, choices=(1, 2), default=1,
+                   help="2: add the zoom-in pass (models trained with model.zoom); default 1")
     return p
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise OSError(f"port {args.port} on {args.host} is in use; pick another with --port")
         if args.threads:
             torch.set_num_threads(args.threads)
-        backend = load_backend(args.model, args.device, args.buffer_ratio)
+        backend = load_backend(args.model, args.device, args.buffer_ratio, args.passes)
         app = create_app(backend)
         print(f"{PROG}: {backend.model_version} on {backend.snapper.device}\n  Label Studio -> project Settings -> "
               f"Model -> Connect Model: http://{args.host}:{args.port} (interactive preannotations on); "

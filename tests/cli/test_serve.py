@@ -115,6 +115,8 @@ def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[f
         status, body = _post(url, bad)
         assert status == 400 and body["row"] == 1, body
         assert body["cause"].startswith("row 1: box [1000000.0, 1000000.0, 5.0, 5.0] is unusable (outside_image)")
+        status, body = _post(url, request_json(encode_image(image), [box], passes=2))  # a request param
+        assert status == 400 and body["cause"].startswith("params.passes=2: the served model supports passes=1"), body
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
