@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_model.py                      # resnet18/50, efficientnet_lite0/1/2 x 96/128/256, batch 8
     .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 128 --device cuda --amp
+    .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 96 --fpn-channels 32 --decoder-channels 32 \
+        --decoder-layers 2 --batch 32 --threads 1 [--amp]   # the demo model, one of two side-by-side trainings
 
 The model is the published default (ModelConfig defaults: FPN/decoder 128 channels, 3
 decoder layers) with only the backbone and input size changed. Each cell runs ``--warmup``
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from snapper.config import ModelConfig  # noqa: E402
+from snapper.device import training_autocast_dtype  # noqa: E402
 from snapper.model import build_model  # noqa: E402
 
 
@@ -35,10 +38,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _autocast(device: torch.device, amp: bool):
-    if device.type == "cuda" and amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+    """Training's autocast policy (snapper.device): bf16/fp16 on CUDA, bf16 on a CPU with AMX."""
+    dtype = training_autocast_dtype(device, amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def measure(model_cfg: ModelConfig, batch: int, device: torch.device, train: bool, warmup: int, iters: int,
@@ -92,20 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="time cap per cell (after >= 1 iteration)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (CUDA only)")
+    p.add_argument("--amp", action="store_true", help="training's autocast: bf16/fp16 on CUDA, bf16 on a CPU with AMX "
+                   "(elsewhere fp32)")
     p.add_argument("--fpn-channels", type=int, default=ModelConfig.fpn_channels)
     p.add_argument("--decoder-channels", type=int, default=ModelConfig.decoder_channels)
+    p.add_argument("--decoder-layers", type=int, default=ModelConfig.decoder_layers)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cl = device.type == "cuda"
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}, "
-          f"fpn/decoder {args.fpn_channels}/{args.decoder_channels}{', amp' if args.amp else ''}")
+          f"fpn/decoder {args.fpn_channels}/{args.decoder_channels}x{args.decoder_layers}, autocast "
+          f"{training_autocast_dtype(device, args.amp) or 'none (fp32)'}")
     print("| backbone | input | fwd img/s | fwd+bwd+step img/s |\n|---|---|---|---|")
     for bb in args.backbones:
         for s in args.sizes:
             cfg = ModelConfig(backbone=bb, input_size=s, fpn_channels=args.fpn_channels,
-                              decoder_channels=args.decoder_channels)
+                              decoder_channels=args.decoder_channels, decoder_layers=args.decoder_layers)
             fwd = measure(cfg, args.batch, device, False, args.warmup, args.iters, args.seconds, args.amp, cl)
             trn = measure(cfg, args.batch, device, True, args.warmup, args.iters, args.seconds, args.amp, cl)
             print(f"| {bb} | {s} | {fwd:.1f} | {trn:.1f} |", flush=True)

@@ -138,7 +138,7 @@ class TrainConfig:
     # around single objects is a poor estimate of the statistics the pretrained weights expect.
     freeze_trunk_bn: bool = False
     grad_clip: float = 1.0
-    amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; ignored on CPU
+    amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; bf16 on a CPU with AMX, else fp32
     channels_last: bool = True
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N

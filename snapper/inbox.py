@@ -4,12 +4,16 @@ folder and every file is snapped once.
 Layout::
 
     <inbox>/*.json              new rough-annotation files (write elsewhere, then move in;
-                                also *.manifest / *.jsonl Ground Truth manifests, *.xml CVAT;
-                                files younger than ``min_age_s`` are left for the next run)
+                                also *.manifest / *.jsonl Ground Truth manifests, *.xml CVAT,
+                                *.zip a zipped Pascal VOC or YOLO folder (or one file of the
+                                others); files younger than ``min_age_s`` are left for the
+                                next run)
     <inbox>/processing/         claimed files: ``<stem>.<claim id>-<attempt>.json``
     <inbox>/done/<name>.json    inputs snapped successfully
     <inbox>/failed/<name>.json  inputs that could not be snapped, with ``<stem>.error.txt``
-    <outbox>/<stem>/            outputs (``snapped.json``, ``boxes.parquet``, ...)
+    <outbox>/<stem>/            outputs (``snapped.json``, ``boxes.parquet``, ...; a zip's
+                                content is unpacked to ``input/``, its format written back
+                                under ``snapped/``)
 
 Why it is safe: a file is claimed with one ``os.rename`` into ``processing/`` (atomic within
 a filesystem), so of two runs exactly one rename succeeds and the other sees the file gone.
@@ -39,6 +43,8 @@ from typing import Any
 from snapper.atomic import atomic_write_text
 from snapper.batch import BatchInputError
 from snapper.formats import batch_snap_any
+from snapper.formats.archive import unpack
+from snapper.formats.detect import detect_format
 from snapper.config import BatchConfig
 
 PROCESSING, DONE, FAILED = "processing", "done", "failed"
@@ -46,9 +52,12 @@ OUTBOX = "outbox"  # default outbox: <inbox>/outbox
 ERROR_SUFFIX = ".error.txt"
 
 # What a rough file may be: COCO or a Ground Truth manifest saved as .json, a manifest as
-# .manifest/.jsonl, a CVAT XML (see snapper.formats; detected by content)
-SUFFIXES = (".json", ".manifest", ".jsonl", ".xml")
-_CLAIM_RE = re.compile(r"^(?P<stem>.+)\.(?P<claim>[0-9A-Za-z]+)-(?P<attempt>[0-9]+)(?P<suffix>\.(?:json|manifest|jsonl|xml))$")
+# .manifest/.jsonl, a CVAT XML (see snapper.formats; detected by content), a zip of a VOC or
+# YOLO folder (folders cannot arrive by one atomic rename; see snapper.formats.archive)
+SUFFIXES = (".json", ".manifest", ".jsonl", ".xml", ".zip")
+_CLAIM_RE = re.compile(r"^(?P<stem>.+)\.(?P<claim>[0-9A-Za-z]+)-(?P<attempt>[0-9]+)"
+                       r"(?P<suffix>\.(?:json|manifest|jsonl|xml|zip))$")
+UNPACKED = "input"  # <outbox>/<stem>/input/: a zip's content
 
 Claim = dict[str, Any]  # {"name": original file name, "claimed": path in processing/, "attempt": n}
 
@@ -243,6 +252,18 @@ def _failed(claim: Claim, inbox: str | os.PathLike[str], e: Exception) -> dict[s
             "summary": None}
 
 
+def rough_source(archive: Path, out: Path) -> Path:
+    """What to snap in a claimed zip: unpacked to ``out/input/``, its only file if it holds
+    one, else its folder (VOC or YOLO; several COCO files go into the inbox one by one)."""
+    folder = unpack(archive, out / UNPACKED)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    if len(files) == 1:
+        return files[0]
+    if detect_format(folder) == "coco":
+        raise BatchInputError(f"{archive.name}: a zip of several COCO files; put each .json into the inbox instead")
+    return folder
+
+
 def process_claimed(claim: Claim, inbox: str | os.PathLike[str], images_root: str | os.PathLike[str],
                     outbox: str | os.PathLike[str], checkpoint: str | os.PathLike[str], cfg: BatchConfig,
                     heartbeat_s: float = 60.0) -> dict[str, Any]:
@@ -256,8 +277,10 @@ def process_claimed(claim: Claim, inbox: str | os.PathLike[str], images_root: st
         if not images.is_dir():
             raise BatchInputError(f"{name}: images folder {images} does not exist")
         with heartbeat(claimed, heartbeat_s):
-            # COCO, a Ground Truth manifest or CVAT XML (detected by content; written back)
-            r = batch_snap_any(claimed, images, out, checkpoint, cfg).batch
+            # COCO, a Ground Truth manifest, CVAT XML, a zipped VOC/YOLO folder (detected by
+            # content; written back in its format)
+            source = rough_source(claimed, out) if claimed.suffix == ".zip" else claimed
+            r = batch_snap_any(source, images, out, checkpoint, cfg).batch
         dest = free_path(Path(inbox) / DONE, name)
         os.replace(claimed, dest)
     except Exception as e:  # noqa: BLE001 - reported in failed/, never blocking the others

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from snapper.device import autocast, autocast_dtype, resolve_device, use_channels_last
+from snapper import device
+from snapper.device import autocast, autocast_dtype, resolve_device, training_autocast_dtype, use_channels_last
 
 
 def test_auto_is_cpu_without_cuda_and_fp32_there() -> None:
@@ -32,3 +33,15 @@ def test_autocast_none_is_a_no_op_and_bf16_runs_on_cpu() -> None:
         assert (x @ x).dtype == torch.float32
     with autocast(torch.device("cpu"), torch.bfloat16):
         assert (x @ x).dtype == torch.bfloat16
+
+
+def test_cpu_training_autocasts_to_bf16_only_with_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: True)
+    assert training_autocast_dtype(cpu, amp=True) == torch.bfloat16
+    assert training_autocast_dtype(cpu, amp=False) is None
+    monkeypatch.setattr(device, "cpu_has_amx", lambda: False)
+    assert training_autocast_dtype(cpu, amp=True) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: 1 / 0, raising=False)
+    assert device.cpu_has_amx() is False  # a probe that fails reads as no AMX

@@ -8,14 +8,16 @@ import multiprocessing as mp
 import os
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from snapper import inbox as ib
 from snapper.batch import OUTPUT_JSON
+from snapper.formats import voc, yolo
 from tests.batchdata import fast_config, make_rough, tiny_checkpoint
-from tests.formats.data import CVAT, gt_manifest, make_images
+from tests.formats.data import CVAT, base_coco, gt_manifest, make_images
 
 OLD = time.time() - 7200  # two hours ago: older than any stale limit used here
 
@@ -224,3 +226,45 @@ def test_a_killed_claim_of_an_xml_file_keeps_its_suffix(tmp_path):
     os.utime(c["claimed"], (0, 0))  # the run was killed: the claim went stale
     (again,) = ib.claim_round(box, "run2", stale_after_s=60).retried
     assert again["name"] == "task.xml" and Path(again["claimed"]).name == "task.run2-2.xml"
+
+
+def _zip_folder(folder: Path, arc: Path, prefix: str = "") -> None:
+    with zipfile.ZipFile(arc, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.iterdir()):
+            z.write(p, prefix + p.name)
+
+
+@pytest.mark.parametrize("fmt, prefix", [("voc", "Annotations/"), ("yolo", "")])
+def test_a_zipped_voc_or_yolo_folder_is_snapped_and_written_back(tmp_path, fmt, prefix):
+    images = make_images(tmp_path / "src")
+    coco = base_coco()
+    (voc if fmt == "voc" else yolo).write(coco, None, tmp_path / fmt)
+    box = tmp_path / "inbox"
+    box.mkdir()
+    _zip_folder(tmp_path / fmt, box / f"crowd-{fmt}.zip", prefix)
+    (c,) = ib.claim_round(box, "run1").claims
+    assert Path(c["claimed"]).name == f"crowd-{fmt}.run1-1.zip"
+    r = ib.process_claimed(c, box, images, tmp_path / "outbox", tiny_checkpoint(tmp_path / "ck"), fast_config(),
+                           heartbeat_s=0.05)
+    assert r["status"] == "done", r["error"]
+    assert r["annotations"] == len(coco["annotations"])  # every box of the folder accounted for
+    out = tmp_path / "outbox" / f"crowd-{fmt}"
+    assert json.loads((out / "format.json").read_text())["format"] == fmt
+    written = sorted(p.name for p in (out / "snapped").iterdir())
+    inputs = sorted(p.name for p in (tmp_path / fmt).iterdir())  # each file written back (YOLO: + the CSV)
+    assert written == (inputs if fmt == "voc" else sorted([*inputs, yolo.CSV_NAME]))
+    assert [p.name for p in (box / ib.DONE).iterdir()] == [f"crowd-{fmt}.zip"]
+
+
+def test_a_zip_with_a_path_out_of_the_folder_fails_alone(tmp_path):
+    images = make_images(tmp_path / "src")
+    box = tmp_path / "inbox"
+    box.mkdir()
+    with zipfile.ZipFile(box / "evil.zip", "w") as z:
+        z.writestr("../../escaped.xml", "<annotation/>")
+    (c,) = ib.claim_round(box, "run1").claims
+    r = ib.process_claimed(c, box, images, tmp_path / "outbox", tiny_checkpoint(tmp_path / "ck"), fast_config(),
+                           heartbeat_s=0.05)
+    assert r["status"] == "failed" and "member '../../escaped.xml' leaves the archive's folder" in r["error"]
+    assert not list(tmp_path.rglob("escaped.xml"))
+    assert (box / ib.FAILED / "evil.zip").is_file() and (box / ib.FAILED / "evil.error.txt").is_file()
