@@ -168,6 +168,7 @@ class EvalConfig:
     precision: str = "auto"  # one of PRECISION_CHOICES: auto (bf16/fp16 autocast on CUDA, fp32 on CPU)
     verify_shards: bool = True  # as DataConfig.verify_shards
     passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
+    flip: bool = False  # test-time augmentation: also read each crop mirrored (2x model time)
 
 
 @dataclass

@@ -358,18 +358,14 @@ class SnapperBackend:
 
     def __init__(self, snapper: Snapper, model_version: str, buffer_ratio: float = 1.0, passes: int = 1):
         check_passes(snapper.cfg, passes, model_version)
-        self.snapper = snapper
-        self.passes = passes
-        self.model_version = model_version
-        self.buffer_ratio = buffer_ratio
-        self._lock = threading.Lock()
+        self.snapper, self.model_version, self._lock = snapper, model_version, threading.Lock()
+        self.options = {"buffer_ratio": buffer_ratio, "passes": passes}  # of every snap
 
     def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
                 label_config: str | None = None, **kwargs: Any) -> list[Any]:
         """One answer per task: interactive when ``context`` holds regions (the newest
-        rectangle of the first task snapped), else pre-annotation of every task. A task with
-        no rectangle to snap gets an empty list, which Label Studio reads as "no prediction"
-        (an empty prediction would show in the labeling view as a model tab at 0.00%)."""
+        rectangle of the first task snapped), else pre-annotation of every task; [] for a task
+        with nothing to snap ("no prediction", not an empty one shown as a model tab at 0.00%)."""
         if not isinstance(tasks, list) or not tasks or not all(isinstance(t, dict) for t in tasks):
             raise LabelStudioRequestError("tasks must be a non-empty list of task objects")
         controls = rect_controls(label_config)
@@ -410,7 +406,7 @@ class SnapperBackend:
                 raise LabelStudioRequestError(f"{where}: {e}") from None
         try:
             with self._lock:
-                res = self.snapper.snap(image, boxes, buffer_ratio=self.buffer_ratio, passes=self.passes)
+                res = self.snapper.snap(image, boxes, **self.options)
         except ValueError as e:  # an unusable box (outside the image, too small, ...)
             raise LabelStudioRequestError(f"task {tid}: {e}") from None
         return [region_result(r, control, b, c, image, self.model_version)

@@ -10,6 +10,8 @@ All boxes of an image are cropped from one decode and run as one batch.
 
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass
 
@@ -30,6 +32,20 @@ from snapper.zoom import StripGeometry, check_passes, zoom_edges
 STRIP_BORDER = 1.0
 
 
+def _mirror_lr(logits: torch.Tensor) -> torch.Tensor:
+    """Edge logits (B, 4, bins) of horizontally mirrored crops, as the unmirrored crops' edges:
+    the mirror's right edge is the left one, and bins sit on pixel boundaries, so position
+    u -> S - u is bin k -> bins - 1 - k."""
+    out = logits[:, [2, 1, 0, 3]].clone()
+    out[:, [0, 2]] = out[:, [0, 2]].flip(-1)
+    return out
+
+
+def _mean_distribution(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Logits of the mean of two softmax distributions (what the decoder reads)."""
+    return torch.logsumexp(torch.stack([a.float().log_softmax(-1), b.float().log_softmax(-1)]), 0) - math.log(2)
+
+
 @dataclass
 class SnapResult:
     boxes: np.ndarray  # (N, 4) COCO xywh, original pixels
@@ -48,8 +64,13 @@ class SnapResult:
 
 
 class Snapper:
+    """A model ready to snap: device, precision, batching. ``flip=True`` also reads every crop
+    (and strip) mirrored and averages the two edge distributions: test-time augmentation at
+    twice the model time."""
+
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: str | torch.device = "auto",
-                 batch_size: int = 64, precision: str = "auto"):
+                 batch_size: int = 64, precision: str = "auto", flip: bool = False):
+        self.flip = flip
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
         self.channels_last = use_channels_last(self.device)
@@ -84,6 +105,8 @@ class Snapper:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.autocast_dtype):
                 out = self.model(x)
+                if self.flip and self.cfg.head == "edges":  # mirrored: left <-> right, positions u -> S - u
+                    out = _mean_distribution(out, _mirror_lr(self.model(x.flip(-1))))
             p, c = self.model.decode(out.float(), None if scale is None else scale[i : i + self.batch_size])
             pos.append(p.double().cpu())
             conf.append(c.double().cpu())
@@ -103,6 +126,8 @@ class Snapper:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.autocast_dtype):
                 out = self.model.forward_strips(x)
+                if self.flip:  # mirrored along the edge: the position across is unchanged
+                    out = _mean_distribution(out, self.model.forward_strips(x.flip(-2)))
             p, c = self.model.decode_strips(out.float(), scale[i : i + step])
             pos.append(p.double().cpu())
             conf.append(c.double().cpu())
