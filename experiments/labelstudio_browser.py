@@ -74,20 +74,22 @@ def drive(args: dict) -> dict:
     base, out = args["base"], Path(args["out"])
     latencies: list[float] = []
     answers: list[dict] = []
+    drawn: list[dict] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args["chromium"], args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         try:
-            _label(page, args, base, out, latencies, answers)
+            _label(page, args, base, out, latencies, answers, drawn)
         except Exception:
             page.screenshot(path=str(out / "failure.jpg"), quality=80)
             raise
         finally:
             browser.close()
-    return {"latencies_ms": latencies, "answers": answers}
+    return {"latencies_ms": latencies, "answers": answers, "drawn": drawn}
 
 
-def _label(page, args: dict, base: str, out: Path, latencies: list[float], answers: list[dict]) -> None:
+def _label(page, args: dict, base: str, out: Path, latencies: list[float], answers: list[dict],
+           drawn: list[dict]) -> None:
     width, height = args["width"], args["height"]
     x0, y0, x1, y1 = args["rough"]
     page.goto(f"{base}/user/login/")
@@ -122,6 +124,7 @@ def _label(page, args: dict, base: str, out: Path, latencies: list[float], answe
         body = response.json()
         latencies.append(page.evaluate("performance.now()") - t)
         answers.append(body["data"]["result"][0])
+        drawn.append(response.request.post_data_json["context"]["result"][-1]["value"])  # as Label Studio sent it
         page.get_by_test_id("bottombar-accept-suggestions-button").wait_for(state="visible")
         if attempt < args["draws"] - 1:
             page.get_by_test_id("bottombar-reject-suggestions-button").click()
@@ -194,18 +197,19 @@ def main() -> int:
     for k in ("x", "y", "width", "height"):
         assert abs(saved["value"][k] - suggested["value"][k]) < 1e-6, (saved, suggested)
     snapped = value_to_xyxy(suggested["value"], width, height)
-    truth = truth_box(args.photo, list(args.rough))
+    rough = value_to_xyxy(seen["drawn"][-1], width, height)  # the mouse's box, in image pixels
+    truth = truth_box(args.photo, rough)
     result = {
         "photo": args.photo.name, "model": model, "passes": args.passes, "draws": args.draws,
         "browser_latency_ms": {"p50": round(statistics.median(seen["latencies_ms"]), 1),
                                "max": round(max(seen["latencies_ms"]), 1),
                                "all": [round(v, 1) for v in seen["latencies_ms"]]},
-        "rough_xyxy": list(args.rough), "snapped_xyxy": [round(v, 1) for v in snapped],
+        "rough_xyxy": [round(v, 1) for v in rough], "snapped_xyxy": [round(v, 1) for v in snapped],
         "edge_confidence": suggested["meta"]["confidence"], "score": suggested["score"],
         "submitted_equals_suggestion": True, "label": saved["value"]["rectanglelabels"],
     }
     if truth:
-        result |= {"truth_xyxy": [round(v, 1) for v in truth], "iou_rough": round(iou(list(args.rough), truth), 3),
+        result |= {"truth_xyxy": [round(v, 1) for v in truth], "iou_rough": round(iou(rough, truth), 3),
                    "iou_snapped": round(iou(snapped, truth), 3),
                    "edge_error_px": {k: round(abs(a - b), 1) for k, a, b in
                                      zip(("left", "top", "right", "bottom"), snapped, truth)}}

@@ -199,6 +199,7 @@ class BatchConfig:
     draft_decode: bool = True
     max_pixels: int | None = MAX_DECODE_PIXELS
     passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
+    flip: bool = False  # test-time augmentation: also read each crop mirrored (2x model time)
 
 
 # ---------------------------------------------------------------------------- (de)serialisation

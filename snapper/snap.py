@@ -82,9 +82,9 @@ class Snapper:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "auto", batch_size: int = 64,
-                        precision: str = "auto") -> "Snapper":
+                        precision: str = "auto", flip: bool = False) -> "Snapper":
         model, cfg, _ = load_checkpoint(path)
-        return cls(model, cfg, device=device, batch_size=batch_size, precision=precision)
+        return cls(model, cfg, device=device, batch_size=batch_size, precision=precision, flip=flip)
 
     @torch.inference_mode()
     def predict_crops(self, crops: torch.Tensor, geometry: CropGeometry | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -226,3 +226,17 @@ def test_flip_averaging_makes_snapping_mirror_symmetric(tmp_path, passes):
             np.testing.assert_allclose(conf, a.confidence, atol=2e-3)
         else:
             assert np.abs(b - a.boxes).max() > 0.05  # the check above can fail
+
+
+def test_batch_snap_and_the_cli_with_flip_match_the_api(tmp_path, rough_zoom, capsys):
+    ann, images, data = rough_zoom
+    ckpt = _zoom_checkpoint(tmp_path)
+    r = B.batch_snap(ann, images, tmp_path / "flip", ckpt, fast_config(passes=2, flip=True))
+    got = pd.read_parquet(r.boxes).set_index("annotation_id").loc[11, B.PRED_COLS].to_numpy(dtype=float)
+    res = Snapper.from_checkpoint(ckpt, device="cpu", flip=True).snap(images / "a.jpg", [data["annotations"][0]["bbox"]],
+                                                                      passes=2)
+    np.testing.assert_allclose(got, res.boxes[0], atol=1e-3)
+    assert cli(["snap", str(images / "a.jpg"), "--box", "55,35,230,170", "--checkpoint", ckpt, "--device", "cpu",
+                "--passes", "2", "--flip"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    np.testing.assert_allclose(out["boxes"][0]["bbox"], res.boxes[0], atol=1e-3)

@@ -66,15 +66,16 @@ _SNAPPERS_LOCK = threading.Lock()
 
 
 def get_snapper(ckpt: str | os.PathLike[str], device: str = "auto", batch_size: int = 128,
-                precision: str = "auto") -> Snapper:
+                precision: str = "auto", flip: bool = False) -> Snapper:
     """One loaded model per (checkpoint, device, precision) per process: chunks run in threads
     share it (inference in eval mode does not mutate the module)."""
     dev = str(resolve_device(device))
-    key = (str(Path(ckpt).resolve()), dev, model_fingerprint(ckpt), int(batch_size), precision)
+    key = (str(Path(ckpt).resolve()), dev, model_fingerprint(ckpt), int(batch_size), precision, bool(flip))
     with _SNAPPERS_LOCK:
         s = _SNAPPERS.get(key)
         if s is None:
-            s = _SNAPPERS[key] = Snapper.from_checkpoint(ckpt, device=dev, batch_size=batch_size, precision=precision)
+            s = _SNAPPERS[key] = Snapper.from_checkpoint(ckpt, device=dev, batch_size=batch_size, precision=precision,
+                                                         flip=flip)
     return s
 
 
@@ -82,11 +83,11 @@ def chunk_result_path(chunk: Chunk, out_dir: str | os.PathLike[str], model_fp: s
                       images_fp: str) -> Path:
     """Where a chunk's result lives; the name changes with anything that changes the result
     (input file, images folder, image ids, the images' contents as ``images_fp``, weights,
-    buffer ratio, size limit, decode scale, precision, pixel budget, passes)."""
+    buffer ratio, size limit, decode scale, precision, pixel budget, passes, flip)."""
     key = [chunk.key, images_fp, model_fp, cfg.buffer_ratio, cfg.min_box_size, cfg.draft_decode, cfg.precision,
            cfg.max_pixels]
-    if cfg.passes != 1:  # one-pass results keep the names they had before the zoom-in pass existed
-        key.append(cfg.passes)
+    if cfg.passes != 1 or cfg.flip:  # plain results keep the names they had before these options existed
+        key += [cfg.passes, bool(cfg.flip)]
     h = hashlib.sha256(json.dumps(key).encode())
     return Path(out_dir) / CHUNKS_DIR / f"chunk-{chunk.index:05d}-{h.hexdigest()[:12]}.parquet"
 
@@ -136,7 +137,7 @@ def usable_result(path: Path, expected: int) -> bool:
 
 def _snap_rows(inp: RoughInput, chunk: Chunk, ckpt: Path, cfg: BatchConfig) -> pd.DataFrame:
     jobs, kept = chunk_jobs(inp, chunk)
-    snapper = get_snapper(ckpt, cfg.device, cfg.batch_size, cfg.precision)
+    snapper = get_snapper(ckpt, cfg.device, cfg.batch_size, cfg.precision, cfg.flip)
     check_passes(snapper.cfg, cfg.passes, str(ckpt))
     batcher = Batcher(snapper, cfg.batch_size, cfg.passes)
     batcher.rows += kept

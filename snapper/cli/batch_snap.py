@@ -21,6 +21,7 @@ from snapper.batch import (
 )
 from snapper.batch.pipeline import DEFAULT_MODEL
 from snapper.cli.common import (
+    add_flip_option,
     add_set_option,
     apply_sets,
     fail,
@@ -37,7 +38,7 @@ PROG = "snapper batch-snap"
 
 # Options that set a BatchConfig field directly (the defaults are BatchConfig's).
 FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio", "max_pixels",
-                 "passes")
+                 "passes", "flip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"ones are kept as image_too_large (default {d.max_pixels})")
     p.add_argument("--passes", type=int, choices=(1, 2),
                    help=f"2 adds the zoom-in pass (models trained with model.zoom) (default {d.passes})")
+    add_flip_option(p, None)
     add_set_option(p, "BatchConfig")
     return p
 

@@ -81,3 +81,11 @@ def run(prog: str, body: Callable[[], int | None]) -> int:
 def setup_logging(level: int = logging.INFO) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def add_flip_option(p: argparse.ArgumentParser, default: "bool | None" = False) -> None:
+    """``--flip``: test-time augmentation (``Snapper(flip=True)``); default None where an unset
+    option must leave a config's own value alone."""
+    p.add_argument("--flip", action="store_true", default=default,
+                   help="also read each crop mirrored and average the two (test-time augmentation, 2x the model "
+                        "time; experiments/results/flip-tta)")

@@ -7,7 +7,15 @@ from pathlib import Path
 
 from snapper import tracking
 from snapper.checkpoint import read_config
-from snapper.cli.common import add_set_option, apply_sets, positive_float, positive_int, run, setup_logging
+from snapper.cli.common import (
+    add_flip_option,
+    add_set_option,
+    apply_sets,
+    positive_float,
+    positive_int,
+    run,
+    setup_logging,
+)
 from snapper.config import PRECISION_CHOICES, EvalConfig, JitterConfig
 from snapper.data.manifest import shard_urls
 from snapper.evaluate import evaluate
@@ -44,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference precision (auto: bf16/fp16 autocast on CUDA, fp32 on CPU)")
     p.add_argument("--passes", type=int, choices=(1, 2), default=EvalConfig.passes,
                    help="2 adds the zoom-in pass (models trained with model.zoom)")
+    add_flip_option(p)
     add_set_option(p, "EvalConfig")
     p.add_argument("--no-identity", action="store_true", help="leave out the rough-box floor")
     p.add_argument("--no-plots", action="store_true")
@@ -54,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(p: argparse.ArgumentParser, args: argparse.Namespace, shards: list[str]) -> EvalConfig:
     cfg = EvalConfig(shards=shards, jitter=JitterConfig(shift=args.jitter_shift), batch_size=args.batch_size,
                      buffer_ratio=args.buffer_ratio, seed=args.seed, max_boxes=args.max_boxes,
-                     workers=args.workers, device=args.device, precision=args.precision, passes=args.passes)
+                     workers=args.workers, device=args.device, precision=args.precision, passes=args.passes,
+                     flip=args.flip)
     return apply_sets(p, cfg, args.overrides)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from snapper.cli.common import fail, positive_float, run
+from snapper.cli.common import add_flip_option, fail, positive_float, run
 from snapper.config import SNAP_MIN_BOX_SIZE
 from snapper.imageio import load_image
 from snapper.registry import CHAMPION_REF, resolve_model
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--passes", type=int, choices=(1, 2), default=1,
                    help="2 adds the zoom-in pass (models trained with model.zoom)")
+    add_flip_option(p)
     p.add_argument("--out", help="write a PNG with rough (red) and snapped (green) boxes")
     return p
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, f"--out {args.out}: {problem}")
 
     def body() -> int:
-        snapper = Snapper.from_checkpoint(resolve_model(args.checkpoint), device=args.device)
+        snapper = Snapper.from_checkpoint(resolve_model(args.checkpoint), device=args.device, flip=args.flip)
         result = snapper.snap(args.image, args.box, buffer_ratio=args.buffer_ratio, passes=args.passes)
         print(json.dumps({"image": args.image, "boxes": result.to_json()}, indent=2))
         if args.out:

@@ -20,7 +20,7 @@ def test_result_name_changes_with_what_changes_the_result(rough, tmp_path):
     base = B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(), "images-a")
     assert base.parent == tmp_path / B.CHUNKS_DIR and base.name.startswith("chunk-00000-")
     for kw in ({"buffer_ratio": 1.5}, {"min_box_size": 7.0}, {"draft_decode": False}, {"precision": "fp32"},
-               {"max_pixels": 1000}):
+               {"max_pixels": 1000}, {"passes": 2}, {"flip": True}):
         assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(**kw), "images-a") != base, kw
     assert B.chunk_result_path(chunk, tmp_path, "weights-b", cfg(), "images-a") != base
     assert B.chunk_result_path(chunk, tmp_path, "weights-a", cfg(), "images-b") != base  # an image's content
