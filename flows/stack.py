@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows import OFFLINE_ENV
 from flows.procs import alive, group_alive, memory_kb, pid_exists, proc_table, service_processes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,13 +44,6 @@ HOST = "127.0.0.1"
 POOL = "snapper-pool"
 SERVICES = ("prefect-server", "mlflow-server", "prefect-worker")  # start order; stopped in reverse
 
-OFFLINE_ENV = {
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_CLI_PROMPT": "false",
-}
 # MLflow 3's server also starts job-execution consumers (huey) for GenAI features (judges,
 # scorers, trace jobs) the project does not use: about 8 processes and 2 GB on their own.
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
