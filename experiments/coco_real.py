@@ -53,6 +53,9 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     # data (their 20% held out unused, so the report split is the same), in fp32 like the rows
     # above (they ran before CPU training autocast to bf16): does more, out-of-domain data help?
     "lite0-web": ("snapper-lite0-imagenet-plus-web", ["amp=false"]),
+    # Not in the default set: the Lite0 run again with another seed (fp32), to see how far two
+    # runs of one recipe land apart on the report split.
+    "lite0-seed1": ("snapper-lite0-imagenet-seed1", ["seed=1", "amp=false"]),
 }
 DEFAULT_RUNS = ("resnet18", "lite0", "regression", "lite0-zoom")
 ONE_PASS = " (pass 1 only)"  # suffix of a zoom model's row evaluated without its second pass

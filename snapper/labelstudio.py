@@ -415,7 +415,7 @@ class SnapperBackend:
 
 @functools.lru_cache(maxsize=4)
 def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio: float = 1.0,
-                 passes: int = 1) -> SnapperBackend:
+                 passes: int = 1, flip: bool = False) -> SnapperBackend:
     """The backend on model ``ref`` (default ``$SNAPPER_MODEL``, else the champion) on ``device``
     (default ``$SNAPPER_DEVICE``, else cpu), loaded once per process and arguments."""
     ref = ref or os.environ.get(MODEL_ENV) or CHAMPION_REF
@@ -425,7 +425,7 @@ def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio
     version = ref[len("models:/"):] if ref.startswith("models:/") else ref if not Path(ref).exists() \
         else f"{ckpt.parent.name}/{ckpt.name}"
     log.info("Label Studio backend: %s from %s on %s", version, ckpt, device)
-    return SnapperBackend(Snapper.from_checkpoint(ckpt, device=device), version, buffer_ratio, passes)
+    return SnapperBackend(Snapper.from_checkpoint(ckpt, device=device, flip=flip), version, buffer_ratio, passes)
 
 
 # -------------------------------------------------------------------------------- HTTP app

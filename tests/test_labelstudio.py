@@ -245,11 +245,13 @@ def test_load_backend_from_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     b = load_backend()
     assert b.model_version == "runs/best" and str(b.snapper.device) == "cpu"
     assert load_backend() is b  # once per process
+    assert load_backend(flip=True).snapper.flip and not b.snapper.flip
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = cli.build_parser().parse_args([])
-    assert (args.host, args.port, args.model, args.device) == ("127.0.0.1", 9090, None, None)
+    assert (args.host, args.port, args.model, args.device, args.flip) == ("127.0.0.1", 9090, None, None, False)
+    assert cli.build_parser().parse_args(["--flip", "--passes", "2"]).flip
     assert cli.main(["--model", str(tmp_path / "nothing"), "--port", "9"]) == 2
     assert "no such checkpoint path" in capsys.readouterr().err
 

@@ -20,7 +20,7 @@ import socket
 import torch
 from werkzeug.serving import run_simple
 
-from snapper.cli.common import positive_float, positive_int, run, setup_logging
+from snapper.cli.common import add_flip_option, positive_float, positive_int, run, setup_logging
 from snapper.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
 from snapper.registry import CHAMPION_REF
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer-ratio", type=positive_float, default=1.0, help="context around each box (default 1.0)")
     p.add_argument("--passes", type=int, choices=(1, 2), default=1,
                    help="2: add the zoom-in pass (models trained with model.zoom); default 1")
+    add_flip_option(p)
     return p
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise OSError(f"port {args.port} on {args.host} is in use; pick another with --port")
         if args.threads:
             torch.set_num_threads(args.threads)
-        backend = load_backend(args.model, args.device, args.buffer_ratio, args.passes)
+        backend = load_backend(args.model, args.device, args.buffer_ratio, args.passes, args.flip)
         app = create_app(backend)
         print(f"{PROG}: {backend.model_version} on {backend.snapper.device}\n  Label Studio -> project Settings -> "
               f"Model -> Connect Model: http://{args.host}:{args.port} (interactive preannotations on); "
