@@ -15,7 +15,9 @@ once with two (``passes=2``: the zoom-in pass on every coarse edge):
     and from the file (decode included), the interactive Find-and-Snap case; one torch thread
     by default (``--latency-threads``), as one request of a snap server would get;
 (d) ``two_pass_vs_one_pass``: time per box with the second pass over time per box without it,
-    end to end and single-box (target <= 2).
+    end to end and single-box (target <= 2);
+(e) ``flip_vs_one_pass``: the same for ``flip=True`` (each crop read again mirrored; its
+    limit is 2x, the model's time doubled).
 
     .venv/bin/python bench/bench_snap.py [--batch-size 64] [--workers 2] [--device auto] [--max-images N]
 
@@ -141,21 +143,22 @@ def main(argv: list[str] | None = None) -> int:
         n_boxes = write_rough(ann_file, rough, max_images=a.max_images)
         snapper = Snapper.from_checkpoint(ckpt, device=a.device, batch_size=a.batch_size)
         limits: list[float] = []
-        runs: dict[int, list[tuple[float, dict]]] = {1: [], 2: []}
+        variants = {1: (1, False), 2: (2, False), "flip": (1, True)}  # key -> (passes, flip)
+        runs: dict[int | str, list[tuple[float, dict]]] = {k: [] for k in variants}
         for k in range(a.repeats):
             # Interleaved, best of each: on a shared machine, load from others hits all alike.
             limits.append(model_limit(snapper, a.batch_size, min(n_boxes, 4 * a.batch_size), mcfg.input_size))
-            for passes in (1, 2):
-                cfg = BatchConfig(batch_size=a.batch_size, workers=a.workers, device=a.device, passes=passes)
+            for key, (passes, flip) in variants.items():
+                cfg = BatchConfig(batch_size=a.batch_size, workers=a.workers, device=a.device, passes=passes, flip=flip)
                 t = time.perf_counter()
-                r = batch_snap(rough, images_dir, tmp_p / f"out{k}-{passes}", ckpt, cfg)  # fresh out_dir: no resume
-                runs[passes].append((time.perf_counter() - t, r.summary))
+                r = batch_snap(rough, images_dir, tmp_p / f"out{k}-{key}", ckpt, cfg)  # fresh out_dir: no resume
+                runs[key].append((time.perf_counter() - t, r.summary))
         threads = torch.get_num_threads()
         torch.set_num_threads(a.latency_threads)  # one request, one core: what a snap server would give it
         lat = {p: latency(snapper, json.loads(rough.read_text()), images_dir, a.latency_boxes, passes=p) for p in (1, 2)}
         torch.set_num_threads(threads)
     limit = max(limits)
-    wall = {p: min(w for w, _ in runs[p]) for p in (1, 2)}
+    wall = {key: min(w for w, _ in runs[key]) for key in runs}
     summary = runs[1][0][1]
     report = {
         "device": str(snapper.device) + (f" ({torch.cuda.get_device_name()})" if snapper.device.type == "cuda" else
@@ -179,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end_time_per_box": round(wall[2] / wall[1], 3),
             "single_box_decoded_p50": round(lat[2]["decoded_p50_ms"] / lat[1]["decoded_p50_ms"], 3),
         },
+        "flip": {"end_to_end_boxes_per_s": round(n_boxes / wall["flip"], 1),
+                 "end_to_end_wall_s": [round(w, 2) for w, _ in runs["flip"]]},
+        "flip_vs_one_pass": {"end_to_end_time_per_box": round(wall["flip"] / wall[1], 3), "limit": 2.0},
     }
     print(json.dumps(report, indent=1))
     return 0
