@@ -15,8 +15,10 @@ column          type     meaning
                          param, 1.0)
 ==============  =======  ===========================================================
 
-Request params (``"params"`` next to the dataframe): ``buffer_ratio`` (default 1.0) and
-``passes`` (1, or 2 for the zoom-in pass of a model trained with ``model.zoom``).
+Request params (``"params"`` next to the dataframe): ``buffer_ratio`` (default 1.0),
+``passes`` (1, or 2 for the zoom-in pass of a model trained with ``model.zoom``) and ``flip``
+(``true``: also read every crop mirrored and average, test-time augmentation at twice the
+model time; default ``false``).
 
 Rows of one image are snapped together (the image is decoded once). The answer has one row
 per request row: snapped ``x, y, w, h`` and ``conf_left, conf_top, conf_right, conf_bottom``
@@ -166,6 +168,15 @@ def _passes(snapper: Snapper, params: Mapping[str, Any] | None) -> int:
     return int(value)
 
 
+def _flip(params: Mapping[str, Any] | None) -> bool:
+    value = (params or {}).get("flip", False)
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # a query string's spelling
+        return value.lower() == "true"
+    if not isinstance(value, (bool, np.bool_)):
+        raise SnapRequestError(None, f"params.flip={value!r}: flip must be true or false")
+    return bool(value)
+
+
 def _load(source: bytes | Path, row: int) -> LoadedImage:
     try:
         return load_image(source, name="image_b64" if isinstance(source, bytes) else "image_path")
@@ -180,6 +191,7 @@ def snap_rows(snapper: Snapper, model_input: pd.DataFrame, params: Mapping[str, 
     boxes = _boxes(df)
     default = float((params or {}).get("buffer_ratio", 1.0) or 1.0)
     passes = _passes(snapper, params)
+    snapper = snapper.with_flip(_flip(params))
     ratios = _ratios(df, default)
     sources = image_sources(df, root)
     out = np.full((len(df), 8), np.nan)
@@ -223,7 +235,8 @@ def signature() -> "mlflow.models.ModelSignature":
                      *[ColSpec("double", c) for c in BOX_COLUMNS], ColSpec("double", "buffer_ratio", required=False)])
     outputs = Schema([ColSpec("double", c) for c in OUTPUT_COLUMNS])
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("buffer_ratio", "double", 1.0),
-                                                                         ParamSpec("passes", "long", 1)]))
+                                                                         ParamSpec("passes", "long", 1),
+                                                                         ParamSpec("flip", "boolean", False)]))
 
 
 def encode_image(path: str | os.PathLike[str]) -> str:
@@ -232,13 +245,13 @@ def encode_image(path: str | os.PathLike[str]) -> str:
 
 
 def request_json(image_b64: str, boxes: "list[list[float]]", buffer_ratio: float | None = None,
-                 passes: int | None = None) -> dict[str, Any]:
+                 passes: int | None = None, flip: bool | None = None) -> dict[str, Any]:
     """The JSON body of a request for several boxes of one image (``dataframe_split``)."""
     columns = ["image_b64", *BOX_COLUMNS]
     data = [[image_b64, *map(float, b)] for b in boxes]
     body: dict[str, Any] = {"dataframe_split": {"columns": columns, "data": data}}
     params = {k: v for k, v in (("buffer_ratio", None if buffer_ratio is None else float(buffer_ratio)),
-                                ("passes", passes)) if v is not None}
+                                ("passes", passes), ("flip", flip)) if v is not None}
     if params:
         body["params"] = params
     return body

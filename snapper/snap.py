@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -85,6 +86,15 @@ class Snapper:
                         precision: str = "auto", flip: bool = False) -> "Snapper":
         model, cfg, _ = load_checkpoint(path)
         return cls(model, cfg, device=device, batch_size=batch_size, precision=precision, flip=flip)
+
+    def with_flip(self, flip: bool) -> "Snapper":
+        """This snapper, reading mirrored crops too or not: a shallow copy sharing the model, so
+        that one loaded model can answer requests with and without flip side by side."""
+        if bool(flip) == self.flip:
+            return self
+        other = copy.copy(self)
+        other.flip = bool(flip)
+        return other
 
     @torch.inference_mode()
     def predict_crops(self, crops: torch.Tensor, geometry: CropGeometry | None = None) -> tuple[np.ndarray, np.ndarray]:

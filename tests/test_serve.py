@@ -142,3 +142,21 @@ def test_two_passes_on_request(snapper: Snapper, images: Path) -> None:
     direct = zoom.snap(Image.open(images / "a.png"), [[2, 9, 76, 30]], passes=2)
     np.testing.assert_allclose(out[list(BOX_COLUMNS)].to_numpy(), direct.boxes)
     assert not np.allclose(direct.boxes, zoom.snap(Image.open(images / "a.png"), [[2, 9, 76, 30]]).boxes)
+
+
+def test_flip_on_request(snapper: Snapper, images: Path) -> None:
+    b64 = encode_image(images / "a.png")
+    body = request_json(b64, [[18, 9, 33, 30]], flip=True)
+    assert body["params"] == {"flip": True}
+    split = body["dataframe_split"]
+    rows = pd.DataFrame(split["data"], columns=split["columns"])
+    image = Image.open(images / "a.png")
+    flipped = Snapper(snapper.model, snapper.cfg, device="cpu", flip=True).snap(image, [[18, 9, 33, 30]])
+    plain = snapper.snap(image, [[18, 9, 33, 30]])
+    assert not np.allclose(flipped.boxes, plain.boxes)  # an untrained model is not mirror-symmetric
+    np.testing.assert_allclose(snap_rows(snapper, rows, body["params"])[list(BOX_COLUMNS)].to_numpy(), flipped.boxes)
+    np.testing.assert_allclose(snap_rows(snapper, rows, {"flip": "false"})[list(BOX_COLUMNS)].to_numpy(), plain.boxes)
+    assert snapper.flip is False  # the served snapper itself is not changed by a request
+    with pytest.raises(SnapRequestError, match=r"^params.flip='yes': flip must be true or false") as e:
+        snap_rows(snapper, rows, {"flip": "yes"})
+    assert e.value.get_http_status_code() == 400

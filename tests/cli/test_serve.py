@@ -25,6 +25,7 @@ from snapper.checkpoint import save_checkpoint
 from snapper.config import ModelConfig
 from snapper.model import build_model
 from snapper.serve import encode_image, request_json
+from snapper.snap import Snapper
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,6 +118,11 @@ def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[f
         assert body["cause"].startswith("row 1: box [1000000.0, 1000000.0, 5.0, 5.0] is unusable (outside_image)")
         status, body = _post(url, request_json(encode_image(image), [box], passes=2))  # a request param
         assert status == 400 and body["cause"].startswith("params.passes=2: the served model supports passes=1"), body
+        status, body = _post(url, request_json(encode_image(image), [box], flip=True))  # a boolean request param
+        assert status == 200, body
+        flipped = Snapper.from_checkpoint(home / "ck", device="cpu", flip=True).snap(image, [box]).boxes[0]
+        np.testing.assert_allclose([body["predictions"][0][k] for k in "xywh"], flipped, atol=1e-3)
+        assert not np.allclose(flipped, [pred[k] for k in "xywh"], atol=1e-3)  # the param did reach the model
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
