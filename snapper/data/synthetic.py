@@ -50,6 +50,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from snapper.data.shapes import (
+    SHAPE_BUILDERS,
+    Op,
+    contrast_offset,
+    draw_mask,
+    ops_extent,
+    pattern,
+    random_colour,
+    scale_ops,
+    value_noise,
+)
+
 # Bump when the rendering changes: a cached dataset made by another version is regenerated.
 GENERATOR_VERSION = 1
 
@@ -155,216 +167,6 @@ class Scene:
     objects: list[SceneObject] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------- shapes
-# A shape is a list of drawing ops in pixel coordinates relative to the object's centre:
-#   ("poly", points (n, 2), fill 255 | 0)   -- fill 0 cuts a hole (ring)
-#   ("line", points (n, 2), width_px)       -- thin parts keep their width when scaled
-#   ("disc", centre (1, 2), radius_px)
-# Builders work in unit coordinates (radius ~1) and report the unit area of the filled
-# body, so the object can be scaled to a target area.
-
-Op = tuple[str, np.ndarray, float]
-
-
-def _rot(points: np.ndarray, theta: float) -> np.ndarray:
-    c, s = math.cos(theta), math.sin(theta)
-    return points @ np.array([[c, s], [-s, c]])
-
-
-def _poly_area(p: np.ndarray) -> float:
-    x, y = p[:, 0], p[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-
-
-def _ellipse_pts(a: float, b: float, n: int = 72) -> np.ndarray:
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([a * np.cos(t), b * np.sin(t)], axis=1)
-
-
-def _theta(rng: np.random.Generator, axis_aligned_prob: float = 0.0) -> float:
-    return 0.0 if rng.random() < axis_aligned_prob else float(rng.uniform(0, 2 * np.pi))
-
-
-def _shape_polygon(rng: np.random.Generator) -> tuple[list[Op], float]:
-    """Convex polygon (vertices in angular order on an ellipse); often an upright rectangle."""
-    b = rng.uniform(0.35, 1.0)
-    if rng.random() < 0.35:
-        p = np.array([[-1, -b], [1, -b], [1, b], [-1, b]], dtype=np.float64)
-        p = _rot(p, _theta(rng, 0.6))
-    else:
-        n = int(rng.integers(3, 9))
-        t = np.linspace(0, 2 * np.pi, n, endpoint=False) + rng.uniform(-0.35, 0.35, n) * (2 * np.pi / n)
-        p = _rot(np.stack([np.cos(t), b * np.sin(t)], axis=1), _theta(rng))
-    return [("poly", p, 255)], _poly_area(p)
-
-
-def _shape_star(rng: np.random.Generator) -> tuple[list[Op], float]:
-    """Concave star-shaped polygon: spikes, or irregular radii."""
-    n = int(rng.integers(4, 9))
-    t = np.linspace(0, 2 * np.pi, 2 * n, endpoint=False)
-    if rng.random() < 0.5:
-        r = np.where(np.arange(2 * n) % 2 == 0, 1.0, rng.uniform(0.35, 0.75))
-        r = r * rng.uniform(0.85, 1.0, 2 * n)
-    else:
-        r = rng.uniform(0.4, 1.0, 2 * n)
-    p = np.stack([r * np.cos(t), r * np.sin(t) * rng.uniform(0.5, 1.0)], axis=1)
-    p = _rot(p, _theta(rng))
-    return [("poly", p, 255)], _poly_area(p)
-
-
-def _shape_ellipse(rng: np.random.Generator) -> tuple[list[Op], float]:
-    p = _rot(_ellipse_pts(1.0, rng.uniform(0.3, 1.0), 96), _theta(rng))
-    return [("poly", p, 255)], _poly_area(p)
-
-
-def _blob_pts(rng: np.random.Generator, n: int = 120) -> np.ndarray:
-    """Smooth random closed curve: a radius with a few random low harmonics."""
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    r = np.ones(n)
-    for k in range(2, 7):
-        r += rng.uniform(0, 0.32) / k**0.7 * np.cos(k * t + rng.uniform(0, 2 * np.pi))
-    r = np.clip(r, 0.25, None)
-    return np.stack([r * np.cos(t), r * np.sin(t) * rng.uniform(0.5, 1.0)], axis=1)
-
-
-def _shape_blob(rng: np.random.Generator) -> tuple[list[Op], float]:
-    p = _rot(_blob_pts(rng), _theta(rng))
-    return [("poly", p, 255)], _poly_area(p)
-
-
-def _shape_handle(rng: np.random.Generator) -> tuple[list[Op], float]:
-    """A body with a thin stick (1-3.5 px wide whatever the scale) that often sets an edge."""
-    u = rng.random()
-    if u < 0.4:
-        body = _ellipse_pts(1.0, rng.uniform(0.45, 1.0), 72)
-    elif u < 0.7:
-        b = rng.uniform(0.4, 1.0)
-        body = np.array([[-1, -b], [1, -b], [1, b], [-1, b]], dtype=np.float64)
-    else:
-        body = _blob_pts(rng)
-    theta = _theta(rng, 0.3)
-    body = _rot(body, theta)
-    psi = float(rng.uniform(0, 2 * np.pi))
-    length = rng.uniform(1.5, 2.6)
-    bend = rng.uniform(-0.25, 0.25)  # slightly bent sticks look less synthetic
-    s = np.linspace(0.0, length, 6)[:, None]
-    direction = np.array([math.cos(psi), math.sin(psi)])
-    normal = np.array([-direction[1], direction[0]])
-    stick = s * direction + bend * (s / length) ** 2 * length * normal
-    width = float(rng.uniform(1.0, 3.5))
-    ops: list[Op] = [("poly", body, 255), ("line", stick, width)]
-    if rng.random() < 0.35:
-        ops.append(("disc", stick[-1:], float(rng.uniform(1.5, 4.0))))
-    return ops, _poly_area(body)
-
-
-def _shape_ring(rng: np.random.Generator) -> tuple[list[Op], float]:
-    """Annulus (thin or thick): the box is set by a band a few pixels wide."""
-    b = rng.uniform(0.5, 1.0)
-    inner = rng.uniform(0.55, 0.9)
-    theta = _theta(rng)
-    outer = _rot(_ellipse_pts(1.0, b, 96), theta)
-    offset = rng.uniform(-0.08, 0.08, 2)
-    hole = _rot(_ellipse_pts(inner, b * inner, 96), theta) + offset
-    return [("poly", outer, 255), ("poly", hole, 0)], _poly_area(outer) - _poly_area(hole)
-
-
-def _shape_lshape(rng: np.random.Generator) -> tuple[list[Op], float]:
-    """Rectilinear concave outline (L, T or U), often upright like man-made objects."""
-    w, h = 1.0, rng.uniform(0.6, 1.4)
-    t = rng.uniform(0.25, 0.5)
-    kind = rng.integers(0, 3)
-    if kind == 0:  # L
-        p = [(0, 0), (w, 0), (w, t), (t, t), (t, h), (0, h)]
-    elif kind == 1:  # T
-        a, c = (w - t) / 2, (w + t) / 2
-        p = [(0, 0), (w, 0), (w, t), (c, t), (c, h), (a, h), (a, t), (0, t)]
-    else:  # U
-        p = [(0, 0), (t, 0), (t, h - t), (w - t, h - t), (w - t, 0), (w, 0), (w, h), (0, h)]
-    q = np.array(p, dtype=np.float64) - np.array([w / 2, h / 2])
-    q = _rot(q * 2.0, _theta(rng, 0.5))
-    return [("poly", q, 255)], _poly_area(q)
-
-
-_BUILDERS = (_shape_polygon, _shape_star, _shape_ellipse, _shape_blob, _shape_handle, _shape_ring, _shape_lshape)
-
-
-def _scale_ops(ops: list[Op], k: float, cx: float, cy: float) -> list[Op]:
-    centre = np.array([cx, cy])
-    return [(kind, pts * k + centre, val) for kind, pts, val in ops]
-
-
-def _ops_extent(ops: list[Op]) -> tuple[float, float, float, float]:
-    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
-    for kind, pts, val in ops:
-        pad = 0.0 if kind == "poly" else float(val) + 1.0
-        lo = np.minimum(lo, pts.min(0) - pad)
-        hi = np.maximum(hi, pts.max(0) + pad)
-    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
-
-
-def _draw_mask(ops: list[Op], x0: int, y0: int, pw: int, ph: int, s: int) -> np.ndarray:
-    """Rasterise ops at s x resolution over the output-pixel patch [x0, x0+pw) x [y0, y0+ph)."""
-    im = Image.new("L", (pw * s, ph * s), 0)
-    draw = ImageDraw.Draw(im)
-    origin = np.array([x0, y0], dtype=np.float64)
-    for kind, pts, val in ops:
-        q = (pts - origin) * s
-        if kind == "poly":
-            draw.polygon([tuple(v) for v in q.tolist()], fill=int(val))
-        elif kind == "line":
-            draw.line([tuple(v) for v in q.tolist()], fill=255, width=max(1, int(round(val * s))), joint="curve")
-        else:  # disc
-            r = val * s
-            (cx, cy), = q.tolist()
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-    return np.asarray(im) > 0
-
-
-# ------------------------------------------------------------------------------ textures
-
-
-def _value_noise(rng: np.random.Generator, h: int, w: int, cells: float) -> np.ndarray:
-    """Smooth noise in [0, 1]: a coarse random grid upsampled bicubically."""
-    gh = max(2, int(round(h / cells)) + 2)
-    gw = max(2, int(round(w / cells)) + 2)
-    grid = Image.fromarray(rng.random((gh, gw), dtype=np.float32), mode="F")
-    return np.asarray(grid.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
-
-
-def _pattern(rng: np.random.Generator, kind: str, xs: np.ndarray, ys: np.ndarray, scale: float) -> np.ndarray:
-    """A field t in [0, 1] over pixel-centre coordinates (relative to the object centre)."""
-    h, w = ys.shape[0], xs.shape[1]
-    if kind == "solid":
-        return np.zeros((h, w), np.float32)
-    phi = rng.uniform(0, 2 * np.pi)
-    u = xs * math.cos(phi) + ys * math.sin(phi)
-    v = -xs * math.sin(phi) + ys * math.cos(phi)
-    if kind == "linear":
-        return np.clip(u / (2 * scale) + 0.5, 0, 1).astype(np.float32)
-    if kind == "radial":
-        off = rng.uniform(-0.4, 0.4, 2) * scale
-        d = np.sqrt((xs - off[0]) ** 2 + (ys - off[1]) ** 2) / scale
-        return np.clip(d, 0, 1).astype(np.float32)
-    if kind == "stripes":
-        period = rng.uniform(3.0, max(4.0, min(24.0, scale)))
-        t = 0.5 + 0.5 * np.sin(2 * np.pi * u / period)
-        return (t > 0.5).astype(np.float32) if rng.random() < 0.5 else t.astype(np.float32)
-    if kind == "checker":
-        period = rng.uniform(3.0, max(4.0, min(18.0, scale)))
-        return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
-    return _value_noise(rng, h, w, rng.uniform(2.0, 12.0))  # "noise"
-
-
-def _random_colour(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0, 255, 3)
-
-
-def _contrast_offset(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
-    d = rng.normal(size=3)
-    return d / (np.linalg.norm(d) + 1e-9) * rng.uniform(lo, hi)
-
-
 # ---------------------------------------------------------------------------- background
 
 
@@ -372,8 +174,8 @@ def _background(rng: np.random.Generator, w: int, h: int, cfg: SynthConfig) -> n
     """Gradient + multi-octave noise + optional pattern, then unannotated strokes and specks."""
     ys = np.arange(h, dtype=np.float32)[:, None] + 0.5
     xs = np.arange(w, dtype=np.float32)[None, :] + 0.5
-    c0 = _random_colour(rng)
-    c1 = np.clip(c0 + _contrast_offset(rng, 0, 70), 0, 255)
+    c0 = random_colour(rng)
+    c1 = np.clip(c0 + contrast_offset(rng, 0, 70), 0, 255)
     phi = rng.uniform(0, 2 * np.pi)
     t = (xs * math.cos(phi) + ys * math.sin(phi)) / max(w, h)
     t = (t - t.min()) / (t.max() - t.min() + 1e-9)
@@ -382,10 +184,10 @@ def _background(rng: np.random.Generator, w: int, h: int, cfg: SynthConfig) -> n
     for cells, amp in ((max(w, h) / 3.0, 35.0), (18.0, 18.0), (3.0, 10.0)):
         a = rng.uniform(0, amp)
         if a > 1:
-            bg = bg + (_value_noise(rng, h, w, cells)[..., None] - 0.5) * a * tint
+            bg = bg + (value_noise(rng, h, w, cells)[..., None] - 0.5) * a * tint
     if rng.random() < 0.3:
         kind = str(rng.choice(["stripes", "checker", "noise"]))
-        pat = _pattern(rng, kind, xs, ys, scale=float(rng.uniform(6, 40)))
+        pat = pattern(rng, kind, xs, ys, scale=float(rng.uniform(6, 40)))
         bg = bg + (pat[..., None] - 0.5) * rng.uniform(8, 30)
     bg8 = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
     n = int(rng.integers(0, cfg.max_strokes + 1))
@@ -395,7 +197,7 @@ def _background(rng: np.random.Generator, w: int, h: int, cfg: SynthConfig) -> n
     hi = bg8.resize((w * s, h * s), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(hi)
     for _ in range(n):
-        colour = tuple(int(c) for c in _random_colour(rng))
+        colour = tuple(int(c) for c in random_colour(rng))
         width = max(1, int(round(rng.uniform(0.5, 3.0) * s)))
         kind = rng.random()
         if kind < 0.35:  # random-walk polyline
@@ -444,36 +246,36 @@ def _object_specs(rng: np.random.Generator, w: int, h: int, cfg: SynthConfig) ->
         lo, hi = ranges[bucket]
         side = math.exp(rng.uniform(math.log(lo), math.log(hi)))  # sqrt of the target area
         kind = int(rng.choice(len(CATEGORIES), p=_KIND_PROBS / _KIND_PROBS.sum()))
-        ops, unit_area = _BUILDERS[kind](rng)
+        ops, unit_area = SHAPE_BUILDERS[kind](rng)
         k = side / math.sqrt(max(unit_area, 1e-3))
-        ex0, ey0, ex1, ey1 = _ops_extent(_scale_ops(ops, k, 0.0, 0.0))
+        ex0, ey0, ex1, ey1 = ops_extent(scale_ops(ops, k, 0.0, 0.0))
         if rng.random() < cfg.border_prob or ex1 - ex0 >= w or ey1 - ey0 >= h:
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)  # may be cut by the border
         else:
             cx, cy = rng.uniform(-ex0, w - ex1), rng.uniform(-ey0, h - ey1)
         depth = -math.log(side) + rng.normal(0, 0.6)
-        specs.append((depth, _Spec(kind, _scale_ops(ops, k, cx, cy))))
+        specs.append((depth, _Spec(kind, scale_ops(ops, k, cx, cy))))
     specs.sort(key=lambda d: d[0])
     return [s for _, s in specs]
 
 
 def _object_texture(rng: np.random.Generator, bg: np.ndarray, ops: list[Op], x0: int, y0: int,
                     pw: int, ph: int, cfg: SynthConfig) -> np.ndarray:
-    ex0, ey0, ex1, ey1 = _ops_extent(ops)
+    ex0, ey0, ex1, ey1 = ops_extent(ops)
     cx, cy = (ex0 + ex1) / 2, (ey0 + ey1) / 2
     scale = max(ex1 - ex0, ey1 - ey0, 2.0) / 2
     if rng.random() < cfg.low_contrast_prob:
         h, w = bg.shape[:2]
         ref = bg[int(np.clip(cy, 0, h - 1)), int(np.clip(cx, 0, w - 1))]
-        c1 = np.clip(ref + _contrast_offset(rng, 14, 32), 0, 255)
-        c2 = np.clip(c1 + _contrast_offset(rng, 0, 20), 0, 255)
+        c1 = np.clip(ref + contrast_offset(rng, 14, 32), 0, 255)
+        c2 = np.clip(c1 + contrast_offset(rng, 0, 20), 0, 255)
     else:
-        c1 = _random_colour(rng)
-        c2 = np.clip(c1 + _contrast_offset(rng, 20, 160), 0, 255) if rng.random() < 0.7 else _random_colour(rng)
+        c1 = random_colour(rng)
+        c2 = np.clip(c1 + contrast_offset(rng, 20, 160), 0, 255) if rng.random() < 0.7 else random_colour(rng)
     kind = str(rng.choice(_TEXTURES, p=_TEXTURE_PROBS / _TEXTURE_PROBS.sum()))
     xs = np.arange(x0, x0 + pw, dtype=np.float32)[None, :] + 0.5 - cx
     ys = np.arange(y0, y0 + ph, dtype=np.float32)[:, None] + 0.5 - cy
-    t = _pattern(rng, kind, xs, ys, scale)
+    t = pattern(rng, kind, xs, ys, scale)
     tex = c1 + t[..., None] * (c2 - c1)
     if rng.random() < 0.5:  # grain inside the object, independent of the image noise
         tex = tex + rng.normal(0, rng.uniform(1, 8), (ph, pw, 1))
@@ -492,12 +294,12 @@ def render_scene(cfg: SynthConfig, index: int) -> Scene:
     covered = np.zeros((h * s, w * s), dtype=bool)
     kept: list[tuple[_Spec, SceneObject, tuple[int, int, int, int], np.ndarray]] = []
     for spec in reversed(specs):  # front to back: visibility depends only on objects in front
-        ex0, ey0, ex1, ey1 = _ops_extent(spec.ops)
+        ex0, ey0, ex1, ey1 = ops_extent(spec.ops)
         x0, y0 = max(0, math.floor(ex0)), max(0, math.floor(ey0))
         x1, y1 = min(w, math.ceil(ex1) + 1), min(h, math.ceil(ey1) + 1)
         if x1 <= x0 or y1 <= y0:
             continue
-        full = _draw_mask(spec.ops, x0, y0, x1 - x0, y1 - y0, s)
+        full = draw_mask(spec.ops, x0, y0, x1 - x0, y1 - y0, s)
         n_full = int(full.sum())
         if n_full == 0:
             continue
