@@ -4,6 +4,8 @@
     .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 128 --device cuda --amp
     .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 96 --fpn-channels 32 --decoder-channels 32 \
         --decoder-layers 2 --batch 32 --threads 1 [--amp]   # the demo model, one of two side-by-side trainings
+    .venv/bin/python bench/bench_model.py --backbones efficientnet_lite0 --sizes 128 --fpn-channels 64 \
+        --decoder-channels 64 --decoder-layers 2 --batch 32 --channels-last on   # NHWC on a CPU (training: CUDA only)
 
 The model is the published default (ModelConfig defaults: FPN/decoder 128 channels, 3
 decoder layers) with only the backbone and input size changed. Each cell runs ``--warmup``
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from snapper.config import ModelConfig  # noqa: E402
-from snapper.device import training_autocast_dtype  # noqa: E402
+from snapper.device import training_autocast_dtype, use_channels_last  # noqa: E402
 from snapper.model import build_model  # noqa: E402
 
 
@@ -96,16 +98,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--amp", action="store_true", help="training's autocast: bf16/fp16 on CUDA, bf16 on a CPU with AMX "
                    "(elsewhere fp32)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="NHWC memory format: auto = training's policy (CUDA only), on/off to measure it elsewhere")
     p.add_argument("--fpn-channels", type=int, default=ModelConfig.fpn_channels)
     p.add_argument("--decoder-channels", type=int, default=ModelConfig.decoder_channels)
     p.add_argument("--decoder-layers", type=int, default=ModelConfig.decoder_layers)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cl = device.type == "cuda"
+    cl = {"on": True, "off": False}.get(args.channels_last, use_channels_last(device))
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}, "
           f"fpn/decoder {args.fpn_channels}/{args.decoder_channels}x{args.decoder_layers}, autocast "
-          f"{training_autocast_dtype(device, args.amp) or 'none (fp32)'}")
+          f"{training_autocast_dtype(device, args.amp) or 'none (fp32)'}, channels_last {cl}")
     print("| backbone | input | fwd img/s | fwd+bwd+step img/s |\n|---|---|---|---|")
     for bb in args.backbones:
         for s in args.sizes:

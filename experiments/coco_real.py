@@ -57,11 +57,12 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     # runs of one recipe land apart on the report split.
     "lite0-seed1": ("snapper-lite0-imagenet-seed1", ["seed=1", "amp=false"]),
     # Not in the default set: the larger pretrained Lite trunks, same head, crops and steps
-    # (bf16 autocast on an AMX CPU, like every run since; at 128 px they train about as fast
-    # as Lite0 here, bench/bench_model.py). "lite2-zoom" also gives its pass-1-only row.
-    "lite1": ("snapper-lite1-imagenet", ["model.backbone=efficientnet_lite1"]),
-    "lite2": ("snapper-lite2-imagenet", ["model.backbone=efficientnet_lite2"]),
-    "lite2-zoom": ("snapper-lite2-imagenet-zoom", ["model.backbone=efficientnet_lite2", "model.zoom=true"]),
+    # (at 128 px they train about as fast as Lite0 here, bench/bench_model.py); they ran in
+    # bf16 autocast on this AMX CPU. "lite2-zoom" also gives its pass-1-only row.
+    "lite1": ("snapper-lite1-imagenet", ["model.backbone=efficientnet_lite1", "amp=true"]),
+    "lite2": ("snapper-lite2-imagenet", ["model.backbone=efficientnet_lite2", "amp=true"]),
+    "lite2-zoom": ("snapper-lite2-imagenet-zoom", ["model.backbone=efficientnet_lite2", "model.zoom=true",
+                                                    "amp=true"]),
 }
 DEFAULT_RUNS = ("resnet18", "lite0", "regression", "lite0-zoom")
 ONE_PASS = " (pass 1 only)"  # suffix of a zoom model's row evaluated without its second pass

@@ -14,7 +14,7 @@ def test_auto_is_cpu_without_cuda_and_fp32_there() -> None:
         pytest.skip("this machine has CUDA")
     dev = resolve_device("auto")
     assert dev == torch.device("cpu")
-    assert autocast_dtype(dev, "auto") is None and not use_channels_last(dev)
+    assert autocast_dtype(dev, "auto") is None and use_channels_last(dev)  # oneDNN's NHWC kernels
     assert autocast_dtype(dev, "bf16") == torch.bfloat16 and autocast_dtype(dev, "fp32") is None
     with pytest.raises(ValueError, match="CUDA is not available"):
         resolve_device("cuda")
