@@ -20,6 +20,7 @@ once with two (``passes=2``: the zoom-in pass on every coarse edge):
     limit is 2x, the model's time doubled).
 
     .venv/bin/python bench/bench_snap.py [--batch-size 64] [--workers 2] [--device auto] [--max-images N]
+    .venv/bin/python bench/bench_snap.py --nchw   # the same without channels_last on CPU, for comparison
 
 Crops are cut by the fast CPU kernel (``snapper.crop.cut_crops`` through ``CropGeometry.cut``)
 in the loader workers, as batch snapping does.
@@ -50,6 +51,7 @@ from snapper.geometry import jitter_by_annotation, xywh_to_xyxy, xyxy_to_xywh  #
 from snapper.imageio import load_image  # noqa: E402
 from snapper.model import build_model  # noqa: E402
 from snapper.presets import PRESETS  # noqa: E402
+from snapper import snap as snap_module  # noqa: E402
 from snapper.snap import Snapper  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "coco128-train"
@@ -129,7 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads for the latency runs (more threads on a busy machine give multi-second outliers)")
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs (best is reported)")
     ap.add_argument("--max-images", type=int, help="only the first N images of the data (a quick run)")
+    ap.add_argument("--nchw", action="store_true",
+                    help="the plain NCHW memory format on CPU (snapping's default there is channels_last), to compare")
     a = ap.parse_args(argv)
+    if a.nchw:  # the policy as it was before channels_last on CPU: CUDA only
+        snap_module.use_channels_last = lambda device: device.type == "cuda"
     ann_file, images_dir = a.data / "annotations.json", a.data / "images"
     if not ann_file.is_file():
         print(f"bench_snap: {ann_file} not found; nothing to measure")
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": str(snapper.device) + (f" ({torch.cuda.get_device_name()})" if snapper.device.type == "cuda" else
                                          f" ({torch.get_num_threads()} torch threads)"),
-        "model": {"backbone": mcfg.backbone, "input_size": mcfg.input_size, "weights": "untrained", "zoom": True},
+        "model": {"backbone": mcfg.backbone, "input_size": mcfg.input_size, "weights": "untrained", "zoom": True,
+                  "channels_last": snapper.channels_last},
         "boxes": n_boxes, "images": summary["n_images"], "snapped": summary["status"]["snapped"],
         "batch_size": a.batch_size, "workers": a.workers,
         "load_average_1min": round(os.getloadavg()[0], 2),
