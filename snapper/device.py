@@ -8,7 +8,9 @@ and so do oneDNN's on CPU. On the idle 2-core dev machine (``bench/bench_model.p
 --channels-last on|off [--amp]``, batch 32) NHWC made the demo model's bf16 training step
 1.12x faster (one thread, 96 px); with the ``cpu`` preset's head at 128 px, the fp32 forward
 pass (what snapping runs) 1.15-1.25x faster for EfficientNet-Lite0 and 1.02-1.04x for
-ResNet-18, and Lite0's bf16 training step 0.92-0.98x (a few percent slower or even).
+ResNet-18, and Lite0's bf16 training step 0.92-0.98x (a few percent slower or even). Batch
+snapping with the ``cpu`` preset's model ran 1.46x faster end to end (``bench/bench_snap.py``
+against ``--nchw``).
 
 Training (``TrainConfig.amp``) also autocasts to bf16 on a CPU with AMX tiles (Intel Sapphire
 Rapids and later), where oneDNN runs bf16 convolutions in hardware: 1.3x the fp32 step of the
