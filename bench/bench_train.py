@@ -41,6 +41,7 @@ from snapper.data.manifest import shard_urls  # noqa: E402
 from snapper.data.shards import shard_dataset  # noqa: E402
 from snapper.data.train_stream import train_loader  # noqa: E402
 from snapper.data.synthetic import generate  # noqa: E402
+from snapper.device import use_channels_last  # noqa: E402
 from snapper.presets import preset_config  # noqa: E402
 from snapper.train import train  # noqa: E402
 from snapper.train_log import HISTORY_FILE, read_history  # noqa: E402
@@ -114,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         # Model-only before and after the training run (A-B-A): on a shared machine the load
         # drifts, and the mean of the two brackets the run better than either alone.
         dev = torch.device(args.device)
-        m_before = measure(cfg.model, cfg.batch_size, dev, train=True, warmup=1, iters=4, seconds=20.0)
+        # the limit runs with the training loop's own precision and memory format
+        policy = dict(amp=cfg.amp, channels_last=cfg.channels_last and use_channels_last(dev))
+        m_before = measure(cfg.model, cfg.batch_size, dev, train=True, warmup=1, iters=4, seconds=20.0, **policy)
         train(cfg)
         rows = read_history(work / "run" / HISTORY_FILE)
         rates = [r["samples_per_s"] for r in rows[1:]] or [rows[-1]["samples_per_s"]]
         t_rate = sorted(rates)[len(rates) // 2]
-        m_after = measure(cfg.model, cfg.batch_size, dev, train=True, warmup=1, iters=4, seconds=20.0)
+        m_after = measure(cfg.model, cfg.batch_size, dev, train=True, warmup=1, iters=4, seconds=20.0, **policy)
         m_rate = (m_before + m_after) / 2
         print(f"train loop : {t_rate:.1f} samples/s (median of {len(rates)} windows of {args.log_every} steps)")
         print(f"model only : {m_rate:.1f} samples/s (fwd+bwd+step on a fixed batch; before {m_before:.1f}, "
