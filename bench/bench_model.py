@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 96 --fpn-channels 32 --decoder-channels 32 \
         --decoder-layers 2 --batch 32 --threads 1 [--amp]   # the demo model, one of two side-by-side trainings
     .venv/bin/python bench/bench_model.py --backbones efficientnet_lite0 --sizes 128 --fpn-channels 64 \
-        --decoder-channels 64 --decoder-layers 2 --batch 32 --channels-last on   # NHWC on a CPU (training: CUDA only)
+        --decoder-channels 64 --decoder-layers 2 --batch 32 --channels-last off   # NCHW, to compare with the default NHWC
 
 The model is the published default (ModelConfig defaults: FPN/decoder 128 channels, 3
 decoder layers) with only the backbone and input size changed. Each cell runs ``--warmup``
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", action="store_true", help="training's autocast: bf16/fp16 on CUDA, bf16 on a CPU with AMX "
                    "(elsewhere fp32)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
-                   help="NHWC memory format: auto = training's policy (CUDA only), on/off to measure it elsewhere")
+                   help="NHWC memory format: auto = training's policy (snapper.device: CUDA and CPU), on/off to compare")
     p.add_argument("--fpn-channels", type=int, default=ModelConfig.fpn_channels)
     p.add_argument("--decoder-channels", type=int, default=ModelConfig.decoder_channels)
     p.add_argument("--decoder-layers", type=int, default=ModelConfig.decoder_layers)

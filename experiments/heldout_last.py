@@ -2,7 +2,7 @@
 
 ``experiments/coco_real.py`` keeps each run's best checkpoint by its score on the *selection*
 half of the held-out images and reports on the other half (323 boxes). That half has fewer
-small objects than the shared COCO sets (23% against ~35%), and single-run differences of two
+small objects than the held-out images as a whole (23% against 30%), and single-run differences of two
 points are within its noise. This script evaluates each run's *last* checkpoint (step 1500,
 the end of the cosine schedule: nothing chose it) on *all* held-out images, selection and
 report halves together (604 boxes), optionally also with flip test-time augmentation.

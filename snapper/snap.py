@@ -10,9 +10,8 @@ All boxes of an image are cropped from one decode and run as one batch.
 
 from __future__ import annotations
 
-import math
-
 import copy
+import math
 import os
 from dataclasses import dataclass
 
