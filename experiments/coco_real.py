@@ -57,6 +57,10 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     # runs of one recipe land apart on the report split.
     "lite0-seed1": ("snapper-lite0-imagenet-seed1", ["seed=1", "amp=false"]),
     "lite0-seed2": ("snapper-lite0-imagenet-seed2", ["seed=2", "amp=false"]),  # a third, for the spread
+    # Not in the default set: the Lite0 run (seed 0, fp32) keeping a moving average of its weights
+    # (snapper.ema); its train_state.pt also holds the raw weights of the same steps, so
+    # experiments/ema_paired.py compares the two on one trajectory, free of seed noise.
+    "lite0-ema": ("snapper-lite0-imagenet-ema", ["ema_decay=0.995", "amp=false"]),
     # Not in the default set: the larger pretrained Lite trunks, same head, crops and steps
     # (at 128 px they train about as fast as Lite0 here, bench/bench_model.py); they ran in
     # bf16 autocast on this AMX CPU. "lite2-zoom" also gives its pass-1-only row.

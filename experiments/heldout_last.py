@@ -9,6 +9,14 @@ report halves together (604 boxes), optionally also with flip test-time augmenta
 
     .venv/bin/python experiments/heldout_last.py                       # after experiments/coco_real.py
     .venv/bin/python experiments/heldout_last.py --runs lite0 lite2 --flip
+    .venv/bin/python experiments/heldout_last.py --runs lite0 lite0-seed1 lite0-seed2 --ensemble
+    .venv/bin/python experiments/heldout_last.py --runs lite0 lite0-ema --raw
+
+``--ensemble`` adds one row for the listed runs together (their edge distributions averaged,
+as flip averages two readings): how much of the gap to a target is run-to-run variance.
+``--raw`` adds, for a run that kept a weight average (``ema_decay``), the raw weights of the
+same last step (from its ``train_state.pt``): the average against its own trajectory, with no
+seed noise between the two rows.
 
 Writes ``experiments/results/heldout-last/report.md`` (Table 1 overall and by size) and the
 per-box Parquet next to it. Nothing is trained.
@@ -17,6 +25,7 @@ per-box Parquet next to it. Nothing is trained.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -24,11 +33,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from coco_real import DEFAULT_RUNS, ONE_PASS, RUNS, make_shards  # noqa: E402
 
-from snapper.checkpoint import read_config  # noqa: E402
+from snapper.checkpoint import load_checkpoint, read_config  # noqa: E402
 from snapper.config import EvalConfig  # noqa: E402
-from snapper.evaluate import evaluate_checkpoint, evaluate_identity  # noqa: E402
+from snapper.evaluate import evaluate_checkpoint, evaluate_identity, evaluate_model  # noqa: E402
+from snapper.model import build_model  # noqa: E402
+from snapper.train_state import load_state  # noqa: E402
+
+
+class Ensemble(torch.nn.Module):
+    """Edge models read as one: the logits of their mean edge distribution (decoded by the first)."""
+
+    def __init__(self, models: list[torch.nn.Module]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+        self.cfg, self.head = models[0].cfg, "edges"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([m(images).float().log_softmax(-1) for m in self.models])
+        return torch.logsumexp(logp, 0) - math.log(len(self.models))
+
+    def decode(self, out: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.models[0].decode(out, scale)
+
+
+def raw_weights(run_dir: Path) -> torch.nn.Module | None:
+    """The raw weights of a finished run that kept a weight average, None for other runs."""
+    state = load_state(run_dir)
+    if state is None or not state.ema:
+        return None
+    model = build_model(read_config(run_dir / "last")[0])
+    model.load_state_dict(state.model)
+    return model
 from snapper.metrics import format_table, summarize  # noqa: E402
 
 
@@ -38,6 +76,8 @@ def main() -> int:
     p.add_argument("--runs", nargs="+", default=list(DEFAULT_RUNS), choices=list(RUNS))
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "coco-real"))
     p.add_argument("--flip", action="store_true", help="also evaluate every edge model with flip")
+    p.add_argument("--ensemble", action="store_true", help="also evaluate the runs as one averaged ensemble")
+    p.add_argument("--raw", action="store_true", help="also the raw weights of runs that kept a weight average")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "heldout-last"))
     args = p.parse_args()
     urls = make_shards(Path(args.data), ROOT / "shards" / "coco-real")
@@ -57,6 +97,20 @@ def main() -> int:
             print(f"evaluating {name}", flush=True)
             cfg = EvalConfig(shards=shards, device="cpu", passes=passes, flip=flip)
             tables.append(evaluate_checkpoint(str(ckpt), cfg, method=name))
+        raw = raw_weights(Path(args.runs_dir) / run) if args.raw else None
+        if raw is not None:
+            print(f"evaluating {label} (raw weights)", flush=True)
+            tables.append(evaluate_model(raw, model_cfg, EvalConfig(shards=shards, device="cpu"),
+                                         method=f"{label} (raw weights)"))
+    if args.ensemble:
+        loaded = [load_checkpoint(Path(args.runs_dir) / run / "last") for run in args.runs]
+        if len({(c.head, c.input_size) for _, c, _ in loaded}) != 1 or loaded[0][1].head != "edges":
+            raise SystemExit("--ensemble needs edge models of one input size: "
+                             + ", ".join(f"{r}: {c.head} {c.input_size}px" for r, (_, c, _) in zip(args.runs, loaded)))
+        name = "ensemble of " + " + ".join(args.runs)
+        print(f"evaluating {name}", flush=True)
+        tables.append(evaluate_model(Ensemble([m for m, _, _ in loaded]), loaded[0][1],
+                                     EvalConfig(shards=shards, device="cpu"), method=name))
     df = pd.concat(tables, ignore_index=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

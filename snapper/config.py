@@ -138,6 +138,10 @@ class TrainConfig:
     # around single objects is a poor estimate of the statistics the pretrained weights expect.
     freeze_trunk_bn: bool = False
     grad_clip: float = 1.0
+    # Keep an exponential moving average of the weights with this decay (snapper.ema; e.g. 0.995
+    # averages over the last ~200 steps): validation, best/ and last/ then hold the average.
+    # None: the weights themselves.
+    ema_decay: float | None = None
     amp: bool = True  # bf16 (or fp16 + GradScaler) on CUDA; bf16 on a CPU with AMX, else fp32
     channels_last: bool = True
     compile: bool = False

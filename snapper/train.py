@@ -27,6 +27,9 @@ Decisions (and why):
   once. The data stream is reseeded from (data seed, step) on resume, so it does not replay
   the samples already seen (losses after a resume are therefore close to, not identical
   with, an uninterrupted run's).
+* **Weight average** (``ema_decay``, :mod:`snapper.ema`): when set, torch's ``AveragedModel``
+  keeps an EMA of the weights; validation, ``best/`` and ``last/`` use it, ``train_state.pt``
+  keeps both, so a resumed run continues the same average.
 * **Model selection**: every ``eval_every`` steps the model is scored on ``data.val_shards``;
   ``<out_dir>/best`` keeps the best-scoring weights, ``<out_dir>/last`` the latest;
   ``patience`` (evaluations without improvement) stops early.
@@ -43,6 +46,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 
 from snapper.atomic import atomic_write_text
 from snapper.checkpoint import check_weights_match, read_config, save_checkpoint, unwrap
@@ -52,6 +56,7 @@ from snapper.distributed import (
     DistInfo, barrier, broadcast_flag, gather_objects, init_distributed, mean_across, shutdown, sync_buffers,
     weights_digest,
 )
+from snapper.ema import build_ema
 from snapper.model import build_model
 from snapper.schedule import build_optimizer
 from snapper.train_batches import Batches, LoaderFactory, default_loader
@@ -96,6 +101,8 @@ def check_config(cfg: TrainConfig, has_loader: bool = False) -> None:
     for name in ("log_every", "ckpt_every", "eval_every"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
     if not has_loader and not cfg.data.train_shards:
         raise ValueError("data.train_shards is empty: pass shard paths/globs, e.g. "
                          "--set data.train_shards=[shards/train-000000.tar] (see 'snapper shard')")
@@ -156,6 +163,7 @@ class _Loop:
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None
     model: torch.nn.Module = field(init=False)  # ``net`` under DDP / torch.compile (forward, backward)
+    ema: AveragedModel | None = None  # the weights' moving average (cfg.ema_decay), see snapper.ema
     tracker: RunTracker = field(init=False)
     step: int = 0
     best_score: float | None = None
@@ -170,6 +178,11 @@ class _Loop:
     @property
     def out(self) -> Path:
         return Path(self.cfg.out_dir)
+
+    @property
+    def kept(self) -> torch.nn.Module:
+        """The weights that are validated and written to ``best/`` and ``last/``."""
+        return self.net if self.ema is None else self.ema.module
 
     @property
     def channels_last(self) -> bool:
@@ -192,6 +205,8 @@ class _Loop:
         amp_dtype = training_autocast_dtype(device, cfg.amp)
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         loop = cls(cfg, info, device, net, optimizer, scheduler, scaler, amp_dtype)
+        if cfg.ema_decay is not None:
+            loop.ema = build_ema(net, cfg.ema_decay)
         if state is not None:
             loop.restore(state)
         model: torch.nn.Module = net
@@ -211,6 +226,12 @@ class _Loop:
         if state.scaler:
             self.scaler.load_state_dict(state.scaler)
         self.step = int(state.step)
+        if self.ema is not None:
+            if state.ema:
+                self.ema.load_state_dict(state.ema)
+            else:
+                log.info("%s: the saved run kept no weight average; it starts from the weights of step %d",
+                         self.out, self.step)
         self.best_score = best_on_disk(self.out, state.best_score)
         self.evals_since_best = int(state.evals_since_best)
         self.history = [r for r in state.history if r["step"] <= self.step]
@@ -291,6 +312,8 @@ class _Loop:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
         self.step += 1
         window.add(loss, int(images.shape[0]))
         return lr
@@ -315,7 +338,7 @@ class _Loop:
     def validate(self) -> bool:
         """Score on the held-out shards (rank 0), keep a new best; True when it is time to stop."""
         if self.info.is_main:
-            self.last_metrics = m = run_validation(self.net, self.cfg, self.device)
+            self.last_metrics = m = run_validation(self.kept, self.cfg, self.device)
             improved = self.best_score is None or m["score"] > self.best_score
             log.info("step %d validation: score %.2f (edge<1px %.1f, IoU>0.9 %.1f, mIoU %.1f)%s", self.step,
                      m["score"], m["all/edge_lt_1px"], m["all/iou_gt_0.9"], m["all/miou"],
@@ -323,7 +346,7 @@ class _Loop:
             self.tracker.log_metrics({f"val/{k}": v for k, v in m.items()}, self.step)
             if improved:
                 self.best_score, self.evals_since_best = m["score"], 0
-                save_checkpoint(self.out / BEST_DIR, self.net, self.cfg.model,
+                save_checkpoint(self.out / BEST_DIR, self.kept, self.cfg.model,
                                 extra={"step": self.step, "metrics": m, "train_config": to_dict(self.cfg)})
             else:
                 self.evals_since_best += 1
@@ -337,7 +360,7 @@ class _Loop:
         return True
 
     def save_last(self) -> None:
-        self.last_ckpt = str(save_checkpoint(self.out / LAST_DIR, self.net, self.cfg.model,
+        self.last_ckpt = str(save_checkpoint(self.out / LAST_DIR, self.kept, self.cfg.model,
                                              extra={"step": self.step, "train_config": to_dict(self.cfg)}))
 
     def checkpoint(self) -> None:
@@ -352,6 +375,7 @@ class _Loop:
             return
         TrainState(
             model={k: v.detach().cpu() for k, v in unwrap(self.net).state_dict().items()},
+            ema={} if self.ema is None else {k: v.detach().cpu() for k, v in self.ema.state_dict().items()},
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), step=self.step, rng=rngs, best_score=self.best_score,
             evals_since_best=self.evals_since_best, history=self.history,

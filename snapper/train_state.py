@@ -1,7 +1,7 @@
 """What a training run needs to continue where it stopped: ``<out_dir>/train_state.pt``.
 
-The file holds plain tensors and primitives only (model, optimizer, scheduler and scaler
-state dicts, step, every rank's RNG states, best score, config, history, MLflow run id), so
+The file holds plain tensors and primitives only (model, weight-average, optimizer, scheduler
+and scaler state dicts, step, every rank's RNG states, best score, config, history, MLflow run id), so
 it loads with ``torch.load(weights_only=True)``: opening a run folder from somewhere else
 cannot execute code. It is written atomically, so a killed job leaves the previous state.
 """
@@ -85,6 +85,7 @@ class TrainState:
     finished: bool = False
     stopped_early: bool = False
     result: dict[str, Any] = field(default_factory=dict)
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)  # the AveragedModel's state (ema_decay)
 
     def as_dict(self) -> dict[str, Any]:
         # Not dataclasses.asdict: that deep-copies every tensor of the model and optimizer.
