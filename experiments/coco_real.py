@@ -103,6 +103,13 @@ def run(name: str, steps: int, urls: dict[str, list[str]], runs_dir: Path) -> st
     return result.best_checkpoint or result.last_checkpoint
 
 
+def repo_relative(path: str) -> str:
+    """A checkpoint path as recorded in runs.json: relative to the repository when inside it,
+    so committed results name no machine's folders."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
+
+
 def ms_per_box(checkpoint: str, passes: int = 1, n: int = 256) -> float:
     """Snapping time per box on this CPU (batched crops, model and crop cutting), median of 3,
     for boxes of 20-200 px on a 640x480 image (the second pass looks again at the larger ones)."""
@@ -146,7 +153,8 @@ def main() -> None:
           + res.table_md + "\n## ms per box (model + crop cutting, this CPU; the zoom rows include the second pass)\n\n"
           + "\n".join(f"- {m}: {v:.2f}" for m, v in speed.items()) + "\n")
     (out / "report.md").write_text(md)
-    (out / "runs.json").write_text(json.dumps({"steps": args.steps, "checkpoints": checkpoints,
+    (out / "runs.json").write_text(json.dumps({"steps": args.steps, "checkpoints": {
+                                                   m: repo_relative(c) for m, c in checkpoints.items()},
                                                "ms_per_box": speed, "report_boxes": int(
                                                    (pd.read_parquet(res.parquet)["method"] == "identity").sum())},
                                               indent=2))

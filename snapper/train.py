@@ -251,8 +251,10 @@ class _Loop:
         try:
             self.write_run_files()
             if self.info.is_main:
-                log.info("training on %s in %s", self.device, "fp32" if self.amp_dtype is None else
-                         f"{str(self.amp_dtype).removeprefix('torch.')} autocast")
+                log.info("training on %s in %s%s", self.device, "fp32" if self.amp_dtype is None else
+                         f"{str(self.amp_dtype).removeprefix('torch.')} autocast",
+                         "" if self.ema is None else f"; validating and saving the weight average "
+                         f"(ema_decay={cfg.ema_decay})")
             batches = Batches(cfg, self.step, self.info.rank, self.info.world_size, loader_factory)
             window = LossWindow(self.device, self.step)
             while self.step < stop_at:
