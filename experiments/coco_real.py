@@ -61,6 +61,9 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     # (snapper.ema); its train_state.pt also holds the raw weights of the same steps, so
     # experiments/ema_paired.py compares the two on one trajectory, free of seed noise.
     "lite0-ema": ("snapper-lite0-imagenet-ema", ["ema_decay=0.995", "amp=false"]),
+    # Not in the default set: Lite0 on 192 px crops instead of 128 (2.25x the pixels per step,
+    # same 1500 steps, fp32): is the input resolution what limits the pixel columns?
+    "lite0-192": ("snapper-lite0-imagenet-192px", ["model.input_size=192", "amp=false"]),
     # Not in the default set: the larger pretrained Lite trunks, same head, crops and steps
     # (at 128 px they train about as fast as Lite0 here, bench/bench_model.py); they ran in
     # bf16 autocast on this AMX CPU. "lite2-zoom" also gives its pass-1-only row.
