@@ -32,15 +32,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from coco_real import DEFAULT_RUNS, ONE_PASS, RUNS, make_shards  # noqa: E402
 
 from snapper.checkpoint import load_checkpoint, read_config  # noqa: E402
-from snapper.config import EvalConfig  # noqa: E402
+from snapper.config import EvalConfig, ModelConfig  # noqa: E402
+from snapper.crop import CropGeometry  # noqa: E402
+from snapper.geometry import xywh_to_xyxy  # noqa: E402
 from snapper.evaluate import evaluate_checkpoint, evaluate_identity, evaluate_model  # noqa: E402
 from snapper.model import build_model  # noqa: E402
 from snapper.train_state import load_state  # noqa: E402
+
+DEV_COLUMNS = ["dev_left", "dev_top", "dev_right", "dev_bottom"]
 
 
 class Ensemble(torch.nn.Module):
@@ -57,6 +62,23 @@ class Ensemble(torch.nn.Module):
 
     def decode(self, out: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.models[0].decode(out, scale)
+
+
+def error_scales(df: pd.DataFrame, crops: dict[str, ModelConfig]) -> str:
+    """Median edge error per size bucket in original px and in the model's (first-pass) input
+    px: whether a model is limited by the pixels it is shown (the same error in input px at
+    every scale and crop size) or by what it has learnt."""
+    lines = ["| method | size | median edge error, original px | median edge error, input px |", "|---|---|---|---|"]
+    for method, cfg in crops.items():
+        rows = df[df["method"] == method]
+        rough = xywh_to_xyxy(rows[["rough_x", "rough_y", "rough_w", "rough_h"]].to_numpy(float))
+        scale = CropGeometry.around(rough, cfg.input_size, cfg.context).edge_scale
+        dev = rows[DEV_COLUMNS].to_numpy(float)
+        for size in ("all", "small", "medium", "large"):
+            m = np.ones(len(rows), bool) if size == "all" else (rows["size"] == size).to_numpy()
+            if m.any():
+                lines.append(f"| {method} | {size} | {np.median(dev[m]):.2f} | {np.median(dev[m] / scale[m]):.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def raw_weights(run_dir: Path) -> torch.nn.Module | None:
@@ -83,6 +105,7 @@ def main() -> int:
     urls = make_shards(Path(args.data), ROOT / "shards" / "coco-real")
     shards = urls["select"] + urls["report"]
     tables = [evaluate_identity(EvalConfig(shards=shards, device="cpu"))]
+    crops: dict[str, ModelConfig] = {}  # model rows -> their model config (crop geometry)
     for run in args.runs:
         ckpt = Path(args.runs_dir) / run / "last"
         if not ckpt.is_dir():
@@ -97,11 +120,13 @@ def main() -> int:
             print(f"evaluating {name}", flush=True)
             cfg = EvalConfig(shards=shards, device="cpu", passes=passes, flip=flip)
             tables.append(evaluate_checkpoint(str(ckpt), cfg, method=name))
+            crops[name] = model_cfg
         raw = raw_weights(Path(args.runs_dir) / run) if args.raw else None
         if raw is not None:
             print(f"evaluating {label} (raw weights)", flush=True)
             tables.append(evaluate_model(raw, model_cfg, EvalConfig(shards=shards, device="cpu"),
                                          method=f"{label} (raw weights)"))
+            crops[f"{label} (raw weights)"] = model_cfg
     if args.ensemble:
         loaded = [load_checkpoint(Path(args.runs_dir) / run / "last") for run in args.runs]
         if len({(c.head, c.input_size) for _, c, _ in loaded}) != 1 or loaded[0][1].head != "edges":
@@ -111,13 +136,15 @@ def main() -> int:
         print(f"evaluating {name}", flush=True)
         tables.append(evaluate_model(Ensemble([m for m, _, _ in loaded]), loaded[0][1],
                                      EvalConfig(shards=shards, device="cpu"), method=name))
+        crops[name] = loaded[0][1]
     df = pd.concat(tables, ignore_index=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out / "boxes.parquet")
     md = ("All held-out images of experiments/coco_real.py (selection and report halves, "
           f"{int((df['method'] == 'identity').sum())} boxes), each run's last checkpoint (step 1500, "
-          "not selected on anything).\n\n" + format_table(summarize(df)) + "\n")
+          "not selected on anything).\n\n" + format_table(summarize(df))
+          + "\n## Median edge error by size (input px: of the first-pass crop)\n\n" + error_scales(df, crops))
     (out / "report.md").write_text(md)
     print(md)
     return 0
