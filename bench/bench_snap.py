@@ -51,7 +51,6 @@ from snapper.geometry import jitter_by_annotation, xywh_to_xyxy, xyxy_to_xywh  #
 from snapper.imageio import load_image  # noqa: E402
 from snapper.model import build_model  # noqa: E402
 from snapper.presets import PRESETS  # noqa: E402
-from snapper import snap as snap_module  # noqa: E402
 from snapper.snap import Snapper  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "coco128-train"
@@ -132,10 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="end-to-end runs (best is reported)")
     ap.add_argument("--max-images", type=int, help="only the first N images of the data (a quick run)")
     ap.add_argument("--nchw", action="store_true",
-                    help="the plain NCHW memory format on CPU (snapping's default there is channels_last), to compare")
+                    help="the plain NCHW memory format (channels_last=false; snapping's default is NHWC), to compare")
     a = ap.parse_args(argv)
-    if a.nchw:  # the policy as it was before channels_last on CPU: CUDA only
-        snap_module.use_channels_last = lambda device: device.type == "cuda"
     ann_file, images_dir = a.data / "annotations.json", a.data / "images"
     if not ann_file.is_file():
         print(f"bench_snap: {ann_file} not found; nothing to measure")
@@ -147,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = save_checkpoint(tmp_p / "ckpt", build_model(mcfg), mcfg)
         rough = tmp_p / "rough.json"
         n_boxes = write_rough(ann_file, rough, max_images=a.max_images)
-        snapper = Snapper.from_checkpoint(ckpt, device=a.device, batch_size=a.batch_size)
+        snapper = Snapper.from_checkpoint(ckpt, device=a.device, batch_size=a.batch_size, channels_last=not a.nchw)
         limits: list[float] = []
         variants = {1: (1, False), 2: (2, False), "flip": (1, True)}  # key -> (passes, flip)
         runs: dict[int | str, list[tuple[float, dict]]] = {k: [] for k in variants}
@@ -155,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             # Interleaved, best of each: on a shared machine, load from others hits all alike.
             limits.append(model_limit(snapper, a.batch_size, min(n_boxes, 4 * a.batch_size), mcfg.input_size))
             for key, (passes, flip) in variants.items():
-                cfg = BatchConfig(batch_size=a.batch_size, workers=a.workers, device=a.device, passes=passes, flip=flip)
+                cfg = BatchConfig(batch_size=a.batch_size, workers=a.workers, device=a.device, passes=passes, flip=flip,
+                                  channels_last=not a.nchw)
                 t = time.perf_counter()
                 r = batch_snap(rough, images_dir, tmp_p / f"out{k}-{key}", ckpt, cfg)  # fresh out_dir: no resume
                 runs[key].append((time.perf_counter() - t, r.summary))

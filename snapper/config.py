@@ -173,6 +173,7 @@ class EvalConfig:
     verify_shards: bool = True  # as DataConfig.verify_shards
     passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
     flip: bool = False  # test-time augmentation: also read each crop mirrored (2x model time)
+    channels_last: bool = True  # NHWC where snapper.device picks it (faster there); false: plain NCHW
 
 
 @dataclass
@@ -204,6 +205,7 @@ class BatchConfig:
     max_pixels: int | None = MAX_DECODE_PIXELS
     passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
     flip: bool = False  # test-time augmentation: also read each crop mirrored (2x model time)
+    channels_last: bool = True  # NHWC where snapper.device picks it (faster there); false: plain NCHW
 
 
 # ---------------------------------------------------------------------------- (de)serialisation

@@ -112,7 +112,8 @@ def evaluate_model(
     """
     check_passes(model_cfg, cfg.passes, method)
     dev = resolve_device(cfg.device if device is None else device)
-    snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size, precision=cfg.precision, flip=cfg.flip)
+    snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size, precision=cfg.precision, flip=cfg.flip,
+                      channels_last=cfg.channels_last)
     stream = _stream(cfg, model_cfg)
     tables = []
     candidates: list[tuple[int, int, int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys

@@ -66,14 +66,16 @@ class SnapResult:
 class Snapper:
     """A model ready to snap: device, precision, batching. ``flip=True`` also reads every crop
     (and strip) mirrored and averages the two edge distributions: test-time augmentation at
-    twice the model time."""
+    twice the model time. ``channels_last=False`` keeps the plain NCHW memory format where
+    :func:`snapper.device.use_channels_last` would pick NHWC (same results; for a CPU whose
+    kernels are slower in NHWC than the ones it was measured on)."""
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: str | torch.device = "auto",
-                 batch_size: int = 64, precision: str = "auto", flip: bool = False):
+                 batch_size: int = 64, precision: str = "auto", flip: bool = False, channels_last: bool = True):
         self.flip = flip
         self.device = resolve_device(device)
         self.autocast_dtype = autocast_dtype(self.device, precision)
-        self.channels_last = use_channels_last(self.device)
+        self.channels_last = bool(channels_last) and use_channels_last(self.device)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -82,9 +84,10 @@ class Snapper:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "auto", batch_size: int = 64,
-                        precision: str = "auto", flip: bool = False) -> "Snapper":
+                        precision: str = "auto", flip: bool = False, channels_last: bool = True) -> "Snapper":
         model, cfg, _ = load_checkpoint(path)
-        return cls(model, cfg, device=device, batch_size=batch_size, precision=precision, flip=flip)
+        return cls(model, cfg, device=device, batch_size=batch_size, precision=precision, flip=flip,
+                   channels_last=channels_last)
 
     def with_flip(self, flip: bool) -> "Snapper":
         """This snapper, reading mirrored crops too or not: a shallow copy sharing the model, so

@@ -15,10 +15,11 @@ from tests.helpers import TINY_MODEL, make_tiny_shards
 from snapper.checkpoint import save_checkpoint  # noqa: E402
 from snapper.config import EvalConfig, ModelConfig  # noqa: E402
 from snapper.cli.evaluate import main as cli_main  # noqa: E402
-from snapper.evaluate import IDENTITY, evaluate, evaluate_identity  # noqa: E402
+from snapper.evaluate import IDENTITY, evaluate, evaluate_checkpoint, evaluate_identity  # noqa: E402
 from snapper.geometry import paired_iou, xywh_to_xyxy  # noqa: E402
 from snapper.metrics import TABLE1_COLUMNS  # noqa: E402
 from snapper.model import build_model  # noqa: E402
+from snapper.snap import Snapper  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -125,6 +126,23 @@ def test_max_boxes_and_buffer_ratio(setup, tmp_path):
                                                              device="cpu"), tmp_path / "o", plots=False)
     df = pd.read_parquet(res.parquet)
     assert (df.groupby("method").size() == 5).all()
+
+
+def test_memory_format_setting_reaches_the_model(setup, tmp_path, monkeypatch):
+    root, shards, ckpts = setup
+    seen = []
+    original = Snapper.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.channels_last)
+
+    monkeypatch.setattr(Snapper, "__init__", spy)
+    tables = [evaluate_checkpoint(ckpts["snapper"], EvalConfig(shards=shards["train"], max_boxes=8, device="cpu",
+                                                               channels_last=cl)) for cl in (True, False)]
+    assert seen == [True, False]
+    cols = ["pred_x", "pred_y", "pred_w", "pred_h"]
+    assert np.abs(tables[0][cols].to_numpy() - tables[1][cols].to_numpy()).max() < 1e-3
 
 
 def test_cli_prints_table_and_logs_to_mlflow(setup, tmp_path, capsys, monkeypatch):

@@ -47,6 +47,18 @@ def test_reduced_precision_inference_agrees_with_fp32(ckpt, photo):
         Snapper.from_checkpoint(ckpt, device="cpu", precision="fp8")
 
 
+def test_memory_format_switch_changes_speed_not_boxes(ckpt, photo):
+    """channels_last=False keeps NCHW where the device policy picks NHWC; the boxes agree."""
+    boxes = [[18, 12, 55, 26], [0, 0, 90, 60]]
+    nhwc = Snapper.from_checkpoint(ckpt, device="cpu")
+    nchw = Snapper.from_checkpoint(ckpt, device="cpu", channels_last=False)
+    assert nhwc.channels_last and not nchw.channels_last
+    assert next(p for p in nchw.model.parameters() if p.dim() == 4).is_contiguous()
+    assert next(p for p in nhwc.model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    a, b = nhwc.snap(photo, boxes), nchw.snap(photo, boxes)
+    assert np.abs(a.boxes - b.boxes).max() < 1e-3 and np.abs(a.confidence - b.confidence).max() < 1e-4
+
+
 @pytest.mark.parametrize(
     "box, reason",
     [([10, 10, 0, 5], "degenerate"), ([10, 10, -3, 5], "degenerate"), ([np.nan, 1, 2, 3], "non_finite"),

@@ -61,21 +61,22 @@ def model_fingerprint(ckpt: str | os.PathLike[str]) -> str:
     return _model_fingerprint(str(p), st.st_mtime_ns, st.st_size)
 
 
-_SNAPPERS: dict[tuple[str, str, str, int, str], Snapper] = {}
+_SNAPPERS: dict[tuple[str, str, str, int, str, bool, bool], Snapper] = {}
 _SNAPPERS_LOCK = threading.Lock()
 
 
 def get_snapper(ckpt: str | os.PathLike[str], device: str = "auto", batch_size: int = 128,
-                precision: str = "auto", flip: bool = False) -> Snapper:
-    """One loaded model per (checkpoint, device, precision) per process: chunks run in threads
+                precision: str = "auto", flip: bool = False, channels_last: bool = True) -> Snapper:
+    """One loaded model per (checkpoint, device, settings) per process: chunks run in threads
     share it (inference in eval mode does not mutate the module)."""
     dev = str(resolve_device(device))
-    key = (str(Path(ckpt).resolve()), dev, model_fingerprint(ckpt), int(batch_size), precision, bool(flip))
+    key = (str(Path(ckpt).resolve()), dev, model_fingerprint(ckpt), int(batch_size), precision, bool(flip),
+           bool(channels_last))
     with _SNAPPERS_LOCK:
         s = _SNAPPERS.get(key)
         if s is None:
             s = _SNAPPERS[key] = Snapper.from_checkpoint(ckpt, device=dev, batch_size=batch_size, precision=precision,
-                                                         flip=flip)
+                                                         flip=flip, channels_last=channels_last)
     return s
 
 
@@ -137,7 +138,7 @@ def usable_result(path: Path, expected: int) -> bool:
 
 def _snap_rows(inp: RoughInput, chunk: Chunk, ckpt: Path, cfg: BatchConfig) -> pd.DataFrame:
     jobs, kept = chunk_jobs(inp, chunk)
-    snapper = get_snapper(ckpt, cfg.device, cfg.batch_size, cfg.precision, cfg.flip)
+    snapper = get_snapper(ckpt, cfg.device, cfg.batch_size, cfg.precision, cfg.flip, cfg.channels_last)
     check_passes(snapper.cfg, cfg.passes, str(ckpt))
     batcher = Batcher(snapper, cfg.batch_size, cfg.passes)
     batcher.rows += kept

@@ -67,3 +67,5 @@ def test_one_model_per_checkpoint_device_and_precision(ckpt):
     a = B.get_snapper(ckpt, "cpu", 4, "auto")
     assert B.get_snapper(ckpt, "cpu", 4, "auto") is a
     assert B.get_snapper(ckpt, "cpu", 4, "fp32") is not a
+    nchw = B.get_snapper(ckpt, "cpu", 4, "auto", channels_last=False)
+    assert nchw is not a and a.channels_last and not nchw.channels_last
