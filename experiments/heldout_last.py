@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from coco_real import DEFAULT_RUNS, ONE_PASS, RUNS, make_shards  # noqa: E402
+from coco_real import ONE_PASS, RUNS, make_shards  # noqa: E402
 
 from snapper.checkpoint import load_checkpoint, read_config  # noqa: E402
 from snapper.config import EvalConfig, ModelConfig  # noqa: E402
@@ -45,6 +45,8 @@ from snapper.evaluate import evaluate_checkpoint, evaluate_identity, evaluate_mo
 from snapper.model import build_model  # noqa: E402
 from snapper.train_state import load_state  # noqa: E402
 
+# The runs of experiments/results/heldout-last/: coco_real.py's default set and the larger trunks.
+DEFAULT_RUNS = ("resnet18", "regression", "lite0", "lite0-zoom", "lite1", "lite2", "lite2-zoom")
 DEV_COLUMNS = ["dev_left", "dev_top", "dev_right", "dev_bottom"]
 
 
