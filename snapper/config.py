@@ -109,6 +109,11 @@ class DataConfig:
     resampled: bool = True  # draw shards with replacement (ranks never starve); False = exact epochs
     epoch_samples: int | None = None  # crops per resampled epoch over all ranks; None = counted from shards
     crop_on: str = "worker"  # "worker" (CPU, in the loader) or "device" (loader decodes, trainer crops)
+    # Train on crops cut with a buffer ratio drawn per box from U(min, max) instead of 1.0, so
+    # that snapping with --buffer-ratio (the tool's "more context" option) still finds the
+    # edges: a model trained at 1.0 only learns where the rough box sits in the crop.
+    buffer_ratio_min: float = 1.0
+    buffer_ratio_max: float = 1.0
     draft_decode: bool = True  # decode JPEGs at reduced DCT scale when every crop is downscaled
     # zoom-in training (model.zoom): strips are cut around true edges moved by a normal error of
     # this many first-pass input px, the error a first pass leaves at that crop's scale

@@ -29,10 +29,11 @@ from snapper.geometry import clip_boxes
 MIN_WINDOW = 1.0  # px; a window is never thinner than one original pixel
 
 
-def crop_windows(rough: np.ndarray, buffer_ratio: float = 1.0, context: float = 1.4) -> np.ndarray:
+def crop_windows(rough: np.ndarray, buffer_ratio: "float | np.ndarray" = 1.0, context: float = 1.4) -> np.ndarray:
     """Windows (xyxy, original px) centred on the rough boxes, ``buffer_ratio * context`` times
-    their size on each axis."""
-    if not np.isfinite(buffer_ratio) or buffer_ratio <= 0:
+    their size on each axis (``buffer_ratio``: one number, or one per box)."""
+    ratio = np.asarray(buffer_ratio, dtype=np.float64)
+    if not (np.isfinite(ratio).all() and (ratio > 0).all()):
         raise ValueError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
     r = np.asarray(rough, dtype=np.float64).reshape(-1, 4)
     cx = (r[:, 0] + r[:, 2]) / 2
@@ -155,7 +156,8 @@ class CropGeometry:
     size: int
 
     @classmethod
-    def around(cls, rough_xyxy: np.ndarray, size: int, context: float, buffer_ratio: float = 1.0) -> "CropGeometry":
+    def around(cls, rough_xyxy: np.ndarray, size: int, context: float,
+               buffer_ratio: "float | np.ndarray" = 1.0) -> "CropGeometry":
         """Windows centred on the rough boxes, ``buffer_ratio * context`` times their size."""
         return cls(crop_windows(rough_xyxy, buffer_ratio, context), int(size))
 

@@ -51,6 +51,7 @@ from torch.optim.swa_utils import AveragedModel
 from snapper.atomic import atomic_write_text
 from snapper.checkpoint import check_weights_match, read_config, save_checkpoint, unwrap
 from snapper.config import TrainConfig, dump_yaml, to_dict
+from snapper.data.train_stream import check_buffer_ratios
 from snapper.device import autocast, resolve_device, training_autocast_dtype, use_channels_last
 from snapper.distributed import (
     DistInfo, barrier, broadcast_flag, gather_objects, init_distributed, mean_across, shutdown, sync_buffers,
@@ -101,6 +102,7 @@ def check_config(cfg: TrainConfig, has_loader: bool = False) -> None:
     for name in ("log_every", "ckpt_every", "eval_every"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
+    check_buffer_ratios(cfg.data)
     if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
     if not has_loader and not cfg.data.train_shards:

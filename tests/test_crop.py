@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,11 @@ def test_buffer_ratio_scales_about_the_centre():
     w2 = crop_windows(rough, 2.0, 1.0)
     assert np.allclose(w1, rough)
     assert np.allclose(w2, [[50, 30, 250, 110]])
+    # one ratio per box (training draws them) is each box cut with its own ratio
+    both = crop_windows(np.repeat(rough, 2, axis=0), np.array([1.0, 2.0]), 1.0)
+    assert np.allclose(both, np.concatenate([w1, w2]))
+    with pytest.raises(ValueError, match="buffer_ratio"):
+        crop_windows(np.repeat(rough, 2, axis=0), np.array([1.0, 0.0]), 1.0)
 
 
 def test_targets_are_clipped_to_the_crop():

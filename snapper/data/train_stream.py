@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from snapper.config import TrainConfig
+from snapper.config import DataConfig, TrainConfig
 from snapper.crop import CropGeometry, crop_images, to_uint8
 from snapper.data.accounting import StreamStats, Tally
 from snapper.data.augment import augment, draw_augment, hflip_targets
@@ -138,7 +138,9 @@ class _TrainDataset(IterableDataset):
         chosen = np.sort(rng.choice(chosen_from, size=k, replace=False))
         true = xywh_to_xyxy(rec.boxes[chosen])
         rough = jitter_boxes(true, rec.width, rec.height, rng, cfg.jitter)
-        geometry = CropGeometry.around(rough, cfg.model.input_size, cfg.model.context)
+        lo, hi = cfg.data.buffer_ratio_min, cfg.data.buffer_ratio_max
+        ratio = rng.uniform(lo, hi, size=k) if hi > lo else lo  # no draw at a fixed ratio: same stream
+        geometry = CropGeometry.around(rough, cfg.model.input_size, cfg.model.context, ratio)
         try:
             # zoom strips read ~1 original px per input px: no draft decode for them
             image, scale = decode(rec, geometry, cfg.data.draft_decode and not cfg.model.zoom)
@@ -280,6 +282,13 @@ def _check(cfg: TrainConfig, rank: int, world_size: int) -> None:
         raise ValueError("batch_size must be >= 1")
     if data.boxes_per_image < 1:
         raise ValueError("data.boxes_per_image must be >= 1")
+    check_buffer_ratios(data)
+
+
+def check_buffer_ratios(data: DataConfig) -> None:
+    if not 0 < data.buffer_ratio_min <= data.buffer_ratio_max:
+        raise ValueError(f"data.buffer_ratio_min/max must satisfy 0 < min <= max, got "
+                         f"{data.buffer_ratio_min}/{data.buffer_ratio_max}")
 
 
 def _epoch_crops(cfg: TrainConfig, urls: list[str]) -> int:

@@ -129,6 +129,25 @@ def test_corrupt_samples_counted_warned_skipped(tmp_path, caplog):
     assert "corrupt_image" in caplog.text and "bad_json" in caplog.text and "000000000002" in caplog.text
 
 
+@pytest.mark.parametrize("crop_on", ["worker", "device"])
+def test_buffer_ratio_range_varies_the_context_and_keeps_targets_right(rect_shards, crop_on):
+    urls = rect_shards(8, boxes=2)
+
+    def extents(**kw):
+        loader = train_loader(cfg_for(urls, crop_on=crop_on, **kw))
+        out = []
+        for b in loader:
+            b = loader.to_device(b, "cpu") if crop_on == "device" else b
+            for crop, t in zip(b["image"], b["target"]):
+                np.testing.assert_allclose(measured_edges(crop), t.numpy(), atol=1.0)
+                out.append(float(t[2] - t[0]) / crop.shape[-1])
+        return np.array(out)
+
+    fixed = extents()  # ratio 1: the true box fills ~1/1.4 of the crop, give or take the jitter
+    drawn = extents(buffer_ratio_min=1.0, buffer_ratio_max=1.8)
+    assert fixed.min() > 0.6 and drawn.min() < 0.6 and len(drawn) == len(fixed) == 16
+
+
 def test_device_crop_mode(rect_shards):
     loader = train_loader(cfg_for(rect_shards(4, boxes=2), crop_on="device", hflip=True))
     n = 0
@@ -148,6 +167,8 @@ def test_bad_settings_fail_before_reading(rect_shards):
         train_loader(cfg_for(urls, crop_on="gpu"))
     with pytest.raises(ValueError, match="boxes_per_image"):
         train_loader(cfg_for(urls, boxes_per_image=0))
+    with pytest.raises(ValueError, match="buffer_ratio_min/max"):
+        train_loader(cfg_for(urls, buffer_ratio_min=1.5, buffer_ratio_max=1.2))
     with pytest.raises(ValueError, match="rank 2"):
         train_loader(cfg_for(urls), rank=2, world_size=2)
     with pytest.raises(ValueError, match="train_shards is empty"):
