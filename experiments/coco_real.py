@@ -47,6 +47,10 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     "resnet18": ("snapper-resnet18-random", ["model.backbone=resnet18", "model.weights=none", "trunk_lr_mult=1",
                                              "freeze_trunk_bn=false"]),
     "lite0": ("snapper-lite0-imagenet", []),
+    # Not in the default set: the lite0 row as its committed results ran (fp32, before CPU
+    # training autocast to bf16 on AMX machines), to compare with later fp32 runs such as
+    # "lite0-buffer" (experiments/buffer_ratio.py).
+    "lite0-fp32": ("snapper-lite0-imagenet", ["amp=false"]),
     "regression": ("regression-lite0-imagenet", None),  # presets.regression_baseline of the lite0 run
     "lite0-zoom": ("snapper-lite0-imagenet-zoom", ["model.zoom=true"]),
     # Not in the default set: the Lite0 run with 80% of the two web sets added to its training
@@ -64,6 +68,16 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     # Not in the default set: Lite0 on 192 px crops instead of 128 (2.25x the pixels per step,
     # same 1500 steps, fp32): is the input resolution what limits the pixel columns?
     "lite0-192": ("snapper-lite0-imagenet-192px", ["model.input_size=192", "amp=false"]),
+    # Not in the default set: Lite0 trained on crops cut with a buffer ratio drawn from
+    # U(1.0, 1.5) per box (fp32), so that snapping with --buffer-ratio > 1 keeps working;
+    # experiments/buffer_ratio.py compares it with "lite0-fp32" at several buffer ratios.
+    "lite0-buffer": ("snapper-lite0-imagenet-buffer", ["data.buffer_ratio_min=1.0", "data.buffer_ratio_max=1.5",
+                                                       "amp=false"]),
+    # Not in the default set: the trunk learning at 0.3x and 1x the new layers' rate instead of
+    # the preset's 0.1x (fp32, like "lite0-fp32"): does adapting ImageNet features more to
+    # edges help, or does it overfit ~300 images faster?
+    "lite0-tlr0.3": ("snapper-lite0-imagenet-trunk-lr0.3", ["trunk_lr_mult=0.3", "amp=false"]),
+    "lite0-tlr1": ("snapper-lite0-imagenet-trunk-lr1", ["trunk_lr_mult=1", "amp=false"]),
     # Not in the default set: the larger pretrained Lite trunks, same head, crops and steps
     # (at 128 px they train about as fast as Lite0 here, bench/bench_model.py); they ran in
     # bf16 autocast on this AMX CPU. "lite2-zoom" also gives its pass-1-only row.

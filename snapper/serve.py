@@ -11,8 +11,8 @@ column          type     meaning
 ``image_path``  string   instead of ``image_b64``: a file under the folder the operator
                          allowed with ``SNAPPER_SERVE_IMAGE_ROOT`` (refused otherwise)
 ``x y w h``     double   the rough box, COCO ``[x, y, w, h]`` in original pixels
-``buffer_ratio`` double  optional, context around the box (default: the ``buffer_ratio``
-                         param, 1.0)
+``buffer_ratio`` double  optional, rough-box scale before cropping, >1 for boxes drawn
+                         too tight (default: the ``buffer_ratio`` param, 1.0)
 ==============  =======  ===========================================================
 
 Request params (``"params"`` next to the dataframe): ``buffer_ratio`` (default 1.0),

@@ -21,12 +21,12 @@ from snapper.batch import (
 )
 from snapper.batch.pipeline import DEFAULT_MODEL
 from snapper.cli.common import (
+    add_buffer_ratio_option,
     add_flip_option,
     add_set_option,
     apply_sets,
     fail,
     non_negative_int,
-    positive_float,
     positive_int,
     run,
     unit_float,
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, help=f"crops per forward pass (default {d.batch_size})")
     p.add_argument("--workers", type=non_negative_int, help=f"decoding processes, 0 = none (default {d.workers})")
     p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default {d.device})")
-    p.add_argument("--buffer-ratio", type=positive_float, help=f"crop size factor (default {d.buffer_ratio})")
+    add_buffer_ratio_option(p, None)
     p.add_argument("--max-pixels", type=positive_int,
                    help=f"decode no image larger than this many pixels (after JPEG draft reduction); larger "
                         f"ones are kept as image_too_large (default {d.max_pixels})")

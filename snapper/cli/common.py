@@ -83,6 +83,16 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def add_buffer_ratio_option(p: argparse.ArgumentParser, default: "float | None" = 1.0) -> None:
+    """``--buffer-ratio`` (SPEC: the rough box is scaled about its centre before the crop);
+    default None where an unset option must leave a config's own value alone."""
+    p.add_argument("--buffer-ratio", type=positive_float, default=default,
+                   help="scale each rough box by this before cropping (default 1.0). The model reads the "
+                        "scaled box as the rough box: use >1 for boxes drawn too tight (1.25 for boxes ~20%% "
+                        "small); on boxes as loose as the training jitter it makes results worse "
+                        "(experiments/results/buffer-ratio)")
+
+
 def add_flip_option(p: argparse.ArgumentParser, default: "bool | None" = False) -> None:
     """``--flip``: test-time augmentation (``Snapper(flip=True)``); default None where an unset
     option must leave a config's own value alone."""

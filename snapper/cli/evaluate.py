@@ -8,10 +8,10 @@ from pathlib import Path
 from snapper import tracking
 from snapper.checkpoint import read_config
 from snapper.cli.common import (
+    add_buffer_ratio_option,
     add_flip_option,
     add_set_option,
     apply_sets,
-    positive_float,
     positive_int,
     run,
     setup_logging,
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint folder or MLflow model ref (models:/snapper@champion, models:/snapper/3); repeatable")
     p.add_argument("--out-dir", default="eval")
     p.add_argument("--max-boxes", type=positive_int)
-    p.add_argument("--buffer-ratio", type=positive_float, default=EvalConfig.buffer_ratio)
+    add_buffer_ratio_option(p, EvalConfig.buffer_ratio)
     p.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size)
     p.add_argument("--workers", type=int, default=EvalConfig.workers)
     p.add_argument("--seed", type=int, default=EvalConfig.seed, help="jitter seed (per annotation id)")

@@ -20,7 +20,7 @@ import socket
 import torch
 from werkzeug.serving import run_simple
 
-from snapper.cli.common import add_flip_option, positive_float, positive_int, run, setup_logging
+from snapper.cli.common import add_buffer_ratio_option, add_flip_option, positive_int, run, setup_logging
 from snapper.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
 from snapper.registry import CHAMPION_REF
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=positive_int, default=DEFAULT_PORT)
     p.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, mps or auto (default: ${DEVICE_ENV}, else cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--buffer-ratio", type=positive_float, default=1.0, help="context around each box (default 1.0)")
+    add_buffer_ratio_option(p)
     p.add_argument("--passes", type=int, choices=(1, 2), default=1,
                    help="2: add the zoom-in pass (models trained with model.zoom); default 1")
     add_flip_option(p)

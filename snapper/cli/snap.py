@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from snapper.cli.common import add_flip_option, fail, positive_float, run
+from snapper.cli.common import add_buffer_ratio_option, add_flip_option, fail, run
 from snapper.config import SNAP_MIN_BOX_SIZE
 from snapper.imageio import load_image
 from snapper.registry import CHAMPION_REF, resolve_model
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", action="append", type=parse_box, required=True, help="x,y,w,h (repeatable)")
     p.add_argument("--checkpoint", default=DEFAULT_MODEL,
                    help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, models:/NAME@ALIAS)")
-    p.add_argument("--buffer-ratio", type=positive_float, default=1.0)
+    add_buffer_ratio_option(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--passes", type=int, choices=(1, 2), default=1,
                    help="2 adds the zoom-in pass (models trained with model.zoom)")
