@@ -78,6 +78,12 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     # edges help, or does it overfit ~300 images faster?
     "lite0-tlr0.3": ("snapper-lite0-imagenet-trunk-lr0.3", ["trunk_lr_mult=0.3", "amp=false"]),
     "lite0-tlr1": ("snapper-lite0-imagenet-trunk-lr1", ["trunk_lr_mult=1", "amp=false"]),
+    # Not in the default set: rough boxes drawn wider than the paper's (shift +/-15%, scale in
+    # [0.75, 1.25]) with a crop wide enough to hold the truth (context 1.8; fp32), for rough
+    # boxes that are off by more than the paper's jitter (experiments/buffer_ratio.py).
+    "lite0-wide": ("snapper-lite0-imagenet-wide-jitter", ["jitter.shift=0.15", "jitter.scale_min=0.75",
+                                                           "jitter.scale_max=1.25", "model.context=1.8",
+                                                           "amp=false"]),
     # Not in the default set: the larger pretrained Lite trunks, same head, crops and steps
     # (at 128 px they train about as fast as Lite0 here, bench/bench_model.py); they ran in
     # bf16 autocast on this AMX CPU. "lite2-zoom" also gives its pass-1-only row.
