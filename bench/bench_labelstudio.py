@@ -18,7 +18,6 @@ present, else a generated 640x480 JPEG. Prints one JSON object. Issue #14's targ
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
