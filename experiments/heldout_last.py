@@ -42,12 +42,12 @@ from snapper.config import EvalConfig, ModelConfig  # noqa: E402
 from snapper.crop import CropGeometry  # noqa: E402
 from snapper.geometry import xywh_to_xyxy  # noqa: E402
 from snapper.evaluate import evaluate_checkpoint, evaluate_identity, evaluate_model  # noqa: E402
+from snapper.metrics import DEV_EDGE_COLS  # noqa: E402
 from snapper.model import build_model  # noqa: E402
 from snapper.train_state import load_state  # noqa: E402
 
 # The runs of experiments/results/heldout-last/: coco_real.py's default set and the larger trunks.
 DEFAULT_RUNS = ("resnet18", "regression", "lite0", "lite0-zoom", "lite1", "lite2", "lite2-zoom")
-DEV_COLUMNS = ["dev_left", "dev_top", "dev_right", "dev_bottom"]
 
 
 class Ensemble(torch.nn.Module):
@@ -75,7 +75,7 @@ def error_scales(df: pd.DataFrame, crops: dict[str, ModelConfig]) -> str:
         rows = df[df["method"] == method]
         rough = xywh_to_xyxy(rows[["rough_x", "rough_y", "rough_w", "rough_h"]].to_numpy(float))
         scale = CropGeometry.around(rough, cfg.input_size, cfg.context).edge_scale
-        dev = rows[DEV_COLUMNS].to_numpy(float)
+        dev = rows[DEV_EDGE_COLS].to_numpy(float)
         for size in ("all", "small", "medium", "large"):
             m = np.ones(len(rows), bool) if size == "all" else (rows["size"] == size).to_numpy()
             if m.any():

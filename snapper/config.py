@@ -111,8 +111,9 @@ class DataConfig:
     crop_on: str = "worker"  # "worker" (CPU, in the loader) or "device" (loader decodes, trainer crops)
     # Train on crops cut with a buffer ratio drawn per box from U(min, max) instead of 1.0. Meant
     # to free the user from picking --buffer-ratio; measured, it does not: on ~300 images the
-    # model then learns the average ratio's box scale and is worse at every ratio than a model
-    # trained at 1.0 snapping at the right one (experiments/results/buffer-ratio). Off in presets.
+    # model then learns the average ratio's box scale: on boxes of the right size or drawn too
+    # tight it is worse at any ratio than a model trained at 1.0 snapping at the right ratio
+    # (experiments/results/buffer-ratio). Off in presets.
     buffer_ratio_min: float = 1.0
     buffer_ratio_max: float = 1.0
     draft_decode: bool = True  # decode JPEGs at reduced DCT scale when every crop is downscaled

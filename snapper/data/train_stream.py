@@ -286,8 +286,8 @@ def _check(cfg: TrainConfig, rank: int, world_size: int) -> None:
 
 
 def check_buffer_ratios(data: DataConfig) -> None:
-    if not 0 < data.buffer_ratio_min <= data.buffer_ratio_max:
-        raise ValueError(f"data.buffer_ratio_min/max must satisfy 0 < min <= max, got "
+    if not (0 < data.buffer_ratio_min <= data.buffer_ratio_max and math.isfinite(data.buffer_ratio_max)):
+        raise ValueError(f"data.buffer_ratio_min/max must be finite with 0 < min <= max, got "
                          f"{data.buffer_ratio_min}/{data.buffer_ratio_max}")
 
 

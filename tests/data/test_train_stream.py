@@ -169,6 +169,8 @@ def test_bad_settings_fail_before_reading(rect_shards):
         train_loader(cfg_for(urls, boxes_per_image=0))
     with pytest.raises(ValueError, match="buffer_ratio_min/max"):
         train_loader(cfg_for(urls, buffer_ratio_min=1.5, buffer_ratio_max=1.2))
+    with pytest.raises(ValueError, match="buffer_ratio_min/max"):
+        train_loader(cfg_for(urls, buffer_ratio_min=1.0, buffer_ratio_max=float("inf")))
     with pytest.raises(ValueError, match="rank 2"):
         train_loader(cfg_for(urls), rank=2, world_size=2)
     with pytest.raises(ValueError, match="train_shards is empty"):
