@@ -15,7 +15,7 @@ STAMP := $(VENV)/.snapper-installed
 MLFLOW_PORT ?= $(or $(SNAPPER_MLFLOW_PORT),5000)
 # Benchmarks run by `make bench` (each prints its own table; see README "Benchmarks").
 BENCH ?= $(sort $(wildcard bench/*.py))
-# The demo runs the flow's defaults: synthetic data and the `demo` preset (snapper/presets.py),
+# The demo runs the flow's defaults: synthetic data and the `demo` preset (snapper/training/presets.py),
 # like the train-snapper/demo deployment. Extra flow arguments: DEMO_ARGS='--set steps=1000'.
 DEMO_ARGS ?=
 

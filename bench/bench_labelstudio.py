@@ -36,12 +36,12 @@ from werkzeug.serving import make_server
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from snapper.checkpoint import save_checkpoint  # noqa: E402
 from snapper.config import ModelConfig  # noqa: E402
-from snapper.labelstudio import SnapperBackend, create_app  # noqa: E402
-from snapper.model import build_model  # noqa: E402
-from snapper.presets import PRESETS  # noqa: E402
-from snapper.snap import Snapper  # noqa: E402
+from snapper.inference.snap import Snapper  # noqa: E402
+from snapper.integrations.labelstudio import SnapperBackend, create_app  # noqa: E402
+from snapper.models.checkpoint import save_checkpoint  # noqa: E402
+from snapper.models.net import build_model  # noqa: E402
+from snapper.training.presets import PRESETS  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "coco128-train"
 TARGET_S = 0.3

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from snapper.config import ModelConfig  # noqa: E402
 from snapper.device import training_autocast_dtype, use_channels_last  # noqa: E402
-from snapper.model import build_model  # noqa: E402
+from snapper.models.net import build_model  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

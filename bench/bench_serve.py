@@ -38,11 +38,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from snapper.checkpoint import save_checkpoint  # noqa: E402
-from snapper.model import build_model  # noqa: E402
-from snapper.presets import preset_config  # noqa: E402
-from snapper.serve import request_json, serve_command, serve_env  # noqa: E402
-from snapper.tracking import configure  # noqa: E402
+from snapper.integrations.serve import serve_command, serve_env  # noqa: E402
+from snapper.mlops.pyfunc import request_json  # noqa: E402
+from snapper.mlops.tracking import configure  # noqa: E402
+from snapper.models.checkpoint import save_checkpoint  # noqa: E402
+from snapper.models.net import build_model  # noqa: E402
+from snapper.training.presets import preset_config  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "coco128-train"
 

@@ -45,13 +45,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from snapper.batch import batch_snap  # noqa: E402
-from snapper.checkpoint import save_checkpoint  # noqa: E402
 from snapper.config import BatchConfig, ModelConfig  # noqa: E402
 from snapper.geometry import jitter_by_annotation, xywh_to_xyxy, xyxy_to_xywh  # noqa: E402
 from snapper.imageio import load_image  # noqa: E402
-from snapper.model import build_model  # noqa: E402
-from snapper.presets import PRESETS  # noqa: E402
-from snapper.snap import Snapper  # noqa: E402
+from snapper.inference.snap import Snapper  # noqa: E402
+from snapper.models.checkpoint import save_checkpoint  # noqa: E402
+from snapper.models.net import build_model  # noqa: E402
+from snapper.training.presets import PRESETS  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "coco128-train"
 

@@ -46,11 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 from snapper.batch import batch_snap  # noqa: E402
 from snapper.batch.chunk import get_snapper  # noqa: E402
-from snapper.checkpoint import save_checkpoint  # noqa: E402
 from snapper.config import BatchConfig, ModelConfig  # noqa: E402
 from snapper.imageio import load_image  # noqa: E402
-from snapper.model import build_model  # noqa: E402
-from snapper.presets import PRESETS  # noqa: E402
+from snapper.models.checkpoint import save_checkpoint  # noqa: E402
+from snapper.models.net import build_model  # noqa: E402
+from snapper.training.presets import PRESETS  # noqa: E402
 
 W, H = 4000, 3000
 MB = 1024.0  # ru_maxrss is in KiB on Linux

@@ -9,7 +9,7 @@ Three numbers at the same batch size and input size:
 
 * **stream**: samples/s of the training stream alone (decode + jitter + crop + augment, in
   ``data.workers`` loader processes), no model;
-* **train**: samples/s of :func:`snapper.train.train` (stream + forward/backward/step), read
+* **train**: samples/s of :func:`snapper.training.loop.train` (stream + forward/backward/step), read
   from its own log (``history.jsonl``), first window (start-up) excluded;
 * **model**: forward+backward+step on a fixed synthetic batch (``bench_model.measure``).
 
@@ -34,17 +34,17 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
-
 from bench_model import measure  # noqa: E402
+
 from snapper.config import apply_overrides  # noqa: E402
 from snapper.data.manifest import shard_urls  # noqa: E402
 from snapper.data.shards import shard_dataset  # noqa: E402
-from snapper.data.train_stream import train_loader  # noqa: E402
 from snapper.data.synthetic import generate  # noqa: E402
+from snapper.data.train_stream import train_loader  # noqa: E402
 from snapper.device import use_channels_last  # noqa: E402
-from snapper.presets import preset_config  # noqa: E402
-from snapper.train import train  # noqa: E402
-from snapper.train_log import HISTORY_FILE, read_history  # noqa: E402
+from snapper.training.log import HISTORY_FILE, read_history  # noqa: E402
+from snapper.training.loop import train  # noqa: E402
+from snapper.training.presets import preset_config  # noqa: E402
 
 
 def make_shards(data: str | None, work: Path, n_images: int) -> list[str]:

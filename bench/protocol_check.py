@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from snapper.config import JitterConfig
+from snapper.evaluation.metrics import TABLE1_COLUMNS, box_table, format_table, summarize
 from snapper.geometry import jitter_boxes, xywh_to_xyxy
-from snapper.metrics import TABLE1_COLUMNS, box_table, format_table, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "coco128-train"

@@ -35,8 +35,8 @@ import pandas as pd  # noqa: E402
 from coco_real import RUNS, make_shards  # noqa: E402
 
 from snapper.config import EvalConfig, JitterConfig  # noqa: E402
-from snapper.evaluate import evaluate_checkpoint, evaluate_identity  # noqa: E402
-from snapper.metrics import format_table, summarize  # noqa: E402
+from snapper.evaluation.evaluate import evaluate_checkpoint, evaluate_identity  # noqa: E402
+from snapper.evaluation.metrics import format_table, summarize  # noqa: E402
 
 PROTOCOLS = {
     "paper": JitterConfig(),

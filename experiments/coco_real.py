@@ -28,17 +28,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from snapper.checkpoint import load_checkpoint, read_config
 from snapper.config import EvalConfig, apply_overrides
 from snapper.crop import CropGeometry, to_uint8
 from snapper.data.coco import load_coco
 from snapper.data.manifest import shard_urls
 from snapper.data.shards import shard_index, split_by_image
-from snapper.evaluate import evaluate
-from snapper.metrics import format_table
-from snapper.presets import preset_config, regression_baseline
-from snapper.snap import Snapper
-from snapper.train import train
+from snapper.evaluation.evaluate import evaluate
+from snapper.evaluation.metrics import format_table
+from snapper.inference.snap import Snapper
+from snapper.models.checkpoint import load_checkpoint, read_config
+from snapper.training.loop import train
+from snapper.training.presets import preset_config, regression_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("coco128-train", "coco-mini", "tiny-coco")
@@ -62,7 +62,7 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     "lite0-seed1": ("snapper-lite0-imagenet-seed1", ["seed=1", "amp=false"]),
     "lite0-seed2": ("snapper-lite0-imagenet-seed2", ["seed=2", "amp=false"]),  # a third, for the spread
     # Not in the default set: the Lite0 run (seed 0, fp32) keeping a moving average of its weights
-    # (snapper.ema); its train_state.pt also holds the raw weights of the same steps, so
+    # (snapper.training.ema); its train_state.pt also holds the raw weights of the same steps, so
     # experiments/ema_paired.py compares the two on one trajectory, free of seed noise.
     "lite0-ema": ("snapper-lite0-imagenet-ema", ["ema_decay=0.995", "amp=false"]),
     # Not in the default set: Lite0 on 192 px crops instead of 128 (2.25x the pixels per step,

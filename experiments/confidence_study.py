@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from snapper.checkpoint import load_checkpoint  # noqa: E402
 from snapper.config import JitterConfig  # noqa: E402
+from snapper.crop import CropGeometry  # noqa: E402
 from snapper.data.eval_stream import eval_batches  # noqa: E402
 from snapper.data.manifest import expand_urls  # noqa: E402
-from snapper.edges import decode_edges, mass_within  # noqa: E402
-from snapper.crop import CropGeometry  # noqa: E402
+from snapper.models.checkpoint import load_checkpoint  # noqa: E402
+from snapper.models.edges import decode_edges, mass_within  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 from coco_real import ONE_PASS, make_shards  # noqa: E402
 
-from snapper.checkpoint import read_config  # noqa: E402
 from snapper.config import EvalConfig  # noqa: E402
-from snapper.evaluate import evaluate_checkpoint  # noqa: E402
-from snapper.metrics import format_table, summarize  # noqa: E402
+from snapper.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
+from snapper.evaluation.metrics import format_table, summarize  # noqa: E402
+from snapper.models.checkpoint import read_config  # noqa: E402
 
 
 def main() -> int:

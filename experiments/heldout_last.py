@@ -37,14 +37,14 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from coco_real import ONE_PASS, RUNS, make_shards  # noqa: E402
 
-from snapper.checkpoint import load_checkpoint, read_config  # noqa: E402
 from snapper.config import EvalConfig, ModelConfig  # noqa: E402
 from snapper.crop import CropGeometry  # noqa: E402
+from snapper.evaluation.evaluate import evaluate_checkpoint, evaluate_identity, evaluate_model  # noqa: E402
+from snapper.evaluation.metrics import DEV_EDGE_COLS  # noqa: E402
 from snapper.geometry import xywh_to_xyxy  # noqa: E402
-from snapper.evaluate import evaluate_checkpoint, evaluate_identity, evaluate_model  # noqa: E402
-from snapper.metrics import DEV_EDGE_COLS  # noqa: E402
-from snapper.model import build_model  # noqa: E402
-from snapper.train_state import load_state  # noqa: E402
+from snapper.models.checkpoint import load_checkpoint, read_config  # noqa: E402
+from snapper.models.net import build_model  # noqa: E402
+from snapper.training.state import load_state  # noqa: E402
 
 # The runs of experiments/results/heldout-last/: coco_real.py's default set and the larger trunks.
 DEFAULT_RUNS = ("resnet18", "regression", "lite0", "lite0-zoom", "lite1", "lite2", "lite2-zoom")
@@ -91,7 +91,7 @@ def raw_weights(run_dir: Path) -> torch.nn.Module | None:
     model = build_model(read_config(run_dir / "last")[0])
     model.load_state_dict(state.model)
     return model
-from snapper.metrics import format_table, summarize  # noqa: E402
+from snapper.evaluation.metrics import format_table, summarize  # noqa: E402
 
 
 def main() -> int:

@@ -34,9 +34,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from snapper.checkpoint import save_checkpoint  # noqa: E402
 from snapper.config import ModelConfig  # noqa: E402
-from snapper.model import build_model  # noqa: E402
+from snapper.models.checkpoint import save_checkpoint  # noqa: E402
+from snapper.models.net import build_model  # noqa: E402
 
 LS_VENV = Path(os.environ.get("LS_VENV", "/tmp/labelstudio_venv"))
 LS_PORT, BACKEND_PORT = 8089, 9099

@@ -24,10 +24,10 @@ from snapper.data.coco import load_coco
 from snapper.data.manifest import shard_urls
 from snapper.data.shards import shard_dataset, split_by_image
 from snapper.data.synthetic import generate
-from snapper.evaluate import evaluate
-from snapper.metrics import format_table
-from snapper.presets import preset_config
-from snapper.train import train
+from snapper.evaluation.evaluate import evaluate
+from snapper.evaluation.metrics import format_table
+from snapper.training.loop import train
+from snapper.training.presets import preset_config
 
 REPO = Path(__file__).resolve().parents[1]
 

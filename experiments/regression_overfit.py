@@ -19,8 +19,8 @@ import torch
 from experiments.regression_lr import REPO, make_shards
 from snapper.config import apply_overrides
 from snapper.data.eval_stream import eval_batches
-from snapper.model import build_model
-from snapper.presets import preset_config
+from snapper.models.net import build_model
+from snapper.training.presets import preset_config
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Flows ``batch-snap`` (one rough COCO file, or a folder of them) and ``snap-inbox``.
 
-Thin wiring around :mod:`snapper.batch` and :mod:`snapper.inbox` (the claim protocol);
+Thin wiring around :mod:`snapper.batch` and :mod:`snapper.batch.inbox` (the claim protocol);
 tasks exchange paths and small JSON only.
 
 ``batch-snap``: plan chunks -> one ``snap-chunk`` task per chunk, fanned out on the task
@@ -29,7 +29,7 @@ when ``truth`` is given) and, with ``track=True``, an MLflow run (experiment
 
 Images of ``<stem>.json`` are looked up in ``<images_root>/<stem>/`` when that folder exists,
 else in ``<images_root>`` itself (one shared pool). The claim protocol (one atomic rename per
-claim, heartbeats, takeover of stale claims, ``max_attempts``) is :mod:`snapper.inbox`. A file
+claim, heartbeats, takeover of stale claims, ``max_attempts``) is :mod:`snapper.batch.inbox`. A file
 that fails (malformed JSON, no images folder, ...) goes to ``failed/`` with its error report
 and never blocks the others; missing or corrupt *individual* images are not failures, their
 boxes are accounted in the output as kept with reason ``image_missing`` / ``image_corrupt``.
@@ -55,7 +55,6 @@ from prefect.runtime import flow_run
 
 from flows.common import override, resolve
 from flows.runners import describe, task_runner_from_env
-from snapper import inbox as ib
 from snapper.batch import (
     BatchInputError,
     Chunk,
@@ -66,6 +65,7 @@ from snapper.batch import (
     result_for,
     run_chunk,
 )
+from snapper.batch import inbox as ib
 from snapper.batch.pipeline import DEFAULT_MODEL, run_extra
 from snapper.batch.report import (
     REVIEW_ROWS,
@@ -79,7 +79,7 @@ from snapper.config import BatchConfig, from_dict, to_dict
 from snapper.formats import resolve_format
 from snapper.formats.common import Sidecar
 from snapper.formats.pipeline import INPUT_SIDECAR, SNAPPED_DIR, read_any, save_input, write_any
-from snapper.registry import resolve_model
+from snapper.mlops.registry import resolve_model
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:

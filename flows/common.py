@@ -20,10 +20,10 @@ from prefect.settings import get_current_settings
 from prefect.utilities.urls import url_for
 
 from flows.stack import http_ok, stack_from_args
-from snapper import tracking
 from snapper.config import apply_overrides
-from snapper.metrics import TABLE1_COLUMNS
-from snapper.validation import validation_score
+from snapper.evaluation.metrics import TABLE1_COLUMNS
+from snapper.mlops import tracking
+from snapper.training.validation import validation_score
 
 T = TypeVar("T")
 
@@ -133,7 +133,7 @@ def flow_run_link() -> tuple[str | None, str | None]:
 
 def headline(metrics: Mapping[str, Any], method: str) -> dict[str, float]:
     """The run model's Table 1 (overall) and validation score, named as
-    :data:`snapper.tracking.HEADLINE_METRICS`, from an evaluation's flat metrics."""
+    :data:`snapper.mlops.tracking.HEADLINE_METRICS`, from an evaluation's flat metrics."""
     out = {m: float(metrics[f"{method}/all/{m}"]) for m in tracking.HEADLINE_METRICS
            if f"{method}/all/{m}" in metrics}
     if {"edge_lt_1px", "iou_gt_0.9"} <= out.keys():

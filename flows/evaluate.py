@@ -1,6 +1,6 @@
 """Flow ``evaluate-snapper``: score a model (registered or a checkpoint) against the rough boxes.
 
-``model`` is anything :func:`snapper.registry.resolve_model` accepts: the champion
+``model`` is anything :func:`snapper.mlops.registry.resolve_model` accepts: the champion
 (``models:/snapper@champion``, the default), ``models:/snapper/3``, a registered name (its latest version),
 ``runs:/<run id>/model`` or a checkpoint folder. ``baselines`` adds more methods to the same
 table (``{"regression": "runs/demo-regression/best"}``). Shards: explicit URLs, or the
@@ -25,9 +25,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.common import DEMO_DATASET, artifact_key, flow_run_link, jsonable, mlflow_ui, override, resolve
 from flows.runners import task_runner_from_env
 from flows.train import evaluate_task, shard_urls_task
-from snapper import tracking
 from snapper.config import EvalConfig, to_dict
-from snapper.registry import CHAMPION_REF, resolve_model
+from snapper.mlops import tracking
+from snapper.mlops.registry import CHAMPION_REF, resolve_model
 
 TABLE_KEY = "snapper-eval-table1"
 

@@ -1,11 +1,11 @@
 """The model's life after training in ``train-snapper``: register it, challenge the champion,
 describe it in MLflow, and publish the report in Prefect.
 
-* **Register** under the production name, or under :data:`snapper.registry.CI_MODEL_NAME`
-  for smoke presets (:func:`snapper.registry.model_name_for`); a re-run reuses its version.
+* **Register** under the production name, or under :data:`snapper.mlops.registry.CI_MODEL_NAME`
+  for smoke presets (:func:`snapper.mlops.registry.model_name_for`); a re-run reuses its version.
 * **Champion**: the current champion was evaluated on the same boxes as the new model
   (method ``champion`` of the evaluation), so the comparison is like for like;
-  :func:`snapper.registry.decide_champion` decides, the version's tags record it, and only a
+  :func:`snapper.mlops.registry.decide_champion` decides, the version's tags record it, and only a
   win moves the alias.
 * **Describe**: the version and the MLflow run get a markdown description (data, preset,
   steps, Table 1 row, champion check) with links to each other and to the Prefect flow run.
@@ -22,8 +22,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from flows.common import artifact_key, flow_run_link, mlflow_ui
-from snapper import tracking
-from snapper.registry import (
+from snapper.mlops import tracking
+from snapper.mlops.registry import (
     CHAMPION_ALIAS,
     alias_version,
     decide_champion,
@@ -70,7 +70,7 @@ def champion_task(name: str, run_id: str | None) -> dict[str, Any] | None:
 
 @task(name="register-model")
 def register_task(run_id: str, checkpoint: str, name: str, tags: dict[str, str]) -> int:
-    """``snapper.registry.register_checkpoint``; a re-run of the same MLflow run reuses its version."""
+    """``snapper.mlops.registry.register_checkpoint``; a re-run of the same MLflow run reuses its version."""
     existing = version_of_run(name, run_id)
     if existing is not None:
         get_run_logger().info("run %s is already registered as %s version %d", run_id, name, existing)

@@ -6,7 +6,7 @@
 
 Everything lives under the project home (``--home``, else ``$SNAPPER_HOME``, else the
 checkout): ``.prefect/`` (PREFECT_HOME: the server's SQLite database), ``mlflow/`` (the same
-``mlflow.db`` + ``artifacts/`` that :mod:`snapper.tracking` uses without a server, so local
+``mlflow.db`` + ``artifacts/`` that :mod:`snapper.mlops.tracking` uses without a server, so local
 runs and stack runs share one store) and ``.stack/`` (PID files, logs, ``stack.json``).
 
 Why PID files + process groups: every service is started in its own session, so ``down``
@@ -87,7 +87,7 @@ class Stack:
         """Environment for every child: offline, project-local state, the stack's endpoints."""
         env = dict(os.environ)
         # MLflow's private artifact-root hook may be left over from an in-process MLflow user
-        # (snapper.tracking sets it); the server derives its own from its flags.
+        # (snapper.mlops.tracking sets it); the server derives its own from its flags.
         env.pop("_MLFLOW_SERVER_ARTIFACT_ROOT", None)
         env.update(OFFLINE_ENV)
         env.update(
@@ -286,7 +286,7 @@ def up(stack: Stack, deploy: bool = True, timeout: float = 180) -> dict[str, Any
             )
         _wait(lambda: http_ok(f"{stack.api_url}/health"), "Prefect server", timeout, recs["prefect-server"])
 
-        # 2. MLflow server on the project's store (the one snapper.tracking uses without a server).
+        # 2. MLflow server on the project's store (the one snapper.mlops.tracking uses without a server).
         # --default-artifact-root makes experiments created through the server use the same plain
         # folder that runs logging straight to SQLite use, so both kinds of runs stay readable.
         if recs["mlflow-server"] is None:

@@ -1,7 +1,7 @@
 """Flow ``train-snapper``: data -> train -> (regression baseline) -> evaluate -> register -> report.
 
 Thin wiring: every task calls one library function and hands the next one paths and small
-JSON. Configuration comes from :mod:`snapper.presets` plus a small ``overrides`` dict
+JSON. Configuration comes from :mod:`snapper.training.presets` plus a small ``overrides`` dict
 (dotted or nested keys, validated by :func:`snapper.config.apply_overrides`); nothing here
 restates a default.
 
@@ -10,7 +10,7 @@ restates a default.
   ``ann_file`` + ``images_dir``; ready shards are used as they are (``train_shards`` /
   ``val_shards``, any webdataset URLs).
 * **GPUs**: ``gpus > 1`` runs ``torchrun --standalone --nproc_per_node=N -m snapper.cli train
-  --config <yaml>`` in a subprocess (:mod:`snapper.launch`) and streams its log into the flow
+  --config <yaml>`` in a subprocess (:mod:`snapper.training.launch`) and streams its log into the flow
   run (plus a progress artifact); otherwise training runs in-process (CPU or one GPU).
 * **Evaluation** scores the rough boxes (identity), the model, the regression baseline and
   the current champion on the same held-out boxes.
@@ -59,16 +59,23 @@ from flows.lifecycle import (
 )
 from flows.runners import task_runner_from_env
 from flows.shard import shard_coco
-from snapper import tracking
 from snapper.config import ConfigError, EvalConfig, TrainConfig, from_dict, to_dict
 from snapper.data.manifest import shard_urls
 from snapper.data.synthetic import generate
-from snapper.evaluate import IDENTITY, evaluate
-from snapper.launch import stream_command, torch_threads_side_by_side, torchrun_command, train_command, write_launch_config
-from snapper.presets import preset_config, regression_baseline as regression_baseline_config
-from snapper.registry import DEFAULT_MODEL_NAME, model_name_for
-from snapper.train import train
-from snapper.train_log import progress_of
+from snapper.evaluation.evaluate import IDENTITY, evaluate
+from snapper.mlops import tracking
+from snapper.mlops.registry import DEFAULT_MODEL_NAME, model_name_for
+from snapper.training.launch import (
+    stream_command,
+    torch_threads_side_by_side,
+    torchrun_command,
+    train_command,
+    write_launch_config,
+)
+from snapper.training.log import progress_of
+from snapper.training.loop import train
+from snapper.training.presets import preset_config
+from snapper.training.presets import regression_baseline as regression_baseline_config
 
 PROGRESS_KEY = "snapper-train-progress"
 
@@ -181,7 +188,7 @@ class _Progress:
 
 @task(name="train-model")
 def train_task(cfg_dict: dict[str, Any], gpus: int = 0, threads: int | None = None) -> dict[str, Any]:
-    """Train one model (``snapper.train.train``); returns the TrainResult as JSON.
+    """Train one model (``snapper.training.loop.train``); returns the TrainResult as JSON.
 
     ``gpus > 1``: torchrun in a subprocess; ``threads``: a process of its own with that many
     torch threads (CPU trainings side by side); either way its output is streamed into the run
@@ -214,7 +221,7 @@ def evaluate_task(
     checkpoints: dict[str, str], eval_cfg: dict[str, Any], out_dir: str, mlflow_run_id: str | None,
     metric_prefix: str = "eval", method: str | None = None,
 ) -> dict[str, Any]:
-    """``snapper.evaluate.evaluate`` (identity + every model on the same boxes); logs to the
+    """``snapper.evaluation.evaluate.evaluate`` (identity + every model on the same boxes); logs to the
     given MLflow run (metrics under ``metric_prefix``, ``method``'s headline numbers
     unprefixed). Returns paths, the flat metrics, each method's score and the Table 1 rows."""
     res = evaluate(checkpoints, from_dict(EvalConfig, eval_cfg), out_dir, include_identity=True)
@@ -344,7 +351,7 @@ def train_snapper(
     boxes, register the model (champion only if it beats the current one on the same boxes),
     and publish Table 1. Smoke presets (``cpu-tiny``) register under ``snapper-ci``.
 
-    ``preset``: a :data:`snapper.presets.PRESETS` name; ``overrides``: TrainConfig keys (e.g.
+    ``preset``: a :data:`snapper.training.presets.PRESETS` name; ``overrides``: TrainConfig keys (e.g.
     ``{"steps": 200, "model.backbone": "resnet50"}``); ``regression_overrides`` go on top for
     the baseline; ``eval_overrides``: EvalConfig keys. Outputs go to ``<runs_dir>/<name>``
     (relative to ``$SNAPPER_HOME`` or the working directory); re-running the same name resumes

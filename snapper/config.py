@@ -145,7 +145,7 @@ class TrainConfig:
     # around single objects is a poor estimate of the statistics the pretrained weights expect.
     freeze_trunk_bn: bool = False
     grad_clip: float = 1.0
-    # Keep an exponential moving average of the weights with this decay (snapper.ema; e.g. 0.995
+    # Keep an exponential moving average of the weights with this decay (snapper.training.ema; e.g. 0.995
     # averages over the last ~200 steps): validation, best/ and last/ then hold the average.
     # None: the weights themselves.
     ema_decay: float | None = None

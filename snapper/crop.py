@@ -10,7 +10,7 @@ A window is ``[x0, y0, x1, y1]`` in original pixels and may extend past the imag
 outside is zero padding (after normalisation: the dataset mean, i.e. "no signal").
 
 :class:`CropGeometry` holds one batch of windows and every map between the frames; the
-training and evaluation streams, :class:`snapper.snap.Snapper` and batch snapping all go
+training and evaluation streams, :class:`snapper.inference.snap.Snapper` and batch snapping all go
 through it, so the round trip (window -> decode scale -> targets -> back to original pixels)
 exists once. Two kernels cut the pixels: :func:`crop_images` (``roi_align``; any device) and
 :func:`cut_crops` (the same numbers as separable gather-sums; several times faster on CPU).

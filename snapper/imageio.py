@@ -26,6 +26,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from snapper.config import MAX_DECODE_PIXELS
 
 # PIL's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never disabled here).
+IMAGE_ROOT_ENV = "SNAPPER_SERVE_IMAGE_ROOT"  # a folder servers may read images from (off when unset)
 MIN_SIDE = 2  # px; smaller images cannot hold a box worth snapping
 
 
@@ -179,3 +180,15 @@ def _decode_pil(im: Image.Image, orientation: int) -> torch.Tensor:
         im = im.convert("RGB")
     arr = np.array(im)  # writable copy owned by the tensor
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+def image_root(value: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder ``image_path`` rows may read (``value``, else ``$SNAPPER_SERVE_IMAGE_ROOT``),
+    resolved; None when paths are off."""
+    text = os.fspath(value) if value is not None else os.environ.get(IMAGE_ROOT_ENV, "")
+    if not text:
+        return None
+    root = Path(text).expanduser().resolve()
+    if not root.is_dir():
+        raise ValueError(f"{IMAGE_ROOT_ENV}={text}: not a folder")
+    return root

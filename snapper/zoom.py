@@ -11,7 +11,7 @@ and across the edge the decoder now sees original-pixel detail.
 Every strip is shown to the model in one canonical orientation: the edge runs top to bottom
 and the object lies to its right (left edges as cut; right edges mirrored; top edges
 transposed; bottom edges transposed and mirrored), so one extra decoder serves all four edges
-(:meth:`snapper.model.SnapperNet.forward_strips`). A strip is ``(3, zoom_length,
+(:meth:`snapper.models.net.SnapperNet.forward_strips`). A strip is ``(3, zoom_length,
 input_size)``: a quarter of a 128 px crop's pixels at the defaults, so four strips cost about
 one first-pass crop and the second pass at most doubles the time per box.
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from snapper.checkpoint import save_checkpoint
 from snapper.config import BatchConfig, ModelConfig
-from snapper.model import build_model
+from snapper.models.checkpoint import save_checkpoint
+from snapper.models.net import build_model
 
 TINY = ModelConfig(backbone="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
 NAN, INF = float("nan"), float("inf")

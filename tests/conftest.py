@@ -8,6 +8,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+# One OpenMP thread in test subprocesses too (CLI and server tests): the suite runs tiny models on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -21,9 +23,10 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
-    """Tiny models on a shared CPU: one thread avoids OpenMP oversubscription (5x faster here)."""
+    """Tiny models on a shared CPU: one thread for the whole session avoids OpenMP
+    oversubscription (5x faster here, and what the suite's time budget assumes)."""
     import torch
 
     n = torch.get_num_threads()
@@ -43,7 +46,7 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("SNAPPER_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.chdir(cwd)
-    from snapper import registry, tracking
+    from snapper.mlops import registry, tracking
 
     previous_uri = tracking.mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
     uri = tracking.configure()

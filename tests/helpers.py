@@ -23,8 +23,8 @@ from snapper.data.coco import load_coco  # noqa: E402
 from snapper.data.manifest import shard_urls  # noqa: E402
 from snapper.data.shards import shard_dataset, split_by_image  # noqa: E402
 from snapper.data.synthetic import generate  # noqa: E402
-from snapper.presets import deep_merge, preset_config  # noqa: E402
-from snapper.train import train  # noqa: E402
+from snapper.training.loop import train  # noqa: E402
+from snapper.training.presets import deep_merge, preset_config  # noqa: E402
 
 # The smallest model that still exercises every layer (ResNet-18 needs >= 32 px).
 TINY_MODEL: dict[str, Any] = {"backbone": "resnet18", "input_size": 32, "fpn_channels": 16,

@@ -13,14 +13,14 @@ import torch
 from PIL import Image
 
 from snapper import batch as B
-from snapper.checkpoint import read_config, save_checkpoint
 from snapper.cli import main as cli
 from snapper.config import EvalConfig, ModelConfig
 from snapper.crop import CropGeometry, crop_images, cut_crops
-from snapper.evaluate import evaluate
-from snapper.model import build_model
-from snapper.snap import Snapper
-from snapper.train import train
+from snapper.evaluation.evaluate import evaluate
+from snapper.inference.snap import Snapper
+from snapper.models.checkpoint import read_config, save_checkpoint
+from snapper.models.net import build_model
+from snapper.training.loop import train
 from snapper.zoom import StripGeometry, check_passes, simulate_first_pass, training_strips, zoom_edges
 from tests.batchdata import fast_config
 from tests.helpers import make_tiny_shards, tiny_train_config

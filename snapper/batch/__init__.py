@@ -63,7 +63,7 @@ Modules, in the order the data flows:
 
 * :mod:`~snapper.batch.schema`: statuses, kept reasons, the per-annotation row, file names, errors;
 * :mod:`~snapper.batch.rough`: parsing the input, box checks without pixels, the chunk plan;
-* :mod:`~snapper.batch.crops`: per-image checks, one decode per image, cutting the crops;
+* :mod:`~snapper.batch.image_work`: per-image checks, one decode per image, cutting the crops;
 * :mod:`~snapper.batch.batcher`: crops of many images gathered into full model batches;
 * :mod:`~snapper.batch.chunk`: the model cache and :func:`snap_chunk`;
 * :mod:`~snapper.batch.merge`, :mod:`~snapper.batch.fuse`, :mod:`~snapper.batch.truth`: the
@@ -84,8 +84,8 @@ from snapper.batch.chunk import (
     run_chunk,
     snap_chunk,
 )
-from snapper.batch.crops import ImageCrops, ImageJob, chunk_jobs, iter_image_crops
 from snapper.batch.fuse import fuse
+from snapper.batch.image_work import ImageCrops, ImageJob, chunk_jobs, iter_image_crops
 from snapper.batch.merge import merge_chunks, review
 from snapper.batch.pipeline import BatchResult, batch_snap, check_folders, result_for
 from snapper.batch.rough import (

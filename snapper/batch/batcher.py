@@ -17,11 +17,11 @@ import torch
 from snapper.batch.schema import CONF_COLS, PRED_COLS, make_row
 from snapper.crop import CropGeometry
 from snapper.geometry import clip_boxes, paired_iou, xywh_to_xyxy, xyxy_to_xywh
-from snapper.snap import Snapper
+from snapper.inference.snap import Snapper
 
 
 class Batcher:
-    """Feed it items of :class:`snapper.batch.crops.ImageCrops` with :meth:`add`; :meth:`finish`
+    """Feed it items of :class:`snapper.batch.image_work.ImageCrops` with :meth:`add`; :meth:`finish`
     runs what is left and returns every row (kept rows first as they arrive)."""
 
     def __init__(self, snapper: Snapper, batch_size: int, passes: int = 1):

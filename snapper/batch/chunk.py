@@ -27,8 +27,8 @@ import pyarrow as pa
 
 from snapper.atomic import atomic_write_parquet
 from snapper.batch.batcher import Batcher
-from snapper.batch.crops import chunk_jobs, iter_image_crops
 from snapper.batch.identity import images_fingerprint
+from snapper.batch.image_work import chunk_jobs, iter_image_crops
 from snapper.batch.rough import Chunk, RoughInput, load_rough
 from snapper.batch.schema import (
     CHUNKS_DIR,
@@ -37,12 +37,12 @@ from snapper.batch.schema import (
     BatchInputError,
     rows_frame,
 )
-from snapper.checkpoint import CONFIG_FILE, MODEL_FILE
 from snapper.config import BatchConfig
 from snapper.data.shards import sha256_file
 from snapper.device import check_precision, resolve_device
-from snapper.registry import resolve_model
-from snapper.snap import Snapper
+from snapper.inference.snap import Snapper
+from snapper.mlops.registry import resolve_model
+from snapper.models.checkpoint import CONFIG_FILE, MODEL_FILE
 from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from snapper.atomic import atomic_write_json
-from snapper.batch.crops import safe_image_path
+from snapper.batch.image_work import safe_image_path
 from snapper.batch.rough import Chunk, RoughInput
 from snapper.batch.schema import CHUNKS_DIR
 from snapper.data.shards import sha256_file

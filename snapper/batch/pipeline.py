@@ -21,7 +21,7 @@ from snapper.batch.schema import (
     BatchInputError,
 )
 from snapper.config import BatchConfig
-from snapper.registry import CHAMPION_REF, resolve_model
+from snapper.mlops.registry import CHAMPION_REF, resolve_model
 
 DEFAULT_MODEL = CHAMPION_REF
 

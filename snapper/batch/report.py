@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from snapper import tracking
 from snapper.batch.schema import REVIEW_CSV, SUMMARY_JSON, TABLE1_CSV
 from snapper.config import BatchConfig
-from snapper.metrics import format_table, summary_metrics
+from snapper.evaluation.metrics import format_table, summary_metrics
+from snapper.mlops import tracking
 
 REVIEW_ROWS = 200  # rows of the review list shown as an artifact (the CSV has them all)
 TRACKED_FILES = (SUMMARY_JSON, REVIEW_CSV, TABLE1_CSV)

@@ -10,8 +10,8 @@ import pandas as pd
 
 from snapper.batch.rough import finite_box, parse_rough
 from snapper.batch.schema import CONF_COLS, PRED_COLS, ROUGH_COLS, SNAPPED
+from snapper.evaluation.metrics import box_table, summarize
 from snapper.geometry import xywh_to_xyxy
-from snapper.metrics import box_table, summarize
 
 
 def _true_boxes(truth_file: str | os.PathLike[str]) -> tuple[dict[int, np.ndarray], int]:

@@ -1,7 +1,7 @@
 """``snapper cvat-tighten --task ID``: snap the rectangles of a CVAT task through the CVAT SDK
 and write a report; ``--apply`` patches the changed rectangles back (without it nothing is
 sent). Credentials come from environment variables, never from the command line
-(:mod:`snapper.cvat`)."""
+(:mod:`snapper.integrations.cvat`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import argparse
 import os
 from pathlib import Path
 
-from snapper import cvat
 from snapper.cli.common import fail, positive_int, run, setup_logging
 from snapper.config import BatchConfig
-from snapper.registry import CHAMPION_REF, resolve_model
-from snapper.snap import Snapper
+from snapper.inference.snap import Snapper
+from snapper.integrations import cvat
+from snapper.mlops.registry import CHAMPION_REF, resolve_model
 
 PROG = "snapper cvat-tighten"
 HOST_ENV = "CVAT_HOST"

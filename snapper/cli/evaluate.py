@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from snapper import tracking
-from snapper.checkpoint import read_config
 from snapper.cli.common import (
     add_buffer_ratio_option,
     add_flip_option,
@@ -18,8 +16,10 @@ from snapper.cli.common import (
 )
 from snapper.config import PRECISION_CHOICES, EvalConfig, JitterConfig
 from snapper.data.manifest import shard_urls
-from snapper.evaluate import evaluate
-from snapper.registry import resolve_model
+from snapper.evaluation.evaluate import evaluate
+from snapper.mlops import tracking
+from snapper.mlops.registry import resolve_model
+from snapper.models.checkpoint import read_config
 
 PROG = "snapper evaluate"
 

@@ -6,7 +6,7 @@
 
 Connect it in Label Studio: project Settings -> Model -> Connect Model, URL
 ``http://127.0.0.1:9090``, "Interactive preannotations" on; the labeling config's
-RectangleLabels tag needs ``smart="true"``. Images are read as :mod:`snapper.labelstudio`
+RectangleLabels tag needs ``smart="true"``. Images are read as :mod:`snapper.integrations.labelstudio`
 says (Label Studio's data folders, or downloaded with ``LABEL_STUDIO_URL`` +
 ``LABEL_STUDIO_API_KEY``). The model is loaded once, before the server listens.
 """
@@ -21,8 +21,8 @@ import torch
 from werkzeug.serving import run_simple
 
 from snapper.cli.common import add_buffer_ratio_option, add_flip_option, positive_int, run, setup_logging
-from snapper.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
-from snapper.registry import CHAMPION_REF
+from snapper.integrations.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
+from snapper.mlops.registry import CHAMPION_REF
 
 PROG = "snapper label-studio"
 

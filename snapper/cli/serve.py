@@ -5,7 +5,7 @@
     snapper serve --image-root /data/images   # also accept image_path rows inside that folder
 
 The model reference is pinned to its version before the server starts, so the version
-printed is the version served. The request and answer schema: :mod:`snapper.serve`.
+printed is the version served. The request and answer schema: :mod:`snapper.integrations.serve`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,10 @@ import subprocess
 import sys
 
 from snapper.cli.common import fail, positive_int, run
-from snapper.registry import CHAMPION_REF, pin_model_ref
-from snapper.serve import (
-    DEFAULT_PORT,
-    IMAGE_ROOT_ENV,
-    LOOPBACK,
-    image_root,
-    serve_command,
-    serve_env,
-)
-from snapper.tracking import configure
+from snapper.imageio import IMAGE_ROOT_ENV, image_root
+from snapper.integrations.serve import DEFAULT_PORT, LOOPBACK, serve_command, serve_env
+from snapper.mlops.registry import CHAMPION_REF, pin_model_ref
+from snapper.mlops.tracking import configure
 
 PROG = "snapper serve"
 

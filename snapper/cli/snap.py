@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 from snapper.cli.common import add_buffer_ratio_option, add_flip_option, fail, run
 from snapper.config import SNAP_MIN_BOX_SIZE
 from snapper.imageio import load_image
-from snapper.registry import CHAMPION_REF, resolve_model
-from snapper.snap import Snapper, SnapResult
+from snapper.inference.snap import Snapper, SnapResult
+from snapper.mlops.registry import CHAMPION_REF, resolve_model
 
 PROG = "snapper snap"
 DEFAULT_MODEL = CHAMPION_REF

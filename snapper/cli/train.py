@@ -14,8 +14,8 @@ import os
 
 from snapper.cli.common import add_set_option, apply_sets, fail, positive_int, run, setup_logging
 from snapper.config import ConfigError, TrainConfig, dump_yaml
-from snapper.presets import PRESETS, build_config
-from snapper.train import check_config, train
+from snapper.training.loop import check_config, train
+from snapper.training.presets import PRESETS, build_config
 
 PROG = "snapper train"
 

@@ -65,7 +65,7 @@ def test_batch_snap_flow_accounts_resumes_and_tracks(harness, ckpt, home):
 
     import mlflow
 
-    from snapper import tracking
+    from snapper.mlops import tracking
 
     tracking.configure()
     run = mlflow.MlflowClient().get_run(r["mlflow_run_id"])

@@ -17,8 +17,9 @@ import pytest
 
 from snapper import batch as B
 from snapper.config import BatchConfig
-from snapper.snap import Snapper
-from tests.batchdata import EXPECTED, fast_config as cfg, tiny_checkpoint
+from snapper.inference.snap import Snapper
+from tests.batchdata import EXPECTED, tiny_checkpoint
+from tests.batchdata import fast_config as cfg
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 
 from snapper import cli
-from snapper.checkpoint import save_checkpoint
 from snapper.config import ModelConfig
-from snapper.model import build_model
-from snapper.serve import encode_image, request_json
-from snapper.snap import Snapper
+from snapper.inference.snap import Snapper
+from snapper.mlops.pyfunc import encode_image, request_json
+from snapper.models.checkpoint import save_checkpoint
+from snapper.models.net import build_model
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from snapper import cli
-from snapper.checkpoint import load_checkpoint
 from snapper.config import TrainConfig, load_yaml
-from snapper.schedule import lr_at
-from snapper.train_log import HISTORY_FILE, read_history
+from snapper.models.checkpoint import load_checkpoint
+from snapper.training.log import HISTORY_FILE, read_history
+from snapper.training.schedule import lr_at
 from tests.helpers import make_tiny_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,0 +1,1 @@
+"""Snapping boxes with a trained model: :class:`snapper.inference.snap.Snapper`."""

@@ -1,0 +1,209 @@
+"""The snap API: rough boxes in, tight boxes and per-edge confidence out.
+
+    snapper = Snapper.from_checkpoint("runs/demo/best")
+    result = snapper.snap("photo.jpg", [[x, y, w, h], ...], buffer_ratio=1.0)
+    result.boxes        # (N, 4) COCO xywh in original pixels
+    result.confidence   # (N, 4) left, top, right, bottom in [0, 1]
+
+All boxes of an image are cropped from one decode and run as one batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from snapper.config import ModelConfig
+from snapper.crop import CropGeometry, tidy_boxes, to_uint8
+from snapper.device import autocast, autocast_dtype, resolve_device, use_channels_last
+from snapper.geometry import EDGE_NAMES, box_problem, xywh_to_xyxy, xyxy_to_xywh
+from snapper.imageio import LoadedImage, load_image
+from snapper.models.checkpoint import load_checkpoint
+from snapper.zoom import StripGeometry, check_passes, zoom_edges
+
+# A zoom-pass position this close (input px) to a strip's border means the edge lies outside
+# the band (the first pass was off by more than half a strip): the first pass is kept.
+STRIP_BORDER = 1.0
+
+
+def _mirror_lr(logits: torch.Tensor) -> torch.Tensor:
+    """Edge logits (B, 4, bins) of horizontally mirrored crops, as the unmirrored crops' edges:
+    the mirror's right edge is the left one, and bins sit on pixel boundaries, so position
+    u -> S - u is bin k -> bins - 1 - k."""
+    out = logits[:, [2, 1, 0, 3]].clone()
+    out[:, [0, 2]] = out[:, [0, 2]].flip(-1)
+    return out
+
+
+def _mean_distribution(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Logits of the mean of two softmax distributions (what the decoder reads)."""
+    return torch.logsumexp(torch.stack([a.float().log_softmax(-1), b.float().log_softmax(-1)]), 0) - math.log(2)
+
+
+@dataclass
+class SnapResult:
+    boxes: np.ndarray  # (N, 4) COCO xywh, original pixels
+    confidence: np.ndarray  # (N, 4) per edge (left, top, right, bottom); NaN for the regression baseline
+    rough: np.ndarray  # (N, 4) the input boxes, COCO xywh
+
+    def to_json(self) -> list[dict]:
+        return [
+            {
+                "rough": [round(float(v), 3) for v in r],
+                "bbox": [round(float(v), 3) for v in b],
+                "confidence": {n: (None if np.isnan(c) else round(float(c), 4)) for n, c in zip(EDGE_NAMES, conf)},
+            }
+            for r, b, conf in zip(self.rough, self.boxes, self.confidence)
+        ]
+
+
+class Snapper:
+    """A model ready to snap: device, precision, batching. ``flip=True`` also reads every crop
+    (and strip) mirrored and averages the two edge distributions: test-time augmentation at
+    twice the model time. ``channels_last=False`` keeps the plain NCHW memory format where
+    :func:`snapper.device.use_channels_last` would pick NHWC (same results; for a CPU whose
+    kernels are slower in NHWC than the ones it was measured on)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: str | torch.device = "auto",
+                 batch_size: int = 64, precision: str = "auto", flip: bool = False, channels_last: bool = True):
+        self.flip = flip
+        self.device = resolve_device(device)
+        self.autocast_dtype = autocast_dtype(self.device, precision)
+        self.channels_last = bool(channels_last) and use_channels_last(self.device)
+        self.model = model.to(self.device).eval()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.cfg = cfg
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "auto", batch_size: int = 64,
+                        precision: str = "auto", flip: bool = False, channels_last: bool = True) -> "Snapper":
+        model, cfg, _ = load_checkpoint(path)
+        return cls(model, cfg, device=device, batch_size=batch_size, precision=precision, flip=flip,
+                   channels_last=channels_last)
+
+    def with_flip(self, flip: bool) -> "Snapper":
+        """This snapper, reading mirrored crops too or not: a shallow copy sharing the model, so
+        that one loaded model can answer requests with and without flip side by side."""
+        if bool(flip) == self.flip:
+            return self
+        other = copy.copy(self)
+        other.flip = bool(flip)
+        return other
+
+    @torch.inference_mode()
+    def predict_crops(self, crops: torch.Tensor, geometry: CropGeometry | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 3, S, S) crops -> edge positions in input pixels (B, 4) and confidence (B, 4).
+
+        ``geometry``: the crops' windows, so that confidence is the probability of being within
+        ``confidence_px`` *original* pixels; without it the crops are taken to be at original
+        scale."""
+        scale = None
+        if geometry is not None:
+            if len(geometry) != len(crops):
+                raise ValueError(f"{len(geometry)} windows for {len(crops)} crops")
+            scale = torch.from_numpy(geometry.edge_scale).float()
+        pos, conf = [], []
+        for i in range(0, len(crops), self.batch_size):
+            x = crops[i : i + self.batch_size].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.autocast_dtype):
+                out = self.model(x)
+                if self.flip and self.cfg.head == "edges":  # mirrored: left <-> right, positions u -> S - u
+                    out = _mean_distribution(out, _mirror_lr(self.model(x.flip(-1))))
+            p, c = self.model.decode(out.float(), None if scale is None else scale[i : i + self.batch_size])
+            pos.append(p.double().cpu())
+            conf.append(c.double().cpu())
+        if not pos:
+            return np.zeros((0, 4)), np.zeros((0, 4))
+        return torch.cat(pos).numpy(), torch.cat(conf).numpy()
+
+    @torch.inference_mode()
+    def predict_strips(self, strips: torch.Tensor, geometry: StripGeometry) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical strips (K, 3, L, S) -> edge positions across (K,) in input px, confidence (K,)."""
+        scale = torch.from_numpy(geometry.scale).float()
+        step = self.batch_size * max(1, self.cfg.input_size // max(1, self.cfg.zoom_length))  # same pixels per call
+        pos, conf = [], []
+        for i in range(0, len(strips), step):
+            x = strips[i : i + step].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.autocast_dtype):
+                out = self.model.forward_strips(x)
+                if self.flip:  # mirrored along the edge: the position across is unchanged
+                    out = _mean_distribution(out, self.model.forward_strips(x.flip(-2)))
+            p, c = self.model.decode_strips(out.float(), scale[i : i + step])
+            pos.append(p.double().cpu())
+            conf.append(c.double().cpu())
+        if not pos:
+            return np.zeros(0), np.zeros(0)
+        return torch.cat(pos).numpy(), torch.cat(conf).numpy()
+
+    def second_pass(self, boxes_xyxy: np.ndarray, confidence: np.ndarray, first: CropGeometry,
+                    sources: "list[tuple[torch.Tensor, tuple[float, float]]]", owner: np.ndarray,
+                    width: "float | np.ndarray", height: "float | np.ndarray") -> tuple[np.ndarray, np.ndarray]:
+        """The zoom-in pass over first-pass results ``boxes_xyxy`` (N, 4) (original px) and their
+        ``confidence``: every edge coarser than the model's zoom threshold is decoded again from
+        a strip. ``sources[owner[i]]`` is box i's image tensor and its decoded/original scale
+        (decoded at >= 1 / zoom_scale for the strips to gain anything)."""
+        boxes = np.array(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
+        conf = np.array(confidence, dtype=np.float64).reshape(-1, 4)
+        bi, ei = np.nonzero(zoom_edges(first, self.cfg))
+        if len(bi) == 0:
+            return boxes, conf
+        geo = StripGeometry.around(boxes[bi], ei, self.cfg)
+        owners = np.asarray(owner).reshape(-1)[bi]
+        strips = torch.empty((len(bi), 3, geo.length, geo.across), dtype=torch.uint8)
+        for src in np.unique(owners):
+            sel = np.flatnonzero(owners == src)
+            image, scale = sources[int(src)]
+            strips[torch.from_numpy(sel)] = to_uint8(geo[sel].cut(image, scale)).cpu()
+        u, c = self.predict_strips(strips, geo)
+        inside = (u > STRIP_BORDER) & (u < geo.across - STRIP_BORDER)
+        boxes[bi[inside], ei[inside]] = geo.to_original(u)[inside]
+        conf[bi[inside], ei[inside]] = c[inside]
+        return tidy_boxes(boxes, width, height), conf
+
+    def geometry(self, rough_xyxy: np.ndarray, buffer_ratio: float = 1.0) -> CropGeometry:
+        """The crops this model reads for these rough boxes (its own input size and context)."""
+        return CropGeometry.around(rough_xyxy, self.cfg.input_size, self.cfg.context, buffer_ratio)
+
+    def snap(
+        self,
+        image: "str | os.PathLike[str] | bytes | Image.Image | LoadedImage",
+        boxes: "np.ndarray | list[list[float]]",
+        buffer_ratio: float = 1.0,
+        passes: int = 1,
+    ) -> SnapResult:
+        """Snap COCO ``[x, y, w, h]`` rough boxes on one image (decoded once); ``passes=2`` adds
+        the zoom-in pass (models trained with ``model.zoom``)."""
+        check_passes(self.cfg, passes)
+        rough = np.asarray(boxes, dtype=np.float64)
+        if rough.size == 0:
+            rough = rough.reshape(0, 4)
+        if rough.ndim != 2 or rough.shape[1] != 4:
+            raise ValueError(f"boxes must be a list of [x, y, w, h], got shape {rough.shape}")
+        if not isinstance(image, LoadedImage):
+            probe = image if not isinstance(image, (str, os.PathLike)) else str(image)
+            image = load_image(probe)  # full decode: a snap may need any scale
+        for i, b in enumerate(rough):
+            problem = box_problem(b, image.width, image.height)
+            if problem is not None:
+                raise ValueError(f"box {i} {b.tolist()} is unusable ({problem}) for an image of {image.width}x{image.height}")
+        xyxy = xywh_to_xyxy(rough)
+        geo = self.geometry(xyxy, buffer_ratio)
+        crops = to_uint8(geo.cut(image.tensor, image.scale))
+        pos, conf = self.predict_crops(crops, geo)
+        snapped = geo.to_original(pos, image.width, image.height)
+        if passes == 2:
+            snapped, conf = self.second_pass(snapped, conf, geo, [(image.tensor, image.scale)], np.zeros(len(xyxy), int),
+                                             image.width, image.height)
+        return SnapResult(boxes=xyxy_to_xywh(snapped), confidence=conf, rough=rough)

@@ -1,0 +1,1 @@
+"""Snapper inside other tools: MLflow's model server, Label Studio, CVAT."""

@@ -1,0 +1,371 @@
+"""MLflow tracking and model registry, local by default.
+
+Why a wrapper at all: MLflow's defaults would put runs in a deprecated ``./mlruns`` file
+store wherever the process happens to start, phone home with telemetry, and (through
+``log_model``) spend a long time inferring pip requirements. Here:
+
+* the tracking/registry store is a SQLite database inside the project,
+  ``sqlite:///<project>/mlflow/mlflow.db`` (project = ``$SNAPPER_HOME`` or the working
+  directory), unless ``MLFLOW_TRACKING_URI`` says otherwise (a server, another database);
+* artifacts of a SQLite store go next to the database, ``<project>/mlflow/artifacts``, set
+  explicitly on every experiment we create, so nothing lands in ``./mlruns``;
+* telemetry is off unless the user opted in (``MLFLOW_DISABLE_TELEMETRY``/``DO_NOT_TRACK``
+  defaults, set before MLflow is imported);
+* registering and resolving models lives in :mod:`snapper.mlops.registry`;
+* experiments open on the numbers in MLflow 3's UI: tagged as model training
+  (``mlflow.experimentKind``), with a saved runs-list view (``Table 1``) whose columns are the
+  headline metrics (:data:`HEADLINE_METRICS`), and links that ask for the model-training view.
+
+Metric names are grouped for MLflow's chart sections, which it orders alphabetically by the
+part before the last ``/``: ``train/*`` (loss, learning rate), then everything measured on
+the held-out split under ``val/`` (the validation curves ``val/score``, ``val/all/*``, the
+best/last summaries, and the final evaluation ``val/eval/<method>/<size>/<metric>``), and the
+headline numbers of the run's model without a prefix (``miou``, ``iou_gt_0.9``, ...), which
+are also the runs-list columns.
+
+Logging helpers never fall back to MLflow's implicit "Default" experiment: they need an
+active run (from :func:`start_run`) or an explicit ``run_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")  # MLflow itself only honours "true"; the line above is what counts
+
+import mlflow  # noqa: E402  (after the telemetry defaults on purpose)
+import mlflow.pyfunc  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+
+from snapper.evaluation.metrics import metric_key  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "SNAPPER_HOME"
+DEFAULT_EXPERIMENT = "snapper"
+
+# MLflow UI conventions (MLflow 3): the experiment kind tag, the description tag of runs and
+# experiments, saved runs-list views (experiment tags), and the URL switch of its two views.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+TABLE1_VIEW = "table1"
+ML_VIEW = "workflowType=machine_learning"
+# The run's model on the held-out split: Table 1 overall, and the selection score.
+HEADLINE_METRICS = ("score", "iou_gt_0.9", "edge_lt_1px", "edge_lt_3px", "corner_lt_1px", "corner_lt_3px", "miou")
+VIEW_COLUMNS = ("score", "iou_gt_0.9", "edge_lt_1px", "corner_lt_1px", "miou")  # what fits a laptop screen
+PREFECT_LINK_TAG = "prefect.flow_run_url"
+
+# MLflow limits (mlflow.utils.validation): longer values are rejected, not truncated.
+MAX_PARAM_VALUE = 6000
+MAX_KEY = 250
+
+# Private MLflow hook: the artifact root a SqlAlchemy store gives experiments created without
+# one, including the implicit "Default" experiment created with the database. Without it that
+# is ``<cwd>/mlruns/0``; we point it at the project's artifact folder as a second line of defence.
+_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+_artifact_env_set_by_us: str | None = None
+
+
+# --------------------------------------------------------------------------------- locations
+
+
+def project_root() -> Path:
+    return Path(os.environ.get(HOME_ENV) or os.getcwd()).expanduser().resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{(project_root() / 'mlflow' / 'mlflow.db').as_posix()}"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the project's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for in-memory or other schemes)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest).expanduser().resolve()
+
+
+def artifact_root(uri: str | None = None) -> Path | None:
+    """Where artifacts of a SQLite store go: ``artifacts/`` beside the database file.
+
+    None for other stores (a tracking server decides for itself).
+    """
+    uri = uri or tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        return db.parent / "artifacts"
+    if uri.startswith("sqlite:"):  # in-memory: fall back to the project
+        return project_root() / "mlflow" / "artifacts"
+    return None
+
+
+def configure() -> str:
+    """Point MLflow (tracking and registry) at our store; returns the tracking URI.
+
+    Idempotent and cheap; every public function here calls it, so a change of
+    ``SNAPPER_HOME`` or ``MLFLOW_TRACKING_URI`` between calls is honoured.
+    """
+    global _artifact_env_set_by_us
+    uri = tracking_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    root = artifact_root(uri)
+    current = os.environ.get(_ARTIFACT_ROOT_ENV)
+    if root is not None and (current is None or current == _artifact_env_set_by_us):
+        root.mkdir(parents=True, exist_ok=True)
+        os.environ[_ARTIFACT_ROOT_ENV] = _artifact_env_set_by_us = str(root)
+    elif root is None and current is not None and current == _artifact_env_set_by_us:
+        del os.environ[_ARTIFACT_ROOT_ENV]
+        _artifact_env_set_by_us = None
+    if mlflow.get_tracking_uri() != uri:
+        mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def mlflow_client() -> "mlflow.MlflowClient":
+    configure()
+    return mlflow.MlflowClient()
+
+
+def ensure_experiment(name: str = DEFAULT_EXPERIMENT) -> str:
+    """The id of experiment ``name``, created (with our artifact location) when missing."""
+    client = mlflow_client()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        root = artifact_root()
+        location = (root / safe_dirname(name)).as_uri() if root is not None else None
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            exp = client.get_experiment_by_name(name)  # created concurrently by another process
+            if exp is None:
+                raise
+        else:
+            _dress_experiment(client, exp_id, {})
+            return exp_id
+    if exp.lifecycle_stage != "active":
+        raise RuntimeError(f"MLflow experiment {name!r} ({exp.experiment_id}) is deleted; restore it "
+                           f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or pick another name")
+    _dress_experiment(client, exp.experiment_id, exp.tags)
+    return exp.experiment_id
+
+
+def _dress_experiment(client: "mlflow.MlflowClient", exp_id: str, tags: Mapping[str, str]) -> None:
+    """The tags that make MLflow open the experiment on its runs and numbers (set once)."""
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, SAVED_VIEW_PREFIX + TABLE1_VIEW: _table1_view()}
+    if NOTE_TAG not in tags:
+        wanted[NOTE_TAG] = ("Snapper training and evaluation runs. Runs list: the saved view **Table 1** "
+                            "(Views menu) shows the headline metrics of each run's model on the held-out "
+                            "split; a run's charts start with the training loss and validation curves.")
+    for key, value in wanted.items():
+        if tags.get(key) != value:
+            try:
+                client.set_experiment_tag(exp_id, key, value)
+            except mlflow.exceptions.MlflowException as e:  # cosmetic: never fail a run for it
+                log.debug("could not set %s on experiment %s: %s", key, exp_id, e)
+
+
+def _table1_view() -> str:
+    """A saved runs-list view (the envelope MLflow 3.17's Views menu writes) with the headline
+    metrics as columns."""
+    columns = ["attributes.`Models`", *(f"metrics.`{m}`" for m in VIEW_COLUMNS)]
+    state = json.dumps({"selectedColumns": columns, "runsHiddenMode": "SHOW_ALL"}, sort_keys=True)
+    return json.dumps({"name": "Table 1", "createdAt": 0, "updatedAt": 0, "state": state}, sort_keys=True)
+
+
+def safe_dirname(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment"
+
+
+# ------------------------------------------------------------------------------------- runs
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
+    nested: bool = False,
+) -> Iterator["mlflow.ActiveRun"]:
+    """A run in ``experiment`` (created in our store when missing); ``run_id`` resumes one.
+
+    Ends the run FAILED when the body raises, FINISHED otherwise (MLflow's own behaviour).
+    """
+    exp_id = ensure_experiment(experiment)
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=run_name,
+                          tags={k: str(v) for k, v in (tags or {}).items()}, nested=nested) as run:
+        yield run
+
+
+def active_run_id(run_id: str | None) -> str:
+    configure()
+    if run_id:
+        return run_id
+    active = mlflow.active_run()
+    if active is None:
+        # MLflow would silently open a run in the "Default" experiment; refuse instead.
+        raise RuntimeError("no active MLflow run: use snapper.mlops.tracking.start_run(...) or pass run_id")
+    return active.info.run_id
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dataclass/dict -> ``{"model.backbone": "resnet50", ...}``."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = dataclasses.asdict(cfg)
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"expected a dataclass instance or a mapping, got {type(cfg).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) or (dataclasses.is_dataclass(value) and not isinstance(value, type)):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str) if isinstance(value, (list, tuple, dict)) else str(value)
+    if len(text) > MAX_PARAM_VALUE:
+        text = text[: MAX_PARAM_VALUE - 15] + "...[truncated]"
+    return text
+
+
+def log_config(cfg: Any, prefix: str = "", run_id: str | None = None, artifact_file: str | None = "config.json") -> dict[str, str]:
+    """Log a config as flat params (``model.backbone`` ...) plus the exact JSON as an artifact.
+
+    Params are the searchable summary (MLflow caps values at 6000 characters: longer ones are
+    truncated, the JSON artifact keeps them whole). MLflow params are immutable: re-logging a
+    resumed run with the same values is fine, a changed value raises naming the keys.
+    Returns the params logged.
+    """
+    rid = active_run_id(run_id)
+    params = {metric_key(k)[:MAX_KEY]: _param_value(v) for k, v in flatten(cfg, prefix).items()}
+    client = mlflow.MlflowClient()
+    existing = client.get_run(rid).data.params
+    changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
+    if changed:
+        raise ValueError(f"run {rid}: config differs from the one already logged for {changed} "
+                         f"(MLflow params are immutable; start a new run)")
+    new = [Param(k, v) for k, v in params.items() if k not in existing]
+    for i in range(0, len(new), 100):  # MLflow's batch limit
+        client.log_batch(rid, params=new[i : i + 100])
+    if artifact_file:
+        data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+        client.log_dict(rid, data, artifact_file)
+    return params
+
+
+def log_metrics(metrics: Mapping[str, Any], step: int | None = None, run_id: str | None = None) -> dict[str, float]:
+    """Log numbers (numpy/torch scalars welcome); None values are skipped.
+
+    Names are made MLflow-safe with :func:`snapper.evaluation.metrics.metric_key`; two names that
+    collapse onto one raise rather than overwrite each other. Returns what was logged.
+    """
+    rid = active_run_id(run_id)
+    clean: dict[str, float] = {}
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        name = metric_key(key)
+        if name in clean:
+            raise ValueError(f"metric names {key!r} and another collapse onto {name!r}")
+        clean[name] = float(value)
+    if clean:
+        ts = int(time.time() * 1000)
+        items = [Metric(k, v, ts, step or 0) for k, v in clean.items()]
+        client = mlflow.MlflowClient()
+        for i in range(0, len(items), 1000):
+            client.log_batch(rid, metrics=items[i : i + 1000])
+    return clean
+
+
+def log_artifact(path: str | os.PathLike[str], artifact_path: str | None = None, run_id: str | None = None) -> None:
+    """Log a file or a whole directory under ``artifact_path`` of the run."""
+    rid = active_run_id(run_id)
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"artifact {p} does not exist")
+    client = mlflow.MlflowClient()
+    if p.is_dir():
+        client.log_artifacts(rid, str(p), artifact_path)
+    else:
+        client.log_artifact(rid, str(p), artifact_path)
+
+
+def log_evaluation(metrics: Mapping[str, float], files: "list[str | os.PathLike[str]]", run_id: str | None = None,
+                   prefix: str = "eval", headline: Mapping[str, float] | None = None) -> None:
+    """An evaluation's metrics (as ``<prefix>/<method>/<size>/<metric>``), the run model's
+    ``headline`` numbers (unprefixed, see :data:`HEADLINE_METRICS`) and its files (under
+    ``eval/``) in run ``run_id`` (default: the active run)."""
+    rid = active_run_id(run_id)
+    log_metrics({f"{prefix}/{k}": v for k, v in metrics.items()}, run_id=rid)
+    if headline:
+        log_metrics(headline, run_id=rid)
+    for p in files:
+        log_artifact(p, "eval", run_id=rid)
+
+
+def describe_run(run_id: str, text: str, tags: Mapping[str, Any] | None = None) -> None:
+    """The run's description (markdown, shown on its page and in the runs list) and tags."""
+    client = mlflow_client()
+    client.set_tag(run_id, NOTE_TAG, text)
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, str(value))
+
+
+# ------------------------------------------------------------------------------------ links
+
+
+def server_url() -> str | None:
+    """The MLflow server the store is reached through (``MLFLOW_TRACKING_URI`` over HTTP), else None."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
+
+
+def run_link(run_id: str | None, base: str | None = None) -> str | None:
+    """A browser link to the run in MLflow's model-training view, on ``base`` (a UI serving
+    this store) or the tracking server; None when neither is known."""
+    base = (base or server_url() or "").rstrip("/")
+    if not run_id or not base:
+        return None
+    try:
+        exp_id = mlflow_client().get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - a missing link must not fail the report
+        return f"{base}/#/runs/{run_id}?{ML_VIEW}"
+    return f"{base}/#/experiments/{exp_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def experiment_link(experiment_id: str, base: str | None = None) -> str | None:
+    """The experiment's runs list with the ``Table 1`` view (metric columns), or None."""
+    base = (base or server_url() or "").rstrip("/")
+    if not base:
+        return None
+    return f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}&viewStateShareKey={TABLE1_VIEW}"
+
+
+def model_version_link(name: str, version: int | str, base: str | None = None) -> str | None:
+    base = (base or server_url() or "").rstrip("/")
+    return f"{base}/#/models/{name}/versions/{version}" if base else None

@@ -1,0 +1,1 @@
+"""The network: trunks, the edge head and its decoding, checkpoints on disk."""

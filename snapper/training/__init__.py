@@ -1,0 +1,1 @@
+"""The training loop and its parts: state, batches, schedule, presets, logging, DDP."""

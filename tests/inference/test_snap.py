@@ -1,0 +1,81 @@
+"""The snap API and CLI on odd images and bad boxes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from snapper.cli import main as cli
+from snapper.config import ModelConfig
+from snapper.inference.snap import Snapper
+from snapper.models.checkpoint import save_checkpoint
+from snapper.models.net import build_model
+
+TINY = ModelConfig(backbone="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "tiny"
+    save_checkpoint(path, build_model(TINY), TINY)
+    return path
+
+
+def test_snap_returns_boxes_and_confidence(ckpt, photo):
+    s = Snapper.from_checkpoint(ckpt, device="cpu")
+    r = s.snap(photo, [[18, 12, 55, 26], [0, 0, 90, 60]])
+    assert r.boxes.shape == (2, 4) and r.confidence.shape == (2, 4)
+    assert ((r.confidence >= 0) & (r.confidence <= 1)).all()
+    x, y, w, h = r.boxes.T
+    assert (w >= 1).all() and (h >= 1).all() and (x >= 0).all() and (x + w <= 90 + 1e-9).all() and (y + h <= 60 + 1e-9).all()
+    assert s.snap(photo, []).boxes.shape == (0, 4)
+
+
+def test_reduced_precision_inference_agrees_with_fp32(ckpt, photo):
+    """bf16 autocast (the default on GPUs that have it; testable on CPU) changes little."""
+    boxes = [[18, 12, 55, 26], [0, 0, 90, 60]]
+    ref = Snapper.from_checkpoint(ckpt, device="cpu", precision="fp32").snap(photo, boxes)
+    low = Snapper.from_checkpoint(ckpt, device="cpu", precision="bf16")
+    assert low.autocast_dtype == torch.bfloat16
+    r = low.snap(photo, boxes)
+    assert np.isfinite(r.boxes).all() and np.abs(r.confidence - ref.confidence).max() < 0.05
+    assert Snapper.from_checkpoint(ckpt, device="cpu").autocast_dtype is None  # auto on CPU: fp32
+    with pytest.raises(ValueError, match="precision"):
+        Snapper.from_checkpoint(ckpt, device="cpu", precision="fp8")
+
+
+def test_memory_format_switch_changes_speed_not_boxes(ckpt, photo):
+    """channels_last=False keeps NCHW where the device policy picks NHWC; the boxes agree."""
+    boxes = [[18, 12, 55, 26], [0, 0, 90, 60]]
+    nhwc = Snapper.from_checkpoint(ckpt, device="cpu")
+    nchw = Snapper.from_checkpoint(ckpt, device="cpu", channels_last=False)
+    assert nhwc.channels_last and not nchw.channels_last
+    assert next(p for p in nchw.model.parameters() if p.dim() == 4).is_contiguous()
+    assert next(p for p in nhwc.model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    a, b = nhwc.snap(photo, boxes), nchw.snap(photo, boxes)
+    assert np.abs(a.boxes - b.boxes).max() < 1e-3 and np.abs(a.confidence - b.confidence).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "box, reason",
+    [([10, 10, 0, 5], "degenerate"), ([10, 10, -3, 5], "degenerate"), ([np.nan, 1, 2, 3], "non_finite"),
+     ([500, 10, 5, 5], "outside_image"), ([10, 10, np.inf, 5], "non_finite")],
+)
+def test_bad_boxes_are_named(ckpt, photo, box, reason):
+    s = Snapper.from_checkpoint(ckpt, device="cpu")
+    with pytest.raises(ValueError, match=rf"box 1 .*{reason}"):
+        s.snap(photo, [[10, 10, 20, 20], box])
+
+
+def test_cli_prints_json_and_draws(ckpt, photo, tmp_path, capsys):
+    out = tmp_path / "overlay.png"
+    rc = cli(["snap", str(photo), "--box", "18,12,55,26", "--checkpoint", str(ckpt), "--out", str(out)])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["boxes"]) == 1 and set(data["boxes"][0]["confidence"]) == {"left", "top", "right", "bottom"}
+    assert Image.open(out).size == (90, 60)
+    assert cli(["snap", str(photo), "--box", "1,1,0,4", "--checkpoint", str(ckpt)]) == 2
+    assert "degenerate" in capsys.readouterr().err

@@ -1,0 +1,77 @@
+"""Checkpoints: a round trip gives the same model; earlier versions' files still load."""
+
+import json
+
+import torch
+
+from snapper.config import ModelConfig
+from snapper.models.checkpoint import load_checkpoint, save_checkpoint
+from snapper.models.net import build_model
+
+TINY = dict(backbone="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = ModelConfig(**TINY)
+    m = build_model(cfg).eval()
+    save_checkpoint(tmp_path / "ck", m, cfg, {"step": 3})
+    m2, cfg2, meta = load_checkpoint(tmp_path / "ck")
+    assert cfg2 == cfg and meta["step"] == 3
+    x = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    assert torch.equal(m(x), m2(x))
+
+
+def test_checkpoints_of_earlier_versions_still_load(tmp_path):
+    cfg = ModelConfig(**TINY)
+    path = save_checkpoint(tmp_path / "old", build_model(cfg), cfg)
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"].pop("confidence_px")
+    meta["model"]["confidence_radius"] = 2  # what session-1 checkpoints saved
+    (path / "config.json").write_text(json.dumps(meta))
+    _, loaded, _ = load_checkpoint(path)
+    assert loaded.confidence_px == ModelConfig().confidence_px
+
+
+def _saved(tmp_path, name="ck"):
+    cfg = ModelConfig(**TINY)
+    return save_checkpoint(tmp_path / name, build_model(cfg), cfg)
+
+
+def test_a_pickle_is_refused_naming_the_file(tmp_path):
+    import pytest
+
+    from snapper.models.checkpoint import CheckpointError
+
+    path = _saved(tmp_path)
+    torch.save({"w": torch.zeros(1), "evil": object()}, path / "model.pt")  # not weights-only loadable
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(path / "model.pt") in str(e.value) and "weights_only=False" not in str(e.value)
+
+
+def test_empty_truncated_and_foreign_weights_are_named(tmp_path):
+    import pytest
+
+    from snapper.models.checkpoint import CheckpointError
+
+    path = _saved(tmp_path)
+    good = (path / "model.pt").read_bytes()
+    (path / "model.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="model.pt: empty file"):
+        load_checkpoint(path)
+    (path / "model.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="model.pt: not a readable torch file"):
+        load_checkpoint(path)
+    other = ModelConfig(**{**TINY, "fpn_channels": 16})
+    save_checkpoint(tmp_path / "other", build_model(other), other)
+    (path / "model.pt").write_bytes((tmp_path / "other" / "model.pt").read_bytes())
+    with pytest.raises(CheckpointError, match="do not fit the architecture.*of another shape"):
+        load_checkpoint(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        load_checkpoint(path)
+    (path / "config.json").write_text(json.dumps({"model": {"input_size": "big"}}))
+    with pytest.raises(CheckpointError, match="config.json: model.input_size|input_size: expected int"):
+        load_checkpoint(path)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_checkpoint(tmp_path / "nowhere")
