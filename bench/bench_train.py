@@ -36,12 +36,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import torch  # noqa: E402
 from bench_model import measure  # noqa: E402
 
-from snapper.config import apply_overrides  # noqa: E402
 from snapper.data.manifest import shard_urls  # noqa: E402
 from snapper.data.shards import shard_dataset  # noqa: E402
 from snapper.data.synthetic import generate  # noqa: E402
 from snapper.data.train_stream import train_loader  # noqa: E402
 from snapper.device import use_channels_last  # noqa: E402
+from snapper.overrides import apply_overrides  # noqa: E402
 from snapper.training.log import HISTORY_FILE, read_history  # noqa: E402
 from snapper.training.loop import train  # noqa: E402
 from snapper.training.presets import preset_config  # noqa: E402

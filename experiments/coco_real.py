@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from snapper.config import EvalConfig, apply_overrides
+from snapper.config import EvalConfig
 from snapper.crop import CropGeometry, to_uint8
 from snapper.data.coco import load_coco
 from snapper.data.manifest import shard_urls
@@ -37,6 +37,7 @@ from snapper.evaluation.evaluate import evaluate
 from snapper.evaluation.metrics import format_table
 from snapper.inference.snap import Snapper
 from snapper.models.checkpoint import load_checkpoint, read_config
+from snapper.overrides import apply_overrides
 from snapper.training.loop import train
 from snapper.training.presets import preset_config, regression_baseline
 

@@ -19,13 +19,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from snapper.config import EvalConfig, apply_overrides
+from snapper.config import EvalConfig
 from snapper.data.coco import load_coco
 from snapper.data.manifest import shard_urls
 from snapper.data.shards import shard_dataset, split_by_image
 from snapper.data.synthetic import generate
 from snapper.evaluation.evaluate import evaluate
 from snapper.evaluation.metrics import format_table
+from snapper.overrides import apply_overrides
 from snapper.training.loop import train
 from snapper.training.presets import preset_config
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from experiments.regression_lr import REPO, make_shards
-from snapper.config import apply_overrides
 from snapper.data.eval_stream import eval_batches
 from snapper.models.net import build_model
+from snapper.overrides import apply_overrides
 from snapper.training.presets import preset_config
 
 

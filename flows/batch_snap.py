@@ -66,7 +66,7 @@ from snapper.batch import (
     run_chunk,
 )
 from snapper.batch import inbox as ib
-from snapper.batch.pipeline import DEFAULT_MODEL, run_extra
+from snapper.batch.pipeline import run_extra
 from snapper.batch.report import (
     REVIEW_ROWS,
     counts_table,
@@ -75,11 +75,12 @@ from snapper.batch.report import (
     summary_markdown,
 )
 from snapper.cli.common import positive_int, unit_float
-from snapper.config import BatchConfig, from_dict, to_dict
+from snapper.config import BatchConfig
 from snapper.formats import resolve_format
 from snapper.formats.common import Sidecar
 from snapper.formats.pipeline import INPUT_SIDECAR, SNAPPED_DIR, read_any, save_input, write_any
-from snapper.mlops.registry import resolve_model
+from snapper.models.reference import DEFAULT_MODEL, resolve_model
+from snapper.overrides import from_dict, to_dict
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:

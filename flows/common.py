@@ -20,9 +20,9 @@ from prefect.settings import get_current_settings
 from prefect.utilities.urls import url_for
 
 from flows.stack import http_ok, stack_from_args
-from snapper.config import apply_overrides
 from snapper.evaluation.metrics import TABLE1_COLUMNS
 from snapper.mlops import tracking
+from snapper.overrides import apply_overrides
 from snapper.training.validation import validation_score
 
 T = TypeVar("T")
@@ -71,7 +71,7 @@ def flatten(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, 
 
 
 def override(cfg: T, overrides: Mapping[str, Any] | None) -> T:
-    """Apply a dict of overrides through :func:`snapper.config.apply_overrides`, the one
+    """Apply a dict of overrides through :func:`snapper.overrides.apply_overrides`, the one
     place that validates keys and types (typed values are checked as they are; strings, as
     from a command line, are cast to the field's type)."""
     items = flatten(overrides)

@@ -1,6 +1,6 @@
 """Flow ``evaluate-snapper``: score a model (registered or a checkpoint) against the rough boxes.
 
-``model`` is anything :func:`snapper.mlops.registry.resolve_model` accepts: the champion
+``model`` is anything :func:`snapper.models.reference.resolve_model` accepts: the champion
 (``models:/snapper@champion``, the default), ``models:/snapper/3``, a registered name (its latest version),
 ``runs:/<run id>/model`` or a checkpoint folder. ``baselines`` adds more methods to the same
 table (``{"regression": "runs/demo-regression/best"}``). Shards: explicit URLs, or the
@@ -25,9 +25,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.common import DEMO_DATASET, artifact_key, flow_run_link, jsonable, mlflow_ui, override, resolve
 from flows.runners import task_runner_from_env
 from flows.train import evaluate_task, shard_urls_task
-from snapper.config import EvalConfig, to_dict
+from snapper.config import EvalConfig
 from snapper.mlops import tracking
-from snapper.mlops.registry import CHAMPION_REF, resolve_model
+from snapper.models.reference import DEFAULT_MODEL, resolve_model
+from snapper.overrides import to_dict
 
 TABLE_KEY = "snapper-eval-table1"
 
@@ -52,7 +53,7 @@ def _slug(text: str) -> str:
 
 @flow(name="evaluate-snapper", task_runner=task_runner_from_env())
 def evaluate_snapper(
-    model: str = CHAMPION_REF,
+    model: str = DEFAULT_MODEL,
     method: str = "snapper",
     baselines: dict[str, str] | None = None,
     shards: list[str] | None = None,
@@ -108,7 +109,7 @@ def evaluate_snapper(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.evaluate", description="Run the evaluate-snapper flow once.")
-    ap.add_argument("model", nargs="?", default=CHAMPION_REF, help="registered name, models:/ URI or checkpoint folder")
+    ap.add_argument("model", nargs="?", default=DEFAULT_MODEL, help="registered name, models:/ URI or checkpoint folder")
     ap.add_argument("--dataset", default=DEMO_DATASET, help="a folder under shards/")
     ap.add_argument("--split", default="val")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=REF")

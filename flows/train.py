@@ -2,7 +2,7 @@
 
 Thin wiring: every task calls one library function and hands the next one paths and small
 JSON. Configuration comes from :mod:`snapper.training.presets` plus a small ``overrides`` dict
-(dotted or nested keys, validated by :func:`snapper.config.apply_overrides`); nothing here
+(dotted or nested keys, validated by :func:`snapper.overrides.apply_overrides`); nothing here
 restates a default.
 
 * **Data**: the embedded default (``dataset="synthetic"``) is generated and sharded on first
@@ -59,12 +59,14 @@ from flows.lifecycle import (
 )
 from flows.runners import task_runner_from_env
 from flows.shard import shard_coco
-from snapper.config import ConfigError, EvalConfig, TrainConfig, from_dict, to_dict
+from snapper.config import EvalConfig, TrainConfig
 from snapper.data.manifest import shard_urls
 from snapper.data.synthetic import generate
+from snapper.errors import ConfigError
 from snapper.evaluation.evaluate import IDENTITY, evaluate
 from snapper.mlops import tracking
 from snapper.mlops.registry import DEFAULT_MODEL_NAME, model_name_for
+from snapper.overrides import from_dict, to_dict
 from snapper.training.launch import (
     stream_command,
     torch_threads_side_by_side,

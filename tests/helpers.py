@@ -18,11 +18,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import torch  # noqa: E402
 
-from snapper.config import TrainConfig, from_dict  # noqa: E402
+from snapper.config import TrainConfig  # noqa: E402
 from snapper.data.coco import load_coco  # noqa: E402
 from snapper.data.manifest import shard_urls  # noqa: E402
 from snapper.data.shards import shard_dataset, split_by_image  # noqa: E402
 from snapper.data.synthetic import generate  # noqa: E402
+from snapper.overrides import from_dict
 from snapper.training.loop import train  # noqa: E402
 from snapper.training.presets import deep_merge, preset_config  # noqa: E402
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from snapper.config import (
-    BatchConfig,
-    ConfigError,
-    EvalConfig,
-    ModelConfig,
-    TrainConfig,
+from snapper.config import BatchConfig, EvalConfig, ModelConfig, TrainConfig
+from snapper.errors import ConfigError
+from snapper.overrides import (
     apply_overrides,
     dump_yaml,
     from_dict,

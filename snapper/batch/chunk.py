@@ -41,8 +41,8 @@ from snapper.config import BatchConfig
 from snapper.data.shards import sha256_file
 from snapper.device import check_precision, resolve_device
 from snapper.inference.snap import Snapper
-from snapper.mlops.registry import resolve_model
 from snapper.models.checkpoint import CONFIG_FILE, MODEL_FILE
+from snapper.models.reference import resolve_model
 from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)

@@ -36,9 +36,10 @@ from snapper.batch.schema import (
     rows_frame,
 )
 from snapper.batch.truth import truth_table
-from snapper.config import BatchConfig, to_dict
+from snapper.config import BatchConfig
 from snapper.data.coco import short
 from snapper.geometry import EDGE_NAMES
+from snapper.overrides import to_dict
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 REVIEW_COLUMNS = ["annotation_id", "image_id", "file_name", "status", "reason", "review", *CONF_COLS, "moved_frac"]

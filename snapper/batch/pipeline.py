@@ -21,9 +21,7 @@ from snapper.batch.schema import (
     BatchInputError,
 )
 from snapper.config import BatchConfig
-from snapper.mlops.registry import CHAMPION_REF, resolve_model
-
-DEFAULT_MODEL = CHAMPION_REF
+from snapper.models.reference import DEFAULT_MODEL, resolve_model
 
 
 @dataclass

@@ -19,7 +19,6 @@ from snapper.batch import (
     check_folders,
     input_files,
 )
-from snapper.batch.pipeline import DEFAULT_MODEL
 from snapper.cli.common import (
     add_buffer_ratio_option,
     add_flip_option,
@@ -33,6 +32,7 @@ from snapper.cli.common import (
 )
 from snapper.config import BatchConfig
 from snapper.formats import FORMAT_CHOICES, batch_snap_any, resolve_format
+from snapper.models.reference import DEFAULT_MODEL
 
 PROG = "snapper batch-snap"
 

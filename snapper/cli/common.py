@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from snapper.config import ConfigError, apply_overrides
+from snapper.errors import ConfigError
+from snapper.overrides import apply_overrides
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from snapper.cli.common import fail, positive_int, run, setup_logging
 from snapper.config import BatchConfig
 from snapper.inference.snap import Snapper
 from snapper.integrations import cvat
-from snapper.mlops.registry import CHAMPION_REF, resolve_model
+from snapper.models.reference import DEFAULT_MODEL, resolve_model
 
 PROG = "snapper cvat-tighten"
 HOST_ENV = "CVAT_HOST"
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"environment variable holding --user's password (default {PASSWORD_ENV})")
     p.add_argument("--token-env", metavar="VAR",
                    help=f"environment variable holding a personal access token (default without --user: {TOKEN_ENV})")
-    p.add_argument("--model", default=CHAMPION_REF,
+    p.add_argument("--model", default=DEFAULT_MODEL,
                    help="checkpoint folder, or an MLflow model reference (default the champion)")
     p.add_argument("--device", default="auto")
     p.add_argument("--passes", type=int, choices=(1, 2), default=1,

@@ -18,8 +18,8 @@ from snapper.config import PRECISION_CHOICES, EvalConfig, JitterConfig
 from snapper.data.manifest import shard_urls
 from snapper.evaluation.evaluate import evaluate
 from snapper.mlops import tracking
-from snapper.mlops.registry import resolve_model
 from snapper.models.checkpoint import read_config
+from snapper.models.reference import resolve_model
 
 PROG = "snapper evaluate"
 

@@ -22,7 +22,7 @@ from werkzeug.serving import run_simple
 
 from snapper.cli.common import add_buffer_ratio_option, add_flip_option, positive_int, run, setup_logging
 from snapper.integrations.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
-from snapper.mlops.registry import CHAMPION_REF
+from snapper.models.reference import DEFAULT_MODEL
 
 PROG = "snapper label-studio"
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Serve a snapper model as a Label Studio ML backend "
                                 "(interactive snapping of drawn rectangles, and pre-annotation).")
     p.add_argument("--model", default=None, help=f"model reference: models:/NAME@ALIAS, models:/NAME/VERSION or a "
-                   f"checkpoint folder (default: ${MODEL_ENV}, else {CHAMPION_REF})")
+                   f"checkpoint folder (default: ${MODEL_ENV}, else {DEFAULT_MODEL})")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=positive_int, default=DEFAULT_PORT)
     p.add_argument("--device", default=None, help=f"cpu, cuda, cuda:1, mps or auto (default: ${DEVICE_ENV}, else cpu)")

@@ -19,8 +19,8 @@ import sys
 from snapper.cli.common import fail, positive_int, run
 from snapper.imageio import IMAGE_ROOT_ENV, image_root
 from snapper.integrations.serve import DEFAULT_PORT, LOOPBACK, serve_command, serve_env
-from snapper.mlops.registry import CHAMPION_REF, pin_model_ref
 from snapper.mlops.tracking import configure
+from snapper.models.reference import DEFAULT_MODEL, pin_model_ref
 
 PROG = "snapper serve"
 
@@ -28,8 +28,8 @@ PROG = "snapper serve"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Serve a registered snapper model over HTTP "
                                 "(MLflow's model server, this environment's packages).")
-    p.add_argument("--model", default=CHAMPION_REF,
-                   help=f"registered model: models:/NAME@ALIAS or models:/NAME/VERSION (default {CHAMPION_REF})")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registered model: models:/NAME@ALIAS or models:/NAME/VERSION (default {DEFAULT_MODEL})")
     p.add_argument("--host", default=LOOPBACK, help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=positive_int, default=DEFAULT_PORT)
     p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")

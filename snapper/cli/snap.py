@@ -13,10 +13,9 @@ from snapper.cli.common import add_buffer_ratio_option, add_flip_option, fail, r
 from snapper.config import SNAP_MIN_BOX_SIZE
 from snapper.imageio import load_image
 from snapper.inference.snap import Snapper, SnapResult
-from snapper.mlops.registry import CHAMPION_REF, resolve_model
+from snapper.models.reference import DEFAULT_MODEL, resolve_model
 
 PROG = "snapper snap"
-DEFAULT_MODEL = CHAMPION_REF
 
 
 def parse_box(text: str) -> list[float]:

@@ -13,7 +13,9 @@ import logging
 import os
 
 from snapper.cli.common import add_set_option, apply_sets, fail, positive_int, run, setup_logging
-from snapper.config import ConfigError, TrainConfig, dump_yaml
+from snapper.config import TrainConfig
+from snapper.errors import ConfigError
+from snapper.overrides import dump_yaml
 from snapper.training.loop import check_config, train
 from snapper.training.presets import PRESETS, build_config
 

@@ -42,8 +42,8 @@ from snapper.evaluation import plots as P
 from snapper.evaluation.metrics import box_table, confidence_report, format_table, summarize, summary_metrics
 from snapper.geometry import xywh_to_xyxy
 from snapper.inference.snap import Snapper
-from snapper.mlops.registry import resolve_model
 from snapper.models.checkpoint import load_checkpoint
+from snapper.models.reference import resolve_model
 from snapper.zoom import check_passes
 
 log = logging.getLogger("snapper.evaluation.evaluate")
@@ -192,7 +192,7 @@ def evaluate_checkpoint(
     stats: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Per-box table (with per-edge confidence) of the checkpoint in ``checkpoint_dir`` (or an
-    MLflow model reference, see :func:`snapper.mlops.registry.resolve_model`);
+    MLflow model reference, see :func:`snapper.models.reference.resolve_model`);
     ``method`` defaults to the model's head ("edges" -> "snapper", "regression")."""
     model, model_cfg, _ = load_checkpoint(resolve_model(checkpoint_dir))
     name = method or ("snapper" if model_cfg.head == "edges" else model_cfg.head)

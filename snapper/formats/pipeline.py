@@ -21,11 +21,12 @@ from types import ModuleType
 from typing import Any
 
 from snapper.atomic import atomic_write_json
-from snapper.batch.pipeline import DEFAULT_MODEL, BatchResult, batch_snap, check_folders
+from snapper.batch.pipeline import BatchResult, batch_snap, check_folders
 from snapper.config import BatchConfig
 from snapper.formats import cvat, groundtruth, voc, yolo
 from snapper.formats.common import FormatError, Sidecar
 from snapper.formats.detect import FORMATS, detect_format
+from snapper.models.reference import DEFAULT_MODEL
 
 MODULES: dict[str, ModuleType] = {"voc": voc, "yolo": yolo, "cvat": cvat, "groundtruth": groundtruth}
 FORMAT_CHOICES = ("auto", *FORMATS)

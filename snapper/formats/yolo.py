@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 
 from snapper.atomic import atomic_write_csv, atomic_write_text
-from snapper.config import ConfigError, read_yaml
 from snapper.data.records import IMAGE_EXTS
+from snapper.errors import ConfigError
 from snapper.formats.common import (
     CocoBuilder,
     FormatError,
@@ -45,6 +45,7 @@ from snapper.formats.common import (
 )
 from snapper.geometry import EDGE_NAMES
 from snapper.imageio import ImageError, image_size
+from snapper.overrides import read_yaml
 
 NAME = "yolo"
 CLASSES_TXT = "classes.txt"

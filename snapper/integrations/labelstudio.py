@@ -56,7 +56,7 @@ from flask import Flask, Response, jsonify, request
 from snapper.geometry import EDGE_NAMES
 from snapper.imageio import IMAGE_ROOT_ENV, ImageError, LoadedImage, image_root, load_image
 from snapper.inference.snap import Snapper
-from snapper.mlops.registry import CHAMPION_REF, pin_model_ref, resolve_model
+from snapper.models.reference import DEFAULT_MODEL, pin_model_ref, resolve_model
 from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio
                  passes: int = 1, flip: bool = False) -> SnapperBackend:
     """The backend on model ``ref`` (default ``$SNAPPER_MODEL``, else the champion) on ``device``
     (default ``$SNAPPER_DEVICE``, else cpu), loaded once per process and arguments."""
-    ref = ref or os.environ.get(MODEL_ENV) or CHAMPION_REF
+    ref = ref or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
     device = device or os.environ.get(DEVICE_ENV) or "cpu"
     ref = pin_model_ref(ref) if ref.startswith("models:/") else ref  # the version loaded is the one reported
     ckpt = resolve_model(ref)

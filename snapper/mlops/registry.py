@@ -6,7 +6,7 @@ A registered model is a pyfunc wrapper (:class:`snapper.integrations.serve.Snapp
 checkpoint directory (``model.pt`` + ``config.json``), logged with explicit requirements and
 signature: no inference, no network.
 
-**Champion, not latest.** Whatever serves or snaps in production uses :data:`CHAMPION_REF`
+**Champion, not latest.** Whatever serves or snaps in production uses :data:`snapper.models.reference.DEFAULT_MODEL`
 (``models:/snapper@champion``). A new version takes the alias only when it beats the current
 champion on the same evaluation boxes (:func:`decide_champion`, recorded on the version by
 :func:`record_champion_check`); smoke runs register under :data:`CI_MODEL_NAME` instead. A
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -31,22 +30,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import yaml
+from snapper.errors import BadModelError
 
 # SnapperPyfunc is also importable from here: versions logged before snapper.integrations.serve existed pickled it so.
 from snapper.mlops.pyfunc import SnapperPyfunc, signature
 from snapper.mlops.tracking import active_run_id, mlflow, mlflow_client, project_root, safe_dirname, tracking_uri
-from snapper.models.checkpoint import CONFIG_FILE, MODEL_FILE
+from snapper.models.reference import CHAMPION_ALIAS, MODEL_NAME, NotRegisteredError, check_checkpoint, find_checkpoint
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "snapper"
-CHAMPION_ALIAS = "champion"
-CHAMPION_REF = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"  # what production uses
 CI_MODEL_NAME = "snapper-ci"  # where smoke runs register (never under the production name)
 SMOKE_PRESETS = frozenset({"cpu-tiny"})
 MODEL_ARTIFACT = "model"  # name of the pyfunc model inside a run
-CHECKPOINT_FILES = (MODEL_FILE, CONFIG_FILE)
 
 # Runtime packages a registered model needs (pinned to what logged it); listed, not inferred.
 _RUNTIME_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pyyaml")
@@ -62,14 +57,6 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def check_checkpoint(path: str | os.PathLike[str]) -> Path:
-    p = Path(path)
-    missing = [f for f in CHECKPOINT_FILES if not (p / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{p} is not a snapper checkpoint directory (missing {', '.join(missing)})")
-    return p
-
-
 class _DropPickleWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:  # our class pickles by reference: nothing to warn about
         return "serialized using CloudPickle" not in record.getMessage()
@@ -78,7 +65,7 @@ class _DropPickleWarning(logging.Filter):
 def register_checkpoint(
     run_id: str | None,
     checkpoint_path: str | os.PathLike[str],
-    name: str = DEFAULT_MODEL_NAME,
+    name: str = MODEL_NAME,
     tags: Mapping[str, Any] | None = None,
     description: str | None = None,
 ) -> int:
@@ -124,38 +111,14 @@ def register_checkpoint(
 
 # ------------------------------------------------------------------------------ resolution
 
-_NAME_RE = re.compile(r"^[\w.\- ]+$")
-
-
 def latest_version(name: str) -> int:
     """Highest registered version of ``name`` (LookupError when there is none)."""
     client = mlflow_client()
     escaped = name.replace("'", "\\'")
     versions = [int(v.version) for v in client.search_model_versions(f"name='{escaped}'")]
     if not versions:
-        raise LookupError(f"no registered model named {name!r} in {tracking_uri()}")
+        raise NotRegisteredError(f"no registered model named {name!r} in {tracking_uri()}")
     return max(versions)
-
-
-def find_checkpoint(root: str | os.PathLike[str]) -> Path:
-    """The checkpoint folder in a checkpoint dir, a ``model.pt`` file, or a pyfunc model dir."""
-    root = Path(root)
-    if root.is_file():
-        root = root.parent
-    if all((root / f).is_file() for f in CHECKPOINT_FILES):
-        return root
-    mlmodel = root / "MLmodel"
-    if mlmodel.is_file():
-        meta = yaml.safe_load(mlmodel.read_text()) or {}
-        rel = (((meta.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}).get("checkpoint", {}).get("path")
-        if rel:
-            return check_checkpoint(root / rel)
-    found = sorted({p.parent for p in root.rglob(CHECKPOINT_FILES[0]) if (p.parent / CHECKPOINT_FILES[1]).is_file()})
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise FileNotFoundError(f"{root}: no snapper checkpoint ({' + '.join(CHECKPOINT_FILES)}) found")
-    raise ValueError(f"{root}: several checkpoints found ({[str(f) for f in found]}); point at one")
 
 
 def pin_model_ref(ref: str) -> str:
@@ -168,7 +131,7 @@ def pin_model_ref(ref: str) -> str:
             name, alias = body.split("@", 1)
             mv = alias_version(name, alias)
             if mv is None:
-                raise LookupError(f"{ref}: no version of {name!r} has the alias {alias!r} in {tracking_uri()} "
+                raise NotRegisteredError(f"{ref}: no version of {name!r} has the alias {alias!r} in {tracking_uri()} "
                                   f"(a trained model takes '{CHAMPION_ALIAS}' when it beats the current one; "
                                   "or set it by hand, README 'Model lifecycle')")
             return f"models:/{name}/{mv.version}"
@@ -181,7 +144,7 @@ def pin_model_ref(ref: str) -> str:
         if version.lower() == "latest":
             return f"models:/{name}/{latest_version(name)}"
         if not version.isdigit():
-            raise ValueError(f"{ref}: version must be a number, 'latest' or '@alias' (stages are not used)")
+            raise BadModelError(f"{ref}: version must be a number, 'latest' or '@alias' (stages are not used)")
         return f"models:/{name}/{int(version)}"
     return f"models:/{ref}/{latest_version(ref)}"
 
@@ -194,29 +157,14 @@ def _local_dir(uri: str) -> Path | None:
     return None
 
 
-def resolve_model(ref: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """A local checkpoint directory (``model.pt`` + ``config.json``) for ``ref``.
+def resolve_registered(ref: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The checkpoint folder of a registry reference (see :mod:`snapper.models.reference`).
 
-    ``ref`` may be a local path (checkpoint dir, its ``model.pt``, or a downloaded pyfunc
-    model), ``models:/<name>/<version|latest>``, ``models:/<name>@<alias>``, a bare registered
-    name (= its latest version), or ``runs:/<run_id>/model``. An existing path wins over a
-    registered name. Models in a local artifact store are used in place; remote ones are
-    downloaded once into ``cache_dir`` (default ``<project>/mlflow/cache``), keyed by the
-    pinned version, so "latest" always means the newest at call time.
+    Models in a local artifact store are used in place; remote ones are downloaded once into
+    ``cache_dir`` (default ``<project>/mlflow/cache``), keyed by the pinned version, so
+    "latest" always means the newest at call time.
     """
-    text = os.fspath(ref)
-    path = Path(text).expanduser()
-    if path.exists():
-        try:
-            return find_checkpoint(path)
-        except FileNotFoundError:
-            # A folder that merely shares a registered model's name (e.g. the "snapper"
-            # package in a checkout) must not shadow the registry.
-            if not _NAME_RE.match(text):
-                raise
-    if not (text.startswith(("models:/", "runs:/")) or _NAME_RE.match(text)):
-        raise FileNotFoundError(f"{text}: no such checkpoint path, and not a models:/ or runs:/ URI "
-                                f"or registered model name")
+    text = ref
     uri = pin_model_ref(text)
     if uri.startswith("models:/"):
         from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
@@ -268,7 +216,7 @@ def alias_version(name: str, alias: str = CHAMPION_ALIAS) -> "mlflow.entities.mo
 
 def model_name_for(preset: str | None, requested: str) -> str:
     """Where a run of ``preset`` registers: smoke presets never under the production name."""
-    if preset in SMOKE_PRESETS and requested == DEFAULT_MODEL_NAME:
+    if preset in SMOKE_PRESETS and requested == MODEL_NAME:
         return CI_MODEL_NAME
     return requested
 

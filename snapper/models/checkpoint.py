@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from snapper.atomic import atomic_torch_save, atomic_write_text
-from snapper.config import ModelConfig, from_dict, to_dict
+from snapper.config import ModelConfig
 from snapper.models.net import build_model
+from snapper.overrides import from_dict, to_dict
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"

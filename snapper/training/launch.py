@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from snapper.atomic import atomic_write_text
-from snapper.config import TrainConfig, dump_yaml
+from snapper.config import TrainConfig
+from snapper.overrides import dump_yaml
 
 LAUNCH_CONFIG_FILE = "flow-train-config.yaml"  # beside the run, so the launch can be repeated by hand
 TAIL_LINES = 40  # output lines quoted in the error when torchrun fails

@@ -49,11 +49,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from snapper.atomic import atomic_write_text
-from snapper.config import TrainConfig, dump_yaml, to_dict
+from snapper.config import TrainConfig
 from snapper.data.train_stream import check_buffer_ratios
 from snapper.device import autocast, resolve_device, training_autocast_dtype, use_channels_last
 from snapper.models.checkpoint import check_weights_match, read_config, save_checkpoint, unwrap
 from snapper.models.net import build_model
+from snapper.overrides import dump_yaml, to_dict
 from snapper.training.batches import Batches, LoaderFactory, default_loader
 from snapper.training.distributed import (
     DistInfo,

@@ -11,7 +11,8 @@ import dataclasses
 import os
 from typing import Any
 
-from snapper.config import TrainConfig, apply_overrides, from_dict, read_yaml
+from snapper.config import TrainConfig
+from snapper.overrides import apply_overrides, from_dict, read_yaml
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop: smoke tests, CI, demos of the pipeline (not of accuracy).
@@ -101,7 +102,7 @@ def build_config(
     """preset -> YAML file -> ``--set`` overrides -> ``out_dir``, later ones winning.
 
     Every layer is checked against the dataclass types here, before a run writes anything
-    (raises :class:`snapper.config.ConfigError`, a ValueError naming the key)."""
+    (raises :class:`snapper.errors.ConfigError`, a ValueError naming the key)."""
     data = preset_dict(preset)
     if config_file:
         data = deep_merge(data, read_yaml(config_file))

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from snapper.atomic import atomic_torch_save
-from snapper.config import ModelConfig, TrainConfig, inference_only_fields, to_dict
+from snapper.config import ModelConfig, TrainConfig
+from snapper.overrides import inference_only_fields, to_dict
 
 log = logging.getLogger("snapper.training.loop")
 

@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from snapper import cli
-from snapper.config import TrainConfig, load_yaml
+from snapper.config import TrainConfig
 from snapper.models.checkpoint import load_checkpoint
+from snapper.overrides import load_yaml
 from snapper.training.log import HISTORY_FILE, read_history
 from snapper.training.schedule import lr_at
 from tests.helpers import make_tiny_shards

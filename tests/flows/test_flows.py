@@ -21,6 +21,7 @@ from flows.common import flatten, override  # noqa: E402
 from flows.shard import _is_transient, shard_coco  # noqa: E402
 from snapper.config import TrainConfig  # noqa: E402
 from snapper.data.manifest import ShardError  # noqa: E402
+from snapper.models.reference import resolve_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -189,7 +190,7 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     assert mv.tags["champion.rival"] == "identity" and mv.tags["champion.check"] in {"promoted", "kept"}
     assert (registry.alias_version("snapper-ci") is not None) == reg["champion"]
     assert "Table 1 on the held-out split: boxes" in mv.description and run.info.run_id in mv.description
-    assert registry.resolve_model(f"models:/snapper-ci/{reg['version']}").joinpath("model.pt").is_file()
+    assert resolve_model(f"models:/snapper-ci/{reg['version']}").joinpath("model.pt").is_file()
 
     k = keys("tiny")
     md = Artifact.get(k["table"])
@@ -255,9 +256,9 @@ def test_torchrun_path_on_cpu(harness: None, home: Path, synth: Path) -> None:
     from prefect import flow
 
     from flows.train import train_task
-    from snapper.config import to_dict
     from snapper.data.manifest import shard_urls
     from snapper.data.shards import shard_dataset
+    from snapper.overrides import to_dict
     from snapper.training.presets import preset_config
 
     shards = home / "shards" / "ddp"  # its own: no dependence on what other tests left behind

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from snapper.mlops.pyfunc import SnapRequestError, encode_image
+from snapper.models.reference import DEFAULT_MODEL, resolve_model
 
 
 def _checkpoint(path: Path, tag: str) -> Path:
@@ -37,23 +38,23 @@ def test_register_and_resolve(store, tmp_path: Path) -> None:
         assert (p / "model.pt").is_file()
         return json.loads((p / "config.json").read_text())["tag"]
 
-    assert tag(registry.resolve_model("models:/unit-model/latest")) == "two"
-    assert tag(registry.resolve_model("models:/unit-model/1")) == "one"
-    assert tag(registry.resolve_model("unit-model")) == "two"
-    assert registry.resolve_model(str(ck1)) == ck1
-    assert registry.resolve_model(ck1 / "model.pt") == ck1
-    from_run = registry.resolve_model(f"runs:/{run.info.run_id}/model")
+    assert tag(resolve_model("models:/unit-model/latest")) == "two"
+    assert tag(resolve_model("models:/unit-model/1")) == "one"
+    assert tag(resolve_model("unit-model")) == "two"
+    assert resolve_model(str(ck1)) == ck1
+    assert resolve_model(ck1 / "model.pt") == ck1
+    from_run = resolve_model(f"runs:/{run.info.run_id}/model")
     assert tag(from_run) in {"one", "two"}
     mv2 = tracking.mlflow_client().get_model_version("unit-model", "2")
     assert mv2.tags["step"] == "500" and mv2.description == "two"
     with pytest.raises(LookupError, match="no version of 'unit-model' has the alias 'champion'"):
-        registry.resolve_model("models:/unit-model@champion")
+        resolve_model("models:/unit-model@champion")
     tracking.mlflow_client().set_registered_model_alias("unit-model", "champion", "1")
-    assert tag(registry.resolve_model(registry.CHAMPION_REF.replace("snapper", "unit-model"))) == "one"
+    assert tag(resolve_model(DEFAULT_MODEL.replace("snapper", "unit-model"))) == "one"
     with pytest.raises(LookupError, match="no-such-model"):
-        registry.resolve_model("no-such-model")
+        resolve_model("no-such-model")
     with pytest.raises(FileNotFoundError):
-        registry.resolve_model("./missing/dir/model.pt")
+        resolve_model("./missing/dir/model.pt")
     with pytest.raises(FileNotFoundError, match="not a snapper checkpoint"):
         registry.register_checkpoint(run.info.run_id, tmp_path, "unit-model")
 

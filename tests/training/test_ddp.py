@@ -7,8 +7,8 @@ import json
 import pytest
 import torch.multiprocessing as mp
 
-from snapper.config import to_dict
 from snapper.models.checkpoint import load_checkpoint
+from snapper.overrides import to_dict
 from snapper.training.distributed import weights_digest
 from snapper.training.state import load_state
 from tests.helpers import ddp_worker, free_port, make_tiny_shards, tiny_train_config

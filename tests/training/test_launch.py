@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from snapper.config import TrainConfig, load_yaml
+from snapper.config import TrainConfig
+from snapper.overrides import load_yaml
 from snapper.training.launch import (
     LAUNCH_CONFIG_FILE,
     stream_command,

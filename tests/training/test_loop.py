@@ -18,8 +18,9 @@ import torch
 import yaml
 
 import snapper.training.loop as T
-from snapper.config import TrainConfig, load_yaml, to_dict
+from snapper.config import TrainConfig
 from snapper.models.checkpoint import load_checkpoint
+from snapper.overrides import load_yaml, to_dict
 from snapper.training.loop import train
 from snapper.training.schedule import lr_at
 from snapper.training.state import STATE_FILE, load_state

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from snapper.config import ConfigError, TrainConfig
+from snapper.config import TrainConfig
+from snapper.errors import ConfigError
 from snapper.training.presets import (
     PRESETS,
     REGRESSION_LR_SCALE,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from snapper.config import ModelConfig, TrainConfig, to_dict
+from snapper.config import ModelConfig, TrainConfig
+from snapper.overrides import to_dict
 from snapper.training.state import (
     BEST_DIR,
     STATE_FILE,
