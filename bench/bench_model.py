@@ -1,14 +1,14 @@
-"""Model throughput: forward and forward+backward images/s per backbone and input size.
+"""Model throughput: forward and forward+backward images/s per trunk and input size.
 
     .venv/bin/python bench/bench_model.py                      # resnet18/50, efficientnet_lite0/1/2 x 96/128/256, batch 8
-    .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 128 --device cuda --amp
-    .venv/bin/python bench/bench_model.py --backbones resnet18 --sizes 96 --fpn-channels 32 --decoder-channels 32 \
+    .venv/bin/python bench/bench_model.py --trunks resnet18 --sizes 128 --device cuda --amp
+    .venv/bin/python bench/bench_model.py --trunks resnet18 --sizes 96 --fpn-channels 32 --decoder-channels 32 \
         --decoder-layers 2 --batch 32 --threads 1 [--amp]   # the demo model, one of two side-by-side trainings
-    .venv/bin/python bench/bench_model.py --backbones efficientnet_lite0 --sizes 128 --fpn-channels 64 \
+    .venv/bin/python bench/bench_model.py --trunks efficientnet_lite0 --sizes 128 --fpn-channels 64 \
         --decoder-channels 64 --decoder-layers 2 --batch 32 --channels-last off   # NCHW, to compare with the default NHWC
 
 The model is the published default (ModelConfig defaults: FPN/decoder 128 channels, 3
-decoder layers) with only the backbone and input size changed. Each cell runs ``--warmup``
+decoder layers) with only the trunk and input size changed. Each cell runs ``--warmup``
 untimed iterations, then timed ones until ``--iters`` or ``--seconds`` per cell is reached, and
 reports batch / median step time (robust to a shared CPU).
 Fwd+bwd includes the loss and ``optimizer.step`` (AdamW), i.e. one training step on
@@ -88,7 +88,7 @@ def measure(model_cfg: ModelConfig, batch: int, device: torch.device, train: boo
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+    p.add_argument("--trunks", nargs="+", default=["resnet18", "resnet50", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
     p.add_argument("--sizes", nargs="+", type=int, default=[96, 128, 256])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--warmup", type=int, default=1)
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, torch {torch.__version__}, "
           f"fpn/decoder {args.fpn_channels}/{args.decoder_channels}x{args.decoder_layers}, autocast "
           f"{training_autocast_dtype(device, args.amp) or 'none (fp32)'}, channels_last {cl}")
-    print("| backbone | input | fwd img/s | fwd+bwd+step img/s |\n|---|---|---|---|")
-    for bb in args.backbones:
+    print("| trunk | input | fwd img/s | fwd+bwd+step img/s |\n|---|---|---|---|")
+    for bb in args.trunks:
         for s in args.sizes:
-            cfg = ModelConfig(backbone=bb, input_size=s, fpn_channels=args.fpn_channels,
+            cfg = ModelConfig(trunk=bb, input_size=s, fpn_channels=args.fpn_channels,
                               decoder_channels=args.decoder_channels, decoder_layers=args.decoder_layers)
             fwd = measure(cfg, args.batch, device, False, args.warmup, args.iters, args.seconds, args.amp, cl)
             trn = measure(cfg, args.batch, device, True, args.warmup, args.iters, args.seconds, args.amp, cl)

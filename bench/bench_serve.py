@@ -38,7 +38,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from snapper.integrations.serve import serve_command, serve_env  # noqa: E402
 from snapper.mlops.pyfunc import request_json  # noqa: E402
 from snapper.mlops.tracking import configure  # noqa: E402
 from snapper.models.checkpoint import save_checkpoint  # noqa: E402
@@ -115,7 +114,8 @@ def main() -> int:
         else:
             model, uri = "models:/bench/1", temp_store(Path(tmp), a.preset)
         log = open(Path(tmp) / "server.log", "wb")
-        proc = subprocess.Popen(serve_command(model, a.port), env=serve_env(os.environ, uri), stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "snapper.cli", "serve", "--model", model, "--port", str(a.port)],
+                                env={**os.environ, "MLFLOW_TRACKING_URI": uri}, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             t0 = time.perf_counter()

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from snapper.batch import batch_snap  # noqa: E402
-from snapper.config import BatchConfig, ModelConfig  # noqa: E402
+from snapper.config import BatchConfig, ModelConfig, SnapSettings  # noqa: E402
 from snapper.geometry import jitter_by_annotation, xywh_to_xyxy, xyxy_to_xywh  # noqa: E402
 from snapper.imageio import load_image  # noqa: E402
 from snapper.inference.snap import Snapper  # noqa: E402
@@ -122,7 +122,7 @@ def latency(snapper: Snapper, data: dict, images_dir: Path, n: int, seed: int = 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--batch-size", type=int, default=BatchConfig().batch_size)
+    ap.add_argument("--batch-size", type=int, default=BatchConfig().snap.batch_size)
     ap.add_argument("--workers", type=int, default=BatchConfig().workers)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--latency-boxes", type=int, default=20)
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             # Interleaved, best of each: on a shared machine, load from others hits all alike.
             limits.append(model_limit(snapper, a.batch_size, min(n_boxes, 4 * a.batch_size), mcfg.input_size))
             for key, (passes, flip) in variants.items():
-                cfg = BatchConfig(batch_size=a.batch_size, workers=a.workers, device=a.device, passes=passes, flip=flip,
-                                  channels_last=not a.nchw)
+                cfg = BatchConfig(workers=a.workers, snap=SnapSettings(batch_size=a.batch_size, device=a.device,
+                                                                       passes=passes, flip=flip, channels_last=not a.nchw))
                 t = time.perf_counter()
                 r = batch_snap(rough, images_dir, tmp_p / f"out{k}-{key}", ckpt, cfg)  # fresh out_dir: no resume
                 runs[key].append((time.perf_counter() - t, r.summary))
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "device": str(snapper.device) + (f" ({torch.cuda.get_device_name()})" if snapper.device.type == "cuda" else
                                          f" ({torch.get_num_threads()} torch threads)"),
-        "model": {"backbone": mcfg.backbone, "input_size": mcfg.input_size, "weights": "untrained", "zoom": True,
+        "model": {"trunk": mcfg.trunk, "input_size": mcfg.input_size, "weights": "untrained", "zoom": True,
                   "channels_last": snapper.channels_last},
         "boxes": n_boxes, "images": summary["n_images"], "snapped": summary["status"]["snapped"],
         "batch_size": a.batch_size, "workers": a.workers,

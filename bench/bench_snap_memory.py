@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from snapper.batch import batch_snap  # noqa: E402
 from snapper.batch.chunk import get_snapper  # noqa: E402
-from snapper.config import BatchConfig, ModelConfig  # noqa: E402
+from snapper.config import BatchConfig, ModelConfig, SnapSettings  # noqa: E402
 from snapper.imageio import load_image  # noqa: E402
 from snapper.models.checkpoint import save_checkpoint  # noqa: E402
 from snapper.models.net import build_model  # noqa: E402
@@ -111,9 +111,9 @@ def decode_child(path: str, min_scale: float, budget: bool) -> int:
 
 def child(args: argparse.Namespace) -> int:
     """One run in this fresh process; prints its measurements as JSON."""
-    cfg = BatchConfig(workers=args.workers, draft_decode=not args.no_draft, device=args.device,
-                      batch_size=args.batch_size, chunk_images=args.chunk_images)
-    get_snapper(args.ckpt, cfg.device, cfg.batch_size, cfg.precision)  # load the model before measuring
+    cfg = BatchConfig(workers=args.workers, draft_decode=not args.no_draft, chunk_images=args.chunk_images,
+                      snap=SnapSettings(device=args.device, batch_size=args.batch_size))
+    get_snapper(args.ckpt, cfg.snap)  # load the model before measuring
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     r = batch_snap(args.rough, args.images_dir, args.out, args.ckpt, cfg)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--boxes", type=int, default=6, help="rough boxes per photo")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch-size", type=int, default=BatchConfig().batch_size)
+    ap.add_argument("--batch-size", type=int, default=BatchConfig().snap.batch_size)
     ap.add_argument("--chunk-images", type=int, default=BatchConfig().chunk_images)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("rough", "images-dir", "out", "ckpt"):
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "oversized": "one 10000x10000 1-bit PNG (12 KB) with 2 boxes",
         "decoded_image_mb": round(W * H * 3 / 2**20, 1),
         "pixel_budget": BatchConfig().max_pixels,
-        "model": {"backbone": mcfg.backbone, "input_size": mcfg.input_size},
+        "model": {"trunk": mcfg.trunk, "input_size": mcfg.input_size},
         "batch_size": a.batch_size, "runs": runs, "decode_only": decode,
     }
     print(json.dumps(report, indent=1))

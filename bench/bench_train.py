@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         urls = make_shards(args.data, work, args.images)
         over: dict = {"data": {"train_shards": urls, "val_shards": [], "workers": args.workers},
                       "out_dir": str(work / "run"), "steps": args.steps, "log_every": args.log_every,
-                      "ckpt_every": 10**9, "eval_every": 10**9, "mlflow": False, "registered_model": None,
+                      "ckpt_every": 10**9, "eval_every": 10**9, "tracking": {"enabled": False, "registered_model": None},
                       "device": args.device, "warmup_steps": 1}
         if args.batch:
             over["batch_size"] = args.batch
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = preset_config(args.preset, over)
         if args.overrides:
             cfg = apply_overrides(cfg, args.overrides)
-        print(f"preset {args.preset}: {cfg.model.backbone} {cfg.model.input_size}px fpn/dec "
+        print(f"preset {args.preset}: {cfg.model.trunk} {cfg.model.input_size}px fpn/dec "
               f"{cfg.model.fpn_channels}/{cfg.model.decoder_channels}, batch {cfg.batch_size}, workers "
               f"{cfg.data.workers}, device {args.device}, threads {torch.get_num_threads()}, "
               f"data {args.data or f'synthetic x{args.images}'}", flush=True)

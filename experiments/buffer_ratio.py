@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 from coco_real import RUNS, make_shards  # noqa: E402
 
-from snapper.config import EvalConfig, JitterConfig  # noqa: E402
+from snapper.config import EvalConfig, JitterConfig, SnapSettings  # noqa: E402
 from snapper.evaluation.evaluate import evaluate_checkpoint, evaluate_identity  # noqa: E402
 from snapper.evaluation.metrics import format_table, summarize  # noqa: E402
 
@@ -64,13 +64,13 @@ def main() -> int:
     for protocol in args.protocols:
         jitter = PROTOCOLS[protocol]
         # the rough boxes depend on the protocol only: one identity row per protocol
-        identity = evaluate_identity(EvalConfig(shards=shards, jitter=jitter, device="cpu"))
+        identity = evaluate_identity(EvalConfig(shards=shards, jitter=jitter, snap=SnapSettings(device="cpu")))
         tables.append(identity.assign(method=f"{protocol}: identity"))
         for run in args.runs:
             for ratio in args.ratios:
                 name = f"{protocol}: {RUNS[run][0]} @ buffer {ratio:g}"
                 print(f"evaluating {name}", flush=True)
-                cfg = EvalConfig(shards=shards, jitter=jitter, device="cpu", buffer_ratio=ratio)
+                cfg = EvalConfig(shards=shards, jitter=jitter, snap=SnapSettings(device="cpu", buffer_ratio=ratio))
                 tables.append(evaluate_checkpoint(str(Path(args.runs_dir) / run / "last"), cfg, method=name))
     df = pd.concat(tables, ignore_index=True)
     out = Path(args.out)

@@ -30,20 +30,20 @@ TRAIN=$(list train coco128-train coco-mini tiny-coco)
 VAL=$(list val coco128-train coco-mini tiny-coco)
 
 common=(--preset cpu --set "data.train_shards=$TRAIN" --set "data.val_shards=$VAL" --set data.val_max_boxes=null
-        --set experiment=snapper-coco-cpu --set registered_model=snapper-coco-cpu)
-$PY -m snapper.cli train "${common[@]}" --set steps="$EDGE_STEPS" --set run_name=edges --out-dir "$OUT/edges"
+        --set tracking.experiment=snapper-coco-cpu --set tracking.registered_model=snapper-coco-cpu)
+$PY -m snapper.cli train "${common[@]}" --set steps="$EDGE_STEPS" --set tracking.run_name=edges --out-dir "$OUT/edges"
 $PY -m snapper.cli train "${common[@]}" --set steps="$REG_STEPS" --set model.head=regression \
-    --set registered_model=null --set run_name=regression --out-dir "$OUT/regression"
+    --set tracking.registered_model=null --set tracking.run_name=regression --out-dir "$OUT/regression"
 
 # All held-out COCO images at once (the README's headline table), then each set on its own.
 $PY -m snapper.cli evaluate --shards shards/coco128-train/val-manifest.json shards/coco-mini/val-manifest.json \
     shards/tiny-coco/val-manifest.json \
-    --checkpoint "snapper=$OUT/edges/best" --checkpoint "regression=$OUT/regression/best" \
+    --model "snapper=$OUT/edges/best" --model "regression=$OUT/regression/best" \
     --out-dir "$OUT/eval/coco-all" > "$OUT/eval/coco-all.md" 2>"$OUT/eval/coco-all.log" || { cat "$OUT/eval/coco-all.log"; exit 1; }
 echo "== all three COCO folders (held-out images)"; cat "$OUT/eval/coco-all.md"
 for ds in coco128-train coco-mini tiny-coco raccoon kangaroo; do
   $PY -m snapper.cli evaluate --shards "shards/$ds" --split val \
-      --checkpoint "snapper=$OUT/edges/best" --checkpoint "regression=$OUT/regression/best" \
+      --model "snapper=$OUT/edges/best" --model "regression=$OUT/regression/best" \
       --out-dir "$OUT/eval/$ds" > "$OUT/eval/$ds.md" 2>"$OUT/eval/$ds.log" || { cat "$OUT/eval/$ds.log"; exit 1; }
   echo "== $ds (held-out images)"; cat "$OUT/eval/$ds.md"
 done

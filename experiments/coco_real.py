@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from snapper.config import EvalConfig
+from snapper.config import EvalConfig, SnapSettings
 from snapper.crop import CropGeometry, to_uint8
 from snapper.data.coco import load_coco
 from snapper.data.manifest import shard_urls
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("coco128-train", "coco-mini", "tiny-coco")
 WEB_DATASETS = ("kangaroo", "raccoon")  # single-class web photos: extra training data for "lite0-web"
 RUNS = {  # name -> (method label, overrides on the `cpu` preset)
-    "resnet18": ("snapper-resnet18-random", ["model.backbone=resnet18", "model.weights=none", "trunk_lr_mult=1",
+    "resnet18": ("snapper-resnet18-random", ["model.trunk=resnet18", "model.weights=none", "trunk_lr_mult=1",
                                              "freeze_trunk_bn=false"]),
     "lite0": ("snapper-lite0-imagenet", []),
     # Not in the default set: the lite0 row as its committed results ran (fp32, before CPU
@@ -88,9 +88,9 @@ RUNS = {  # name -> (method label, overrides on the `cpu` preset)
     # Not in the default set: the larger pretrained Lite trunks, same head, crops and steps
     # (at 128 px they train about as fast as Lite0 here, bench/bench_model.py); they ran in
     # bf16 autocast on this AMX CPU. "lite2-zoom" also gives its pass-1-only row.
-    "lite1": ("snapper-lite1-imagenet", ["model.backbone=efficientnet_lite1", "amp=true"]),
-    "lite2": ("snapper-lite2-imagenet", ["model.backbone=efficientnet_lite2", "amp=true"]),
-    "lite2-zoom": ("snapper-lite2-imagenet-zoom", ["model.backbone=efficientnet_lite2", "model.zoom=true",
+    "lite1": ("snapper-lite1-imagenet", ["model.trunk=efficientnet_lite1", "amp=true"]),
+    "lite2": ("snapper-lite2-imagenet", ["model.trunk=efficientnet_lite2", "amp=true"]),
+    "lite2-zoom": ("snapper-lite2-imagenet-zoom", ["model.trunk=efficientnet_lite2", "model.zoom=true",
                                                     "amp=true"]),
 }
 DEFAULT_RUNS = ("resnet18", "lite0", "regression", "lite0-zoom")
@@ -118,8 +118,8 @@ def run(name: str, steps: int, urls: dict[str, list[str]], runs_dir: Path) -> st
     label, sets = RUNS[name]
     base = preset_config("cpu")
     cfg = apply_overrides(regression_baseline(base) if sets is None else base, [*(sets or []), f"steps={steps}", "data.val_max_boxes=null",
-                                                 "experiment=snapper-coco-real", "registered_model=null",
-                                                 f"run_name={label}", f"out_dir={runs_dir / name}"])
+                                                 "tracking.experiment=snapper-coco-real", "tracking.registered_model=null",
+                                                 f"tracking.run_name={label}", f"out_dir={runs_dir / name}"])
     cfg.data.train_shards, cfg.data.val_shards = urls["train"], urls["select"]
     if name == "lite0-web":
         cfg.data.train_shards = urls["train"] + urls["train_web"]
@@ -170,7 +170,7 @@ def main() -> None:
     for m in [m for m, p in passes.items() if p == 2]:  # a zoom model: also its first pass alone
         checkpoints[m + ONE_PASS], passes[m + ONE_PASS] = checkpoints[m], 1
     out = Path(args.out)
-    res = evaluate(checkpoints, EvalConfig(shards=urls["report"], device="cpu"), out / "eval", n_examples=16,
+    res = evaluate(checkpoints, EvalConfig(shards=urls["report"], snap=SnapSettings(device="cpu")), out / "eval", n_examples=16,
                    passes=passes)
     speed = {m: ms_per_box(c, passes[m]) for m, c in checkpoints.items()}
     md = (f"Report split (never used for training or checkpoint selection), {args.steps} steps per run.\n\n"

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pandas as pd  # noqa: E402
 from coco_real import ONE_PASS, make_shards  # noqa: E402
 
-from snapper.config import EvalConfig  # noqa: E402
+from snapper.config import EvalConfig, SnapSettings  # noqa: E402
 from snapper.evaluation.evaluate import evaluate_checkpoint  # noqa: E402
 from snapper.evaluation.metrics import format_table, summarize  # noqa: E402
 from snapper.models.checkpoint import read_config  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> int:
             continue
         passes = 1 if method.endswith(ONE_PASS) else max(model_cfg.passes)
         for flip in (False, True):
-            cfg = EvalConfig(shards=urls["report"], device="cpu", flip=flip, passes=passes)
+            cfg = EvalConfig(shards=urls["report"], snap=SnapSettings(device="cpu", flip=flip, passes=passes))
             name = method + (" + flip" if flip else "")
             print(f"evaluating {name}", flush=True)
             tables.append(evaluate_checkpoint(ckpt, cfg, method=name))

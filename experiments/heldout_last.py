@@ -37,7 +37,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from coco_real import ONE_PASS, RUNS, make_shards  # noqa: E402
 
-from snapper.config import EvalConfig, ModelConfig  # noqa: E402
+from snapper.config import EvalConfig, ModelConfig, SnapSettings  # noqa: E402
 from snapper.crop import CropGeometry  # noqa: E402
 from snapper.evaluation.evaluate import evaluate_checkpoint, evaluate_identity, evaluate_model  # noqa: E402
 from snapper.evaluation.metrics import DEV_EDGE_COLS  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> int:
     args = p.parse_args()
     urls = make_shards(Path(args.data), ROOT / "shards" / "coco-real")
     shards = urls["select"] + urls["report"]
-    tables = [evaluate_identity(EvalConfig(shards=shards, device="cpu"))]
+    tables = [evaluate_identity(EvalConfig(shards=shards, snap=SnapSettings(device="cpu")))]
     crops: dict[str, ModelConfig] = {}  # model rows -> their model config (crop geometry)
     for run in args.runs:
         ckpt = Path(args.runs_dir) / run / "last"
@@ -120,13 +120,13 @@ def main() -> int:
         for passes, flip in variants:
             name = label + (ONE_PASS if passes < max(model_cfg.passes) else "") + (" + flip" if flip else "")
             print(f"evaluating {name}", flush=True)
-            cfg = EvalConfig(shards=shards, device="cpu", passes=passes, flip=flip)
+            cfg = EvalConfig(shards=shards, snap=SnapSettings(device="cpu", passes=passes, flip=flip))
             tables.append(evaluate_checkpoint(str(ckpt), cfg, method=name))
             crops[name] = model_cfg
         raw = raw_weights(Path(args.runs_dir) / run) if args.raw else None
         if raw is not None:
             print(f"evaluating {label} (raw weights)", flush=True)
-            tables.append(evaluate_model(raw, model_cfg, EvalConfig(shards=shards, device="cpu"),
+            tables.append(evaluate_model(raw, model_cfg, EvalConfig(shards=shards, snap=SnapSettings(device="cpu")),
                                          method=f"{label} (raw weights)"))
             crops[f"{label} (raw weights)"] = model_cfg
     if args.ensemble:
@@ -137,7 +137,7 @@ def main() -> int:
         name = "ensemble of " + " + ".join(args.runs)
         print(f"evaluating {name}", flush=True)
         tables.append(evaluate_model(Ensemble([m for m, _, _ in loaded]), loaded[0][1],
-                                     EvalConfig(shards=shards, device="cpu"), method=name))
+                                     EvalConfig(shards=shards, snap=SnapSettings(device="cpu")), method=name))
         crops[name] = loaded[0][1]
     df = pd.concat(tables, ignore_index=True)
     out = Path(args.out)

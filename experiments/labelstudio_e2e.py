@@ -178,7 +178,7 @@ def main() -> int:
         arr[60:180, 80:240] = (220, 140, 60)
         Image.fromarray(arr).save(tmp_p / "files" / "images" / "photo.png")
         torch.manual_seed(0)
-        cfg = ModelConfig(backbone="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
+        cfg = ModelConfig(trunk="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
         ckpt = save_checkpoint(tmp_p / "ckpt", build_model(cfg), cfg)
         with services(tmp_p, str(ckpt), secrets.token_hex(20)) as (api, headers):
             result = scenario(api, headers, "/data/local-files/?d=images/photo.png")

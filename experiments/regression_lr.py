@@ -19,7 +19,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from snapper.config import EvalConfig
+from snapper.config import EvalConfig, SnapSettings
 from snapper.data.coco import load_coco
 from snapper.data.manifest import shard_urls
 from snapper.data.shards import shard_dataset, split_by_image
@@ -48,11 +48,11 @@ def make_shards(work: Path) -> dict[str, list[str]]:
 
 def run(lr: str, work: Path, urls: dict[str, list[str]], results: Path) -> str:
     name = f"lr{lr}"
-    cfg = apply_overrides(preset_config("demo"), ["model.head=regression", "mlflow=false", "registered_model=null",
+    cfg = apply_overrides(preset_config("demo"), ["model.head=regression", "tracking.enabled=false", "tracking.registered_model=null",
                                                   f"out_dir={work / 'runs' / name}", f"lr={lr}"])
     cfg.data.train_shards, cfg.data.val_shards = urls["train"], urls["val"]
     r = train(cfg)
-    res = evaluate({name: r.best_checkpoint}, EvalConfig(shards=urls["val"], device="cpu"), results / name,
+    res = evaluate({name: r.best_checkpoint}, EvalConfig(shards=urls["val"], snap=SnapSettings(device="cpu")), results / name,
                    plots=False)
     return format_table(res.summary[res.summary["size"] == "all"])
 

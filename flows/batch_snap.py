@@ -3,10 +3,13 @@
 Thin wiring around :mod:`snapper.batch` and :mod:`snapper.batch.inbox` (the claim protocol);
 tasks exchange paths and small JSON only.
 
-``batch-snap``: plan chunks -> one ``snap-chunk`` task per chunk, fanned out on the task
+``batch-snap``: plan the job as ``snapper batch-snap`` does
+(:func:`snapper.formats.pipeline.plan_batch`: format, folders, input converted when not COCO,
+model resolved) -> plan chunks -> one ``snap-chunk`` task per chunk, fanned out on the task
 runner of :mod:`flows.runners` (threads locally; Dask/Ray from ``SNAPPER_DASK_ADDRESS`` /
 ``SNAPPER_RAY_ADDRESS``, which then need the input, images and ``out_dir`` on a shared
-filesystem) -> one ``merge-batch`` task per input file. Every chunk result and the merged
+filesystem) -> one ``merge-batch`` task per input file (merged, and written back in the
+input's format: :func:`snapper.formats.pipeline.finish_job`). Every chunk result and the merged
 output are written atomically; a re-run reuses the finished chunks (their file names carry
 the input's, each image's and the weights' hashes), so an interrupted run resumes and a
 replaced image or model re-snaps exactly the chunks it changes. The model reference
@@ -41,6 +44,7 @@ or ``python -m flows.batch_snap --inbox INBOX --images-root IMAGES``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -55,18 +59,8 @@ from prefect.runtime import flow_run
 
 from flows.common import override, resolve
 from flows.runners import describe, task_runner_from_env
-from snapper.batch import (
-    BatchInputError,
-    Chunk,
-    check_folders,
-    input_files,
-    merge_chunks,
-    plan_chunks,
-    result_for,
-    run_chunk,
-)
+from snapper.batch import Chunk, plan_chunks, run_chunk
 from snapper.batch import inbox as ib
-from snapper.batch.pipeline import run_extra
 from snapper.batch.report import (
     REVIEW_ROWS,
     counts_table,
@@ -74,11 +68,10 @@ from snapper.batch.report import (
     review_table,
     summary_markdown,
 )
-from snapper.cli.common import positive_int, unit_float
+from snapper.batch.schema import BatchInputError
 from snapper.config import BatchConfig
-from snapper.formats import resolve_format
-from snapper.formats.common import Sidecar
-from snapper.formats.pipeline import INPUT_SIDECAR, SNAPPED_DIR, read_any, save_input, write_any
+from snapper.errors import UserInputError
+from snapper.formats.pipeline import BatchPlan, FileJob, finish_job, plan_batch
 from snapper.models.reference import DEFAULT_MODEL, resolve_model
 from snapper.overrides import from_dict, to_dict
 
@@ -95,11 +88,9 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def _config(overrides: dict[str, Any] | None, **direct: Any) -> BatchConfig:
-    cfg = override(BatchConfig(), overrides)
-    for k, v in direct.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    return cfg
+    """``overrides`` (``{"snap": {"batch_size": 256}}`` or ``{"snap.batch_size": 256}``), then the
+    flow's own parameters (``{"snap.passes": 2}``, which win), checked before any work."""
+    return override(override(BatchConfig(), overrides), {k: v for k, v in direct.items() if v is not None})
 
 
 def _key(*parts: str) -> str:
@@ -131,31 +122,28 @@ def snap_chunk_task(chunk: dict[str, Any], checkpoint: str, out_dir: str, cfg: d
     return done.to_dict()
 
 
-@task(name="convert-input")
-def convert_task(path: str, images_dir: str, out_dir: str, fmt: str, label_attribute: str | None,
-                 fuse_key: str | None) -> str:
-    """A Ground Truth / VOC / YOLO / CVAT input as ``out_dir/input.coco.json`` (+ sidecar)."""
-    coco, sidecar = read_any(path, images_dir, fmt, label_attribute, fuse_key or "object_id")
-    done = save_input(coco, sidecar, Path(out_dir))
-    get_run_logger().info("%s (%s): %d boxes -> %s", path, fmt, len(coco["annotations"]), done)
-    return str(done)
-
-
-@task(name="write-back")
-def write_back_task(annotations: str, out_dir: str) -> list[str]:
-    """The snapped COCO result written back in the input's format under ``out_dir/snapped``."""
-    sidecar = Sidecar.from_json(json.loads((Path(out_dir) / INPUT_SIDECAR).read_text()))
-    written = write_any(json.loads(Path(annotations).read_text()), sidecar, Path(out_dir) / SNAPPED_DIR)
-    get_run_logger().info("%s written back: %d file(s) in %s", sidecar.format, len(written),
-                          Path(out_dir) / SNAPPED_DIR)
-    return [str(w) for w in written]
+@task(name="plan-batch-job")
+def plan_job_task(ann_file: str, images_dir: str, out_dir: str, model: str, cfg: dict[str, Any], input_format: str,
+                  label_attribute: str | None, truth: str | None) -> dict[str, Any]:
+    """:func:`snapper.formats.pipeline.plan_batch`, as ``snapper batch-snap`` plans it: format,
+    folders, input (converted when not COCO), the model resolved once for every chunk."""
+    plan = plan_batch(ann_file, images_dir, out_dir, model, from_dict(BatchConfig, cfg), input_format,
+                      label_attribute, truth)
+    get_run_logger().info("%s (%s): %d file(s); model %s -> %s", ann_file, plan.format, len(plan.jobs), model,
+                          plan.checkpoint)
+    return plan.to_dict()
 
 
 @task(name="merge-batch", retries=1, retry_delay_seconds=10, retry_condition_fn=_transient)
-def merge_task(ann_file: str, results: list[str], out_dir: str, cfg: dict[str, Any], truth: str | None,
-               extra: dict[str, Any]) -> dict[str, Any]:
-    path = merge_chunks(ann_file, results, out_dir, from_dict(BatchConfig, cfg), truth=truth, extra=extra)
-    return {"annotations": str(path), "summary": result_for(out_dir).summary}
+def merge_task(plan: dict[str, Any], job: dict[str, Any], done: list[dict[str, Any]], cfg: dict[str, Any],
+               seconds: float) -> dict[str, Any]:
+    """One file's chunk results merged into its outputs (and written back in its format)."""
+    r = finish_job(BatchPlan.from_dict(plan), FileJob(**job), done, from_dict(BatchConfig, cfg), seconds)
+    merged: dict[str, Any] = {"annotations": str(r.batch.annotations), "summary": r.batch.summary}
+    if r.format != "coco":
+        merged["written_back"] = [str(w) for w in r.written]
+        get_run_logger().info("%s written back: %d file(s)", r.format, len(r.written))
+    return merged
 
 
 def track_summary(s: dict[str, Any], cfg: BatchConfig, out_dir: str | Path, experiment: str, run_name: str,
@@ -200,50 +188,45 @@ def batch_snap_flow(
     written back in its format under ``out_dir/snapped``, see :mod:`snapper.formats`).
 
     ``passes=2`` adds the zoom-in pass (models trained with ``model.zoom``). ``overrides``: any
-    :class:`snapper.config.BatchConfig` field (``{"batch_size": 256}``).
+    :class:`snapper.config.BatchConfig` field (``{"chunk_images": 64, "snap": {"batch_size": 256}}``).
     Returns ``{name: {"annotations": path, "summary": {...}, "mlflow_run_id": ...}}``.
     """
     logger = get_run_logger()
     ctx = FlowRunContext.get()
     if ctx is not None:
         logger.info("task runner: %s", describe(ctx.task_runner))
-    cfg = _config(overrides, chunk_images=chunk_images, review_threshold=review_threshold, passes=passes)
-    ann, images, out = resolve(ann_file), resolve(images_dir), resolve(out_dir)
-    fmt = resolve_format(ann, input_format)
-    check_folders(images, out)
-    if fmt != "coco":  # converted once; then the same fan-out, accounting and resume as COCO
-        ann = Path(convert_task(str(ann), str(images), str(out), fmt, label_attribute, cfg.fuse_key))
-    elif label_attribute:
-        raise BatchInputError("label_attribute is for Ground Truth manifests, not COCO")
-    files = input_files(ann)
-    if truth and ann.is_dir():
-        raise BatchInputError("truth needs a single rough file, not a folder")
-    checkpoint = str(resolve_model(model))  # once: every chunk uses the same weights
-    logger.info("model %s -> %s", model, checkpoint)
+    cfg = _config(overrides, chunk_images=chunk_images, review_threshold=review_threshold, **{"snap.passes": passes})
     cfg_d = to_dict(cfg)
+    plan_d = plan_job_task(str(resolve(ann_file)), str(resolve(images_dir)), str(resolve(out_dir)), model, cfg_d,
+                           input_format, label_attribute, str(resolve(truth)) if truth else None)
+    plan = BatchPlan.from_dict(plan_d)
     t0 = time.perf_counter()
-    jobs = []
-    for f in files:
-        f_out = out / f.stem if ann.is_dir() else out
-        chunks = plan_task(str(f), str(images), cfg.chunk_images)
-        futures = [snap_chunk_task.submit(c, checkpoint, str(f_out), cfg_d) for c in chunks]
-        jobs.append((f, f_out, chunks, futures))
+    pending = []
+    failed = [f"{u['file']}: {u['error']}" for u in plan.report.get("unreadable", [])]
+    for job in plan.jobs:
+        try:
+            chunks = plan_task(job.rough, plan.images_dir, cfg.chunk_images)
+        except UserInputError as e:  # one bad file of a folder: reported at the end, the others snapped
+            failed.append(str(e))
+            continue
+        pending.append((job, [snap_chunk_task.submit(c, plan.checkpoint, job.out_dir, cfg_d) for c in chunks]))
     results: dict[str, Any] = {}
-    for f, f_out, chunks, futures in jobs:
+    for job, futures in pending:
         wait(futures)
         done = [fu.result() for fu in futures]  # raises if a chunk finally failed: no partial merge
-        extra = run_extra(model, checkpoint, done, time.perf_counter() - t0)
-        merged = merge_task(str(f), [d["path"] for d in done], str(f_out), cfg_d, str(resolve(truth)) if truth else None,
-                            extra)
+        merged = merge_task(plan_d, dataclasses.asdict(job), done, cfg_d, time.perf_counter() - t0)
         s = merged["summary"]
-        logger.info("%s: snapped %d, kept %d %s, needs review %d -> %s", f.name, s["status"]["snapped"],
+        logger.info("%s: snapped %d, kept %d %s, needs review %d -> %s", job.label, s["status"]["snapped"],
                     s["status"]["kept"], s["reasons"], s["needs_review"], merged["annotations"])
-        if fmt != "coco":
-            merged["written_back"] = write_back_task(merged["annotations"], str(f_out))
         if artifacts:
-            publish(f.stem, f_out, s)
-        merged["mlflow_run_id"] = track_summary(s, cfg, f_out, experiment, f"batch-snap {f.stem}") if track else None
-        results[f.stem] = merged
+            publish(job.name, job.out_dir, s)
+        merged["mlflow_run_id"] = (track_summary(s, cfg, job.out_dir, experiment, f"batch-snap {job.name}")
+                                   if track else None)
+        results[job.name] = merged
+    if failed:  # the run ends Failed, saying which files, after every other file was snapped
+        for line in failed:
+            logger.error("%s", line)
+        raise BatchInputError(f"{len(failed)} input file(s) not snapped: {'; '.join(failed)}")
     return results
 
 
@@ -336,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir", nargs="?")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--truth")
-    ap.add_argument("--chunk-images", type=positive_int)
-    ap.add_argument("--review-threshold", type=unit_float)
+    ap.add_argument("--chunk-images", type=int)  # checked by BatchConfig, before any work
+    ap.add_argument("--review-threshold", type=float)
     ap.add_argument("--passes", type=int, choices=(1, 2))
     ap.add_argument("--format", default="auto", help="auto, coco, groundtruth, voc, yolo or cvat")
     ap.add_argument("--label-attribute", help="Ground Truth: the label attribute (default: detected)")

@@ -1,33 +1,35 @@
-"""Small helpers shared by the flows: where relative paths live, and config overrides.
+"""Small helpers shared by the flows: where relative paths live, config overrides, the
+library's log and progress shown in the flow run.
 
 Relative paths in flow parameters (``data/synthetic``, ``shards/synthetic``, ``runs/demo``)
-are resolved against ``SNAPPER_HOME`` when it is set, else the current directory. Why: a
-deployment's flow runs start in the code checkout (the ``set_working_directory`` pull step),
-but the local stack may keep its state elsewhere (``python -m flows.stack up --home DIR``,
-used by the end-to-end test to keep everything in a temporary folder).
+are resolved against the project home, :func:`snapper.home.home` (``$SNAPPER_HOME`` when it
+is set, else the current directory).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.settings import get_current_settings
 from prefect.utilities.urls import url_for
 
 from flows.stack import http_ok, stack_from_args
-from snapper.evaluation.metrics import TABLE1_COLUMNS
+from snapper.home import HOME_ENV, home, resolve  # noqa: F401  (the flows' one resolver)
 from snapper.mlops import tracking
 from snapper.overrides import apply_overrides
-from snapper.training.validation import validation_score
+from snapper.training.progress import Progress
+from snapper.training.publish import jsonable  # noqa: F401  (task results as JSON)
 
 T = TypeVar("T")
 
-HOME_ENV = "SNAPPER_HOME"
 REPO = Path(__file__).resolve().parents[1]
 
 # The embedded default dataset: generated on first use, then reused (idempotent).
@@ -43,19 +45,8 @@ def synthetic_name(num_images: int, seed: int) -> str:
 DEMO_DATASET = synthetic_name(300, 0)  # what train-snapper/demo generates
 
 
-def home() -> Path:
-    """Base folder for relative data/shard/run paths."""
-    env = os.environ.get(HOME_ENV)
-    return Path(env).expanduser().resolve() if env else Path.cwd().resolve()
-
-
-def resolve(path: str | os.PathLike[str]) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else home() / p
-
-
 def flatten(overrides: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"backbone": "resnet18"}, "steps": 5}`` -> ``{"model.backbone": ..., "steps": 5}``.
+    """``{"model": {"trunk": "resnet18"}, "steps": 5}`` -> ``{"model.trunk": ..., "steps": 5}``.
 
     Both nested and dotted forms are accepted so a deployment's YAML and a ``--param`` JSON
     string can be written whichever way is shorter.
@@ -76,26 +67,6 @@ def override(cfg: T, overrides: Mapping[str, Any] | None) -> T:
     from a command line, are cast to the field's type)."""
     items = flatten(overrides)
     return apply_overrides(cfg, items) if items else cfg
-
-
-def jsonable(obj: Any) -> Any:
-    """Paths -> str, dataclasses/DataFrames -> plain JSON, so task results stay small and portable."""
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # pandas DataFrame
-        return jsonable(obj.to_dict(orient="records"))
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
-        try:
-            return obj.item()
-        except (TypeError, ValueError):
-            pass
-    return obj
 
 
 # ---------------------------------------------------------------------------- reports and links
@@ -131,28 +102,64 @@ def flow_run_link() -> tuple[str | None, str | None]:
         return run_id, None
 
 
-def headline(metrics: Mapping[str, Any], method: str) -> dict[str, float]:
-    """The run model's Table 1 (overall) and validation score, named as
-    :data:`snapper.mlops.tracking.HEADLINE_METRICS`, from an evaluation's flat metrics."""
-    out = {m: float(metrics[f"{method}/all/{m}"]) for m in tracking.HEADLINE_METRICS
-           if f"{method}/all/{m}" in metrics}
-    if {"edge_lt_1px", "iou_gt_0.9"} <= out.keys():
-        out["score"] = validation_score({f"all/{k}": v for k, v in out.items()})
-    return out
-
-
-def table_rows(rows: list[dict[str, Any]], digits: int = 1) -> list[dict[str, Any]]:
-    """Summary rows (one per method and size bucket) with the paper's column names, rounded."""
-    out = []
-    for r in rows:
-        row: dict[str, Any] = {"method": r.get("method"), "size": r.get("size"), "boxes": int(r.get("n_boxes", 0))}
-        for key, header in TABLE1_COLUMNS.items():
-            value = r.get(key)
-            row[header] = None if value is None else round(float(value), digits)
-        out.append(row)
-    return out
-
-
 def artifact_key(*parts: str) -> str:
     """A Prefect artifact key (lowercase letters, digits, dashes) from ``parts``."""
     return re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower()).strip("-")[:120] or "snapper"
+
+
+# ---------------------------------------------------------------------------- library output in the run
+
+
+class _ForwardToRun(logging.Handler):
+    """Copies library log records (``snapper.*``) into the Prefect run log."""
+
+    def __init__(self, logger: Any):
+        super().__init__(logging.INFO)
+        self._logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._logger.log(record.levelno, "%s: %s", record.name, record.getMessage())
+        except Exception:  # noqa: BLE001 - logging must never break training
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def library_logs_to(logger: Any) -> Iterator[None]:
+    """Route the library's ``logging`` ("snapper.*") into the run log (shown in the UI)
+    instead of letting it reach the console a second time through the root logger."""
+    lib_logger = logging.getLogger("snapper")
+    handler = _ForwardToRun(logger)
+    old_level, old_propagate = lib_logger.level, lib_logger.propagate
+    lib_logger.addHandler(handler)
+    lib_logger.propagate = False
+    if lib_logger.getEffectiveLevel() > logging.INFO:
+        lib_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        lib_logger.removeHandler(handler)
+        lib_logger.setLevel(old_level)
+        lib_logger.propagate = old_propagate
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact fed with :class:`snapper.training.progress.Progress`
+    (updated at most once per percent)."""
+
+    def __init__(self, key: str, description: str):
+        self._last = -1.0
+        try:
+            self._id = create_progress_artifact(0.0, key=key, description=description)
+        except Exception:  # noqa: BLE001 - progress is a nicety, not a reason to fail
+            self._id = None
+
+    def __call__(self, progress: Progress) -> None:
+        pct = progress.percent
+        if self._id is None or (pct - self._last < 1.0 and pct < 100.0):
+            return
+        self._last = pct
+        try:
+            update_progress_artifact(self._id, pct)
+        except Exception:  # noqa: BLE001
+            pass

@@ -23,9 +23,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.common import DEMO_DATASET, artifact_key, flow_run_link, jsonable, mlflow_ui, override, resolve
+from flows.data import shard_urls_task
 from flows.runners import task_runner_from_env
-from flows.train import evaluate_task, shard_urls_task
-from snapper.config import EvalConfig
+from flows.train import evaluate_task
+from snapper.config import EvalConfig, SnapSettings
 from snapper.mlops import tracking
 from snapper.models.reference import DEFAULT_MODEL, resolve_model
 from snapper.overrides import to_dict
@@ -74,7 +75,7 @@ def evaluate_snapper(
     for name, ref in (baselines or {}).items():
         checkpoints[name] = resolve_task(ref)
     logger.info("evaluating %s on %d shard(s)", checkpoints, len(urls))
-    cfg = override(EvalConfig(shards=urls, passes=passes), overrides)
+    cfg = override(EvalConfig(shards=urls, snap=SnapSettings(passes=passes)), overrides)
     out = resolve(out_dir) if out_dir else resolve(Path("runs") / "eval" / f"{_slug(model)}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_id = mlflow_run_id
     if run_id is None and experiment:

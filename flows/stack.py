@@ -38,6 +38,8 @@ from typing import Any
 
 from flows import OFFLINE_ENV
 from flows.procs import alive, group_alive, memory_kb, pid_exists, proc_table, service_processes
+from snapper.errors import SnapperError
+from snapper.home import HOME_ENV, home as project_home
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -49,7 +51,7 @@ SERVICES = ("prefect-server", "mlflow-server", "prefect-worker")  # start order;
 MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-class StackError(RuntimeError):
+class StackError(SnapperError, RuntimeError):
     pass
 
 
@@ -97,7 +99,7 @@ class Stack:
                 "PREFECT_SERVER_API_HOST": HOST,
                 "PREFECT_SERVER_API_PORT": str(self.prefect_port),
                 "MLFLOW_TRACKING_URI": self.mlflow_url,
-                "SNAPPER_HOME": str(self.home),
+                HOME_ENV: str(self.home),
                 "SNAPPER_PROJECT_DIR": str(REPO),  # prefect.yaml's pull step: where flow code lives
                 "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
             }
@@ -114,7 +116,7 @@ def _port(arg: int | None, env_name: str, default: int) -> int:
 
 
 def stack_from_args(home: str | None, prefect_port: int | None = None, mlflow_port: int | None = None) -> Stack:
-    h = Path(home or os.environ.get("SNAPPER_HOME") or REPO).expanduser().resolve()
+    h = Path(home).expanduser().resolve() if home else project_home(default=REPO)
     # A running stack's recorded ports win over defaults, so `down`/`status` need no flags.
     recorded = _read_json(h / ".stack" / "stack.json") or {}
     return Stack(

@@ -8,13 +8,27 @@ dotted keys (``--set train.lr=1e-3``).
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from snapper.checks import check, in_range, non_negative, one_of, open_unit, optional_positive, positive
 
 # Field metadata of settings that only affect how a trained model is read out, not its
 # weights: a training run resumes across changes to them.
 INFERENCE_ONLY = {"inference_only": True}
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # see snapper.device
+# A Buffer Ratio above this reads a crop mostly of padding, and its window (and memory) grows with it.
+MAX_BUFFER_RATIO = 4.0
+SNAP_PASSES = (1, 2)  # 2: the zoom-in pass after the first (models trained with model.zoom)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")  # what resolve_device accepts
+DEVICE_RULE = "auto, cpu, cuda, cuda:N or mps"
+BATCH_SNAP_BATCH = 128  # batch snapping gathers crops across images: larger forward passes
+CROP_MODES = ("worker", "device")  # DataConfig.crop_on: where training crops are cut
+MODEL_HEADS = ("edges", "regression")  # ModelConfig.head: the paper's edge head, or the baseline
+MAX_MODEL_WIDTH = 4096  # ModelConfig: the most pixels, channels or strip length a field may ask for
 
 # Three stages drop tiny boxes, for three reasons; each default is named here, once.
 SHARD_MIN_BOX_SIZE = 1.0  # sharding: below a pixel a COCO box is an annotation error
@@ -40,6 +54,12 @@ class JitterConfig:
     scale_max: float = 1.1
     shared_ratio: bool = True
 
+    def __post_init__(self) -> None:
+        non_negative("jitter.shift", self.shift)
+        positive("jitter.scale_min", self.scale_min)
+        check(self.scale_max >= self.scale_min and math.isfinite(self.scale_max), "jitter.scale_max",
+              f"finite and >= jitter.scale_min ({self.scale_min})", self.scale_max)
+
 
 @dataclass
 class ModelConfig:
@@ -51,7 +71,7 @@ class ModelConfig:
     axis over the crop (``input_size`` + 1 puts one bin on every input pixel boundary).
     """
 
-    backbone: str = "resnet50"
+    trunk: str = "resnet50"  # the feature extractor: snapper.models.trunks.TRUNKS
     weights: str | None = None  # None (random init) or "imagenet"
     head: str = "edges"  # "edges" (the paper's edge classification) or "regression" (baseline)
     input_size: int = 256
@@ -71,6 +91,30 @@ class ModelConfig:
     zoom_scale: float = 1.0
     zoom_length: int = 32
     zoom_min_scale: float = 1.5
+
+    # Keys of earlier versions, read as their new names (checkpoints and run folders saved
+    # before, ``--set model.backbone=...``); one release, then they go.
+    RENAMED: ClassVar[dict[str, str]] = {"backbone": "trunk"}
+
+    def __post_init__(self) -> None:
+        # A checkpoint's config.json is read through here too: a value that would build an
+        # absurd model (fpn_channels=200000) is refused naming the field, not by the allocator.
+        check(isinstance(self.trunk, str) and bool(self.trunk), "model.trunk", "a trunk name", self.trunk)
+        one_of("model.weights", self.weights, (None, "none", "imagenet"))
+        one_of("model.head", self.head, MODEL_HEADS)
+        in_range("model.input_size", self.input_size, 8, MAX_MODEL_WIDTH)
+        check(isinstance(self.context, (int, float)) and math.isfinite(self.context) and self.context > 1,
+              "model.context", "a finite number > 1", self.context)
+        in_range("model.fpn_channels", self.fpn_channels, 1, MAX_MODEL_WIDTH)
+        in_range("model.decoder_channels", self.decoder_channels, 1, MAX_MODEL_WIDTH)
+        in_range("model.decoder_layers", self.decoder_layers, 1, 64)
+        in_range("model.decode_window", self.decode_window, 0, self.input_size)
+        positive("model.confidence_px", self.confidence_px)
+        check(not (self.zoom and self.head != "edges"), "model.head",
+              "'edges' with model.zoom (the zoom-in decoder needs the edge head)", self.head)
+        positive("model.zoom_scale", self.zoom_scale)
+        in_range("model.zoom_length", self.zoom_length, 1, MAX_MODEL_WIDTH)
+        positive("model.zoom_min_scale", self.zoom_min_scale)
 
     @property
     def num_bins(self) -> int:
@@ -114,6 +158,35 @@ class DataConfig:
     # e.g. pipe: URLs to object storage, are never re-downloaded to be checked)
     verify_shards: bool = True
 
+    def __post_init__(self) -> None:
+        positive("data.boxes_per_image", self.boxes_per_image)
+        non_negative("data.min_box_size", self.min_box_size)
+        non_negative("data.shuffle_buffer", self.shuffle_buffer)
+        non_negative("data.workers", self.workers)
+        check(0.0 <= self.color_jitter <= 1.0, "data.color_jitter", "in [0, 1]", self.color_jitter)
+        optional_positive("data.val_max_boxes", self.val_max_boxes)
+        optional_positive("data.epoch_samples", self.epoch_samples)
+        one_of("data.crop_on", self.crop_on, CROP_MODES)
+        lo, hi = self.buffer_ratio_min, self.buffer_ratio_max
+        check(0 < lo <= hi and math.isfinite(hi), "data.buffer_ratio_min/max", "finite with 0 < min <= max",
+              f"{lo}/{hi}")
+        non_negative("data.zoom_noise", self.zoom_noise)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow for a training run (rank 0 only): whether, in which experiment, under which run
+    name, and the registered model it becomes a version of once evaluated (``snapper train``
+    with validation shards, or the ``train-snapper`` flow after its evaluation; None: never)."""
+
+    enabled: bool = True
+    experiment: str = "snapper"
+    registered_model: str | None = "snapper"
+    run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.experiment.strip()), "tracking.experiment", "a non-empty name", self.experiment)
+
 
 @dataclass
 class TrainConfig:
@@ -148,29 +221,83 @@ class TrainConfig:
     eval_every: int = 1000
     patience: int | None = None  # stop after this many validations without a new best (None: never)
     seed: int = 0
-    mlflow: bool = True
-    experiment: str = "snapper"
-    registered_model: str | None = "snapper"
-    run_name: str | None = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    # Keys of earlier versions, read as their new names (run folders saved before, ``--set
+    # mlflow=false``); one release, then they go.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "mlflow": "tracking.enabled", "experiment": "tracking.experiment",
+        "registered_model": "tracking.registered_model", "run_name": "tracking.run_name",
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "lr", "log_every", "ckpt_every", "eval_every"):
+            positive(name, getattr(self, name))
+        for name in ("weight_decay", "warmup_steps", "trunk_lr_mult", "grad_clip"):
+            non_negative(name, getattr(self, name))
+        open_unit("ema_decay", self.ema_decay, allow_none=True)
+        optional_positive("patience", self.patience)
+        check(bool(self.out_dir), "out_dir", "a folder", self.out_dir)
+        check(not (self.model.zoom and self.data.crop_on == "device"), "data.crop_on",
+              "worker with model.zoom (zoom-in strips are cut in the loader workers)", self.data.crop_on)
+
+
+def _finite_in(value: object, lo: float, hi: float) -> bool:
+    """``lo < value <= hi`` (NaN fails it)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and lo < value <= hi
+
+
+@dataclass(frozen=True)
+class SnapSettings:
+    """How a trained model is read out: the one set of settings :class:`snapper.inference.snap.Snapper`
+    takes, nested as ``snap`` in :class:`EvalConfig` and :class:`BatchConfig` (``--set
+    snap.passes=2``). Frozen, so that a loaded model can be cached by its settings and shared.
+
+    ``batch_size``: crops per forward pass. ``buffer_ratio``: each rough box is scaled about its
+    centre by this before the crop (>1 for boxes drawn too tight). ``passes``: 2 adds the zoom-in
+    pass (models trained with ``model.zoom``). ``flip``: test-time augmentation, each crop also
+    read mirrored (2x the model time). ``channels_last``: NHWC where :mod:`snapper.device` picks
+    it (faster there); false: plain NCHW, same boxes. ``precision``: one of
+    :data:`PRECISION_CHOICES` (auto: bf16/fp16 autocast on CUDA, fp32 on CPU).
+    """
+
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 64
+    buffer_ratio: float = 1.0
+    passes: int = 1
+    flip: bool = False
+    channels_last: bool = True
+
+    # The fields a loaded model can change without being moved or reloaded.
+    READ_OUT: ClassVar[tuple[str, ...]] = ("batch_size", "buffer_ratio", "passes", "flip")
+
+    def __post_init__(self) -> None:
+        # a device string is checked here, before any work; whether this machine has it, when used
+        check(DEVICE_PATTERN.fullmatch(str(self.device)) is not None, "snap.device", DEVICE_RULE, self.device)
+        one_of("snap.precision", self.precision, PRECISION_CHOICES)
+        positive("snap.batch_size", self.batch_size)
+        check(_finite_in(self.buffer_ratio, 0.0, MAX_BUFFER_RATIO), "snap.buffer_ratio",
+              f"a number in (0, {MAX_BUFFER_RATIO:g}]", self.buffer_ratio)
+        one_of("snap.passes", self.passes, SNAP_PASSES)
 
 
 @dataclass
 class EvalConfig:
-    """Evaluation over the deterministic (per-annotation-id) jitter."""
+    """Evaluation over the deterministic (per-annotation-id) jitter; ``snap.batch_size`` is
+    also the evaluation stream's batch."""
 
     shards: list[str] = field(default_factory=list)
     jitter: JitterConfig = field(default_factory=JitterConfig)
-    batch_size: int = 64
-    buffer_ratio: float = 1.0
+    snap: SnapSettings = field(default_factory=SnapSettings)
     seed: int = 0
     max_boxes: int | None = None
     workers: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # one of PRECISION_CHOICES: auto (bf16/fp16 autocast on CUDA, fp32 on CPU)
     verify_shards: bool = True  # as DataConfig.verify_shards
-    passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
-    flip: bool = False  # test-time augmentation: also read each crop mirrored (2x model time)
-    channels_last: bool = True  # NHWC where snapper.device picks it (faster there); false: plain NCHW
+
+    def __post_init__(self) -> None:
+        optional_positive("max_boxes", self.max_boxes)
+        non_negative("workers", self.workers)
 
 
 @dataclass
@@ -185,21 +312,29 @@ class BatchConfig:
     object and also get one fused box; None disables fusion.
     ``max_pixels``: an image that would decode to more pixels (after JPEG draft reduction) is
     not decoded; its boxes are kept with reason ``image_too_large``. None: no budget.
+    ``follow_links``: read images through symbolic links that lead outside the images folder
+    (off: their boxes are kept with reason ``outside_images_dir`` and the file is never opened).
+    ``snap.batch_size``: crops per forward pass, gathered across images.
     """
 
     chunk_images: int = 256  # images per chunk (the unit of resume and of fan-out in the flow)
-    batch_size: int = 128  # crops per forward pass, gathered across images
     workers: int = 2  # DataLoader processes decoding + cropping; 0 = in the main process
     prefetch_factor: int = 4
-    device: str = "auto"
-    precision: str = "auto"  # one of PRECISION_CHOICES: auto (bf16/fp16 autocast on CUDA, fp32 on CPU)
-    buffer_ratio: float = 1.0
     min_box_size: float = SNAP_MIN_BOX_SIZE
     review_threshold: float = 0.5
     review_moved_frac: float = 0.25
     fuse_key: str | None = "object_id"
     draft_decode: bool = True
     max_pixels: int | None = MAX_DECODE_PIXELS
-    passes: int = 1  # 2: the zoom-in pass after the first (models trained with model.zoom)
-    flip: bool = False  # test-time augmentation: also read each crop mirrored (2x model time)
-    channels_last: bool = True  # NHWC where snapper.device picks it (faster there); false: plain NCHW
+    follow_links: bool = False
+    snap: SnapSettings = field(default_factory=lambda: SnapSettings(batch_size=BATCH_SNAP_BATCH))
+
+    def __post_init__(self) -> None:
+        # each of these would otherwise fail every box (as image_corrupt) or the job mid-run
+        positive("chunk_images", self.chunk_images)
+        non_negative("workers", self.workers)
+        positive("prefetch_factor", self.prefetch_factor)
+        non_negative("min_box_size", self.min_box_size)
+        check(0.0 <= self.review_threshold <= 1.0, "review_threshold", "in [0, 1]", self.review_threshold)
+        non_negative("review_moved_frac", self.review_moved_frac)
+        optional_positive("max_pixels", self.max_pixels)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
+from snapper.errors import ConfigError
 from snapper.geometry import clip_boxes
 
 MIN_WINDOW = 1.0  # px; a window is never thinner than one original pixel
@@ -34,7 +35,7 @@ def crop_windows(rough: np.ndarray, buffer_ratio: "float | np.ndarray" = 1.0, co
     their size on each axis (``buffer_ratio``: one number, or one per box)."""
     ratio = np.asarray(buffer_ratio, dtype=np.float64)
     if not (np.isfinite(ratio).all() and (ratio > 0).all()):
-        raise ValueError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
+        raise ConfigError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
     r = np.asarray(rough, dtype=np.float64).reshape(-1, 4)
     cx = (r[:, 0] + r[:, 2]) / 2
     cy = (r[:, 1] + r[:, 3]) / 2

@@ -27,6 +27,7 @@ from typing import ContextManager
 import torch
 
 from snapper.config import PRECISION_CHOICES as PRECISIONS
+from snapper.errors import ConfigError
 
 
 def resolve_device(device: "str | torch.device" = "auto", local_rank: int = 0) -> torch.device:
@@ -39,9 +40,9 @@ def resolve_device(device: "str | torch.device" = "auto", local_rank: int = 0) -
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"device {device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from e
+        raise ConfigError(f"device {device!r} is not a torch device (auto, cpu, cuda, cuda:N)") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device(f"cuda:{local_rank}")
     return dev
@@ -49,7 +50,7 @@ def resolve_device(device: "str | torch.device" = "auto", local_rank: int = 0) -
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
 
 

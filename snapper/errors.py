@@ -29,7 +29,7 @@ class BadOptionError(UserInputError):
     """An option or configuration value out of its range or of the wrong type: names the key."""
 
 
-class BadBoxError(UserInputError):
+class BadBoxError(UserInputError, ValueError):
     """A rough box that cannot be snapped (non-finite, empty, outside its image): names the box."""
 
 
@@ -39,3 +39,25 @@ class BadModelError(UserInputError):
 
 class ConfigError(BadOptionError, ValueError):
     """A configuration key or value that does not fit the dataclass (names the key)."""
+
+
+class BadPathError(BadFileError, OSError):
+    """A file or folder the user named that cannot be used as asked (permissions, a file
+    where a folder is needed, ...): names it and says why."""
+
+
+class InputNotFoundError(BadPathError, FileNotFoundError):
+    """A file or folder the user named that does not exist: names it."""
+
+
+class OutputExistsError(BadPathError, FileExistsError):
+    """An output path that holds something snapper refuses to overwrite: names it."""
+
+
+def file_error(path: object, e: OSError) -> BadPathError:
+    """An ``OSError`` from opening a user-given path as one line naming it (``raise
+    file_error(path, e) from e``): the CLI prints user errors as one line, ``open``'s own are
+    not user errors (they could as well come from a bug) and would keep their traceback."""
+    if isinstance(e, FileNotFoundError):
+        return InputNotFoundError(f"{path}: no such file or folder")
+    return BadPathError(f"{path}: {e.strerror or e}")

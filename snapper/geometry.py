@@ -17,6 +17,7 @@ import hashlib
 import numpy as np
 
 from snapper.config import JitterConfig
+from snapper.errors import BadBoxError
 
 EDGE_NAMES = ("left", "top", "right", "bottom")  # order of the xyxy columns
 CORNER_NAMES = ("top_left", "top_right", "bottom_right", "bottom_left")
@@ -51,10 +52,10 @@ def box_problem(xywh: "np.ndarray | list[float]", width: float, height: float) -
 
 
 def validate_box(xywh: "np.ndarray | list[float]", width: float, height: float, name: str = "box") -> None:
-    """Raise a ValueError that names the box when it cannot be snapped."""
+    """Raise a BadBoxError (a ValueError) that names the box when it cannot be snapped."""
     problem = box_problem(xywh, width, height)
     if problem is not None:
-        raise ValueError(f"{name} {list(np.asarray(xywh).reshape(-1))!r} is unusable ({problem}) "
+        raise BadBoxError(f"{name} {list(np.asarray(xywh).reshape(-1))!r} is unusable ({problem}) "
                          f"for an image of {width}x{height}")
 
 

@@ -24,13 +24,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from snapper.config import MAX_DECODE_PIXELS
+from snapper.errors import BadFileError, ConfigError
 
 # PIL's decompression-bomb guard stays on (Image.MAX_IMAGE_PIXELS is never disabled here).
 IMAGE_ROOT_ENV = "SNAPPER_SERVE_IMAGE_ROOT"  # a folder servers may read images from (off when unset)
 MIN_SIDE = 2  # px; smaller images cannot hold a box worth snapping
 
 
-class ImageError(ValueError):
+class ImageError(BadFileError, ValueError):
     """An image that cannot be used; the message names the file (once). ``reason`` is the
     short stable string streams and batch reports count it under."""
 
@@ -169,9 +170,22 @@ def _decode_jpeg_full(source: "str | os.PathLike[str] | bytes", name: str) -> to
         raise ImageError(f"{name}: corrupt or truncated image ({str(e).split(', ')[-1].strip()})") from e
 
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float single-channel image as 8-bit grayscale, stretched over
+    its own range of values. PIL's ``convert`` clips such values at 255, which turns a 16-bit
+    photo into an almost blank image that would then be snapped as if it were the picture."""
+    arr = np.asarray(im, dtype=np.float64)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    scaled = np.zeros(arr.shape) if hi <= lo else (np.nan_to_num(arr, nan=lo, posinf=hi, neginf=lo) - lo) * (255.0 / (hi - lo))
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+
+
 def _decode_pil(im: Image.Image, orientation: int) -> torch.Tensor:
     """(3, h, w) uint8 view of an (h, w, 3) array: the layout both decoders produce."""
     im = ImageOps.exif_transpose(im) if orientation != 1 else im
+    if im.mode.startswith("I") or im.mode == "F":  # I;16, I;16B, I (32-bit), F: more than 8 bits
+        im = _to_8bit(im)
     if im.mode != "RGB":
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             im = im.convert("RGBA")
@@ -190,5 +204,5 @@ def image_root(value: str | os.PathLike[str] | None = None) -> Path | None:
         return None
     root = Path(text).expanduser().resolve()
     if not root.is_dir():
-        raise ValueError(f"{IMAGE_ROOT_ENV}={text}: not a folder")
+        raise ConfigError(f"{IMAGE_ROOT_ENV}={text}: not a folder")
     return root

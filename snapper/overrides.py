@@ -140,9 +140,52 @@ def _cast(cls: type, key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}") from None
 
 
+def _renames(cls: Any) -> dict[str, str]:
+    """Old key -> new dotted key, from the dataclass's ``RENAMED`` class variable (keys of an
+    earlier version that files saved then, and users' habits, still hold)."""
+    return dict(getattr(cls, "RENAMED", None) or {})
+
+
+def upgrade_keys(cls: type, data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``data`` with the renamed keys of ``cls`` moved to their new place (nested sections
+    created as needed); both an old key and its new one given is an error naming both."""
+    renames = {old: new for old, new in _renames(cls).items() if old in data}
+    if not renames:
+        return data
+    data = dict(data)
+    for old, new in renames.items():
+        value = data.pop(old)
+        node = data
+        *sections, leaf = new.split(".")
+        for s in sections:
+            sub = node.get(s)
+            node[s] = to_dict(sub) if dataclasses.is_dataclass(sub) else dict(sub or {})
+            node = node[s]
+        if leaf in node:
+            raise ConfigError(f"{where}{old} and {where}{new} are the same setting: give only {where}{new}")
+        node[leaf] = value
+    return data
+
+
+def canonical_key(cls: type, key: str) -> str:
+    """A dotted override key with renamed parts replaced by their new names
+    (``mlflow`` -> ``tracking.enabled``); unknown parts are left for the caller to refuse."""
+    parts, out = key.split("."), []
+    current: Any = cls
+    while parts:
+        part = parts.pop(0)
+        if current is not None and part in _renames(current):
+            head, *rest = _renames(current)[part].split(".")
+            part, parts = head, rest + parts
+        out.append(part)
+        tp = _optional(_field_types(current).get(part))[0] if current is not None else None
+        current = tp if dataclasses.is_dataclass(tp) else None
+    return ".".join(out)
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build a dataclass from a (possibly partial) dict, checking every key and value type."""
-    data = dict(data or {})
+    data = upgrade_keys(cls, dict(data or {}), where)
     hints = _field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
@@ -178,6 +221,7 @@ def apply_overrides(cfg: T, overrides: "list[str] | dict[str, Any]") -> T:
     items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
     data = to_dict(cfg)
     for key, value in items:
+        key = canonical_key(type(cfg), key)
         node: dict[str, Any] = data
         cls: type = type(cfg)
         parts = key.split(".")

@@ -31,6 +31,7 @@ import torch
 
 from snapper.config import ModelConfig
 from snapper.crop import CropGeometry, crop_images, cut_crops
+from snapper.errors import ConfigError
 
 VERTICAL = (0, 2)  # left and right edges: strips are cut as they stand
 MIRRORED = (2, 3)  # right and bottom edges: flipped so the object lies right of the edge
@@ -44,9 +45,9 @@ def zoom_threshold(cfg: ModelConfig) -> float:
 def check_passes(cfg: ModelConfig, passes: int, where: str = "this model") -> None:
     """Refuse a pass count the model was not trained for, naming the fix."""
     if passes not in (1, 2):
-        raise ValueError(f"passes must be 1 or 2, got {passes!r}")
+        raise ConfigError(f"passes must be 1 or 2, got {passes!r}")
     if passes not in cfg.passes:
-        raise ValueError(f"{where} supports passes=1 only: it was trained without the zoom-in decoder "
+        raise ConfigError(f"{where} supports passes=1 only: it was trained without the zoom-in decoder "
                          "(model.zoom=false); use passes=1, or train with --set model.zoom=true")
 
 

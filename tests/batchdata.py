@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,11 +10,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from snapper.config import BatchConfig, ModelConfig
+from snapper.config import BatchConfig, ModelConfig, SnapSettings
 from snapper.models.checkpoint import save_checkpoint
 from snapper.models.net import build_model
 
-TINY = ModelConfig(backbone="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
+TINY = ModelConfig(trunk="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
 NAN, INF = float("nan"), float("inf")
 
 
@@ -98,8 +99,12 @@ def make_rough(root: Path) -> tuple[Path, Path, dict]:
 
 
 def fast_config(**kw) -> BatchConfig:
-    """Small chunks and batches, no worker processes, CPU: quick and deterministic."""
-    return BatchConfig(**{"chunk_images": 2, "workers": 0, "batch_size": 4, "device": "cpu", **kw})
+    """Small chunks and batches, no worker processes, CPU: quick and deterministic (keys of
+    SnapSettings go to ``snap``)."""
+    snap_keys = {f.name for f in dataclasses.fields(SnapSettings)}
+    snap = SnapSettings(**{"batch_size": 4, "device": "cpu", **{k: v for k, v in kw.items() if k in snap_keys}})
+    return BatchConfig(**{"chunk_images": 2, "workers": 0, **{k: v for k, v in kw.items() if k not in snap_keys}},
+                       snap=snap)
 
 
 def same(a, b) -> bool:

@@ -35,6 +35,15 @@ def one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server for the whole session (each start costs ~20-40 s here)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
     """One store per module (importing mlflow and creating the database are the slow parts)."""
@@ -51,9 +60,6 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     previous_uri = tracking.mlflow.get_tracking_uri() if "MLFLOW_TRACKING_URI" in os.environ else None
     uri = tracking.configure()
     yield {"tracking": tracking, "registry": registry, "home": home, "cwd": cwd, "uri": uri}
-    if tracking._artifact_env_set_by_us and os.environ.get(tracking._ARTIFACT_ROOT_ENV) == tracking._artifact_env_set_by_us:
-        del os.environ[tracking._ARTIFACT_ROOT_ENV]
-        tracking._artifact_env_set_by_us = None
     mp.undo()
     if previous_uri:
         tracking.mlflow.set_tracking_uri(previous_uri)

@@ -28,7 +28,7 @@ from snapper.training.loop import train  # noqa: E402
 from snapper.training.presets import deep_merge, preset_config  # noqa: E402
 
 # The smallest model that still exercises every layer (ResNet-18 needs >= 32 px).
-TINY_MODEL: dict[str, Any] = {"backbone": "resnet18", "input_size": 32, "fpn_channels": 16,
+TINY_MODEL: dict[str, Any] = {"trunk": "resnet18", "input_size": 32, "fpn_channels": 16,
                               "decoder_channels": 16, "decoder_layers": 2}
 
 
@@ -55,13 +55,14 @@ def make_tiny_shards(tmp_path: str | os.PathLike[str], n_images: int = 8, val_fr
 
 
 def tiny_train_config(shards: dict[str, Any], out_dir: str | os.PathLike[str], **overrides: Any) -> TrainConfig:
-    """A TrainConfig that takes seconds on CPU (no MLflow unless ``mlflow=True``)."""
+    """A TrainConfig that takes seconds on CPU (no MLflow unless ``tracking={"enabled": True}``)."""
     base: dict[str, Any] = {
         "model": dict(TINY_MODEL),
         "data": {"train_shards": shards["train"], "val_shards": shards["val"], "workers": 0,
                  "boxes_per_image": 4, "shuffle_buffer": 16, "val_max_boxes": 32},
         "out_dir": str(out_dir), "device": "cpu", "batch_size": 8, "steps": 6, "warmup_steps": 2,
-        "log_every": 1, "ckpt_every": 3, "eval_every": 3, "mlflow": False, "registered_model": None,
+        "log_every": 1, "ckpt_every": 3, "eval_every": 3,
+        "tracking": {"enabled": False, "registered_model": None},
     }
     return preset_config("cpu-tiny", deep_merge(base, overrides))
 

@@ -45,3 +45,11 @@ def test_cpu_training_autocasts_to_bf16_only_with_amx(monkeypatch: pytest.Monkey
     monkeypatch.undo()
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: 1 / 0, raising=False)
     assert device.cpu_has_amx() is False  # a probe that fails reads as no AMX
+
+
+def test_bad_device_and_precision_are_option_errors() -> None:
+    from snapper.errors import BadOptionError
+
+    for call in (lambda: device.check_precision("fp8"), lambda: resolve_device("tpu:7")):
+        with pytest.raises(BadOptionError):
+            call()

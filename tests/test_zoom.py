@@ -14,7 +14,7 @@ from PIL import Image
 
 from snapper import batch as B
 from snapper.cli import main as cli
-from snapper.config import EvalConfig, ModelConfig
+from snapper.config import EvalConfig, ModelConfig, SnapSettings
 from snapper.crop import CropGeometry, crop_images, cut_crops
 from snapper.evaluation.evaluate import evaluate
 from snapper.inference.snap import Snapper
@@ -25,7 +25,7 @@ from snapper.zoom import StripGeometry, check_passes, simulate_first_pass, train
 from tests.batchdata import fast_config
 from tests.helpers import make_tiny_shards, tiny_train_config
 
-ZOOM = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=16, decoder_channels=16, decoder_layers=2,
+ZOOM = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=16, decoder_channels=16, decoder_layers=2,
                    zoom=True)
 
 
@@ -148,7 +148,7 @@ def test_a_zoom_run_trains_strips_says_so_and_evaluates_both_ways(tmp_path):
     cfg, meta = read_config(r.best_checkpoint)
     assert cfg.zoom and meta["passes"] == [1, 2]
     res = evaluate({"one": r.best_checkpoint, "two": r.best_checkpoint},
-                   EvalConfig(shards=shards["val"], device="cpu"), tmp_path / "eval", plots=False,
+                   EvalConfig(shards=shards["val"], snap=SnapSettings(device="cpu")), tmp_path / "eval", plots=False,
                    passes={"two": 2})
     df = pd.read_parquet(res.parquet)
     one, two = df[df.method == "one"], df[df.method == "two"]
@@ -158,9 +158,9 @@ def test_a_zoom_run_trains_strips_says_so_and_evaluates_both_ways(tmp_path):
 
 def test_cli_refuses_two_passes_on_a_one_pass_model_in_one_line(tmp_path, photo, capsys):
     torch.manual_seed(0)
-    plain = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=16, decoder_channels=16, decoder_layers=2)
+    plain = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=16, decoder_channels=16, decoder_layers=2)
     ckpt = save_checkpoint(tmp_path / "plain", build_model(plain), plain)
-    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--checkpoint", str(ckpt), "--device", "cpu",
+    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--model", str(ckpt), "--device", "cpu",
                 "--passes", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.zoom=true" in err[0]
@@ -217,8 +217,7 @@ def test_flip_averaging_makes_snapping_mirror_symmetric(tmp_path, passes):
         return b, r.confidence[:, [2, 1, 0, 3]]
 
     for flip in (True, False):
-        s = Snapper.from_checkpoint(ckpt, device="cpu")
-        s.flip = flip
+        s = Snapper.from_checkpoint(ckpt, device="cpu", flip=flip)
         a = s.snap(Image.fromarray(arr), boxes, passes=passes)
         b, conf = unmirror(s.snap(Image.fromarray(arr[:, ::-1].copy()), mirrored, passes=passes))
         if flip:
@@ -236,7 +235,7 @@ def test_batch_snap_and_the_cli_with_flip_match_the_api(tmp_path, rough_zoom, ca
     res = Snapper.from_checkpoint(ckpt, device="cpu", flip=True).snap(images / "a.jpg", [data["annotations"][0]["bbox"]],
                                                                       passes=2)
     np.testing.assert_allclose(got, res.boxes[0], atol=1e-3)
-    assert cli(["snap", str(images / "a.jpg"), "--box", "55,35,230,170", "--checkpoint", ckpt, "--device", "cpu",
+    assert cli(["snap", str(images / "a.jpg"), "--box", "55,35,230,170", "--model", ckpt, "--device", "cpu",
                 "--passes", "2", "--flip"]) == 0
     out = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose(out["boxes"][0]["bbox"], res.boxes[0], atol=1e-3)

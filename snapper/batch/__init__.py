@@ -68,8 +68,10 @@ Modules, in the order the data flows:
 * :mod:`~snapper.batch.chunk`: the model cache and :func:`snap_chunk`;
 * :mod:`~snapper.batch.merge`, :mod:`~snapper.batch.fuse`, :mod:`~snapper.batch.truth`: the
   accounting check and the outputs, fused boxes per object, Table 1 against true boxes;
-* :mod:`~snapper.batch.pipeline`: :func:`batch_snap`; :mod:`~snapper.batch.report`: tables,
-  markdown and MLflow metrics of a finished run.
+* :mod:`~snapper.batch.pipeline`: :func:`batch_snap` (one COCO file: folders checked, model
+  resolved, then :func:`snap_file`); :mod:`~snapper.batch.report`: tables and markdown of a
+  finished run. A whole job (any format, a folder of files) is planned once by
+  :func:`snapper.formats.pipeline.plan_batch`, for the CLI and the flow alike.
 """
 
 from __future__ import annotations
@@ -77,7 +79,6 @@ from __future__ import annotations
 from snapper.batch.batcher import Batcher
 from snapper.batch.chunk import (
     ChunkOutcome,
-    check_config,
     chunk_result_path,
     get_snapper,
     model_fingerprint,
@@ -87,7 +88,7 @@ from snapper.batch.chunk import (
 from snapper.batch.fuse import fuse
 from snapper.batch.image_work import ImageCrops, ImageJob, chunk_jobs, iter_image_crops
 from snapper.batch.merge import merge_chunks, review
-from snapper.batch.pipeline import BatchResult, batch_snap, check_folders, result_for
+from snapper.batch.pipeline import BatchResult, batch_snap, check_folders, merge_file, result_for, snap_file
 from snapper.batch.rough import (
     Chunk,
     RoughInput,
@@ -117,9 +118,9 @@ from snapper.batch.truth import truth_table
 __all__ = [
     "BOXES_PARQUET", "CHUNKS_DIR", "CONF_COLS", "KEPT", "OUTPUT_JSON", "PRED_COLS", "REASONS", "REVIEW_CSV",
     "ROUGH_COLS", "SNAPPED", "SUMMARY_JSON", "TABLE1_CSV", "AccountingError", "batch_snap", "Batcher",
-    "BatchInputError", "BatchResult", "check_config", "check_folders", "Chunk", "chunk_jobs", "ChunkOutcome",
+    "BatchInputError", "BatchResult", "check_folders", "Chunk", "chunk_jobs", "ChunkOutcome",
     "chunk_result_path", "fuse",
     "get_snapper", "ImageCrops", "ImageJob", "input_files", "iter_image_crops", "load_rough", "merge_chunks",
-    "model_fingerprint", "parse_rough", "plan_chunks", "result_for", "review", "RoughInput", "run_chunk", "snap_chunk",
-    "truth_table",
+    "merge_file", "model_fingerprint", "parse_rough", "plan_chunks", "result_for", "review", "RoughInput", "run_chunk",
+    "snap_chunk", "snap_file", "truth_table",
 ]

@@ -16,16 +16,17 @@ import torch
 
 from snapper.batch.schema import CONF_COLS, PRED_COLS, make_row
 from snapper.crop import CropGeometry
-from snapper.geometry import clip_boxes, paired_iou, xywh_to_xyxy, xyxy_to_xywh
+from snapper.geometry import paired_iou, xyxy_to_xywh
 from snapper.inference.snap import Snapper
 
 
 class Batcher:
     """Feed it items of :class:`snapper.batch.image_work.ImageCrops` with :meth:`add`; :meth:`finish`
-    runs what is left and returns every row (kept rows first as they arrive)."""
+    runs what is left and returns every row (kept rows first as they arrive). Batches are
+    ``snapper.settings.batch_size`` crops, read out by :meth:`snapper.inference.snap.Snapper.read_out`."""
 
-    def __init__(self, snapper: Snapper, batch_size: int, passes: int = 1):
-        self.snapper, self.bs, self.passes = snapper, batch_size, passes
+    def __init__(self, snapper: Snapper):
+        self.snapper, self.bs = snapper, snapper.settings.batch_size
         self.items: list[dict[str, Any]] = []
         self.queue: list[tuple[int, torch.Tensor]] = []  # (item index, crops) not yet run
         self.queued = 0
@@ -37,7 +38,7 @@ class Batcher:
         if item["crops"] is None or not len(item["crops"]):
             return
         n = len(item["crops"])
-        item["pos"], item["conf"], item["done"] = np.zeros((n, 4)), np.zeros((n, 4)), 0
+        item["boxes"], item["conf"], item["done"] = np.zeros((n, 4)), np.zeros((n, 4)), 0
         self.items.append(item)
         self.queue.append((len(self.items) - 1, item["crops"]))
         self.queued += n
@@ -50,7 +51,7 @@ class Batcher:
         return self.rows
 
     def _take(self, n: int) -> tuple[list[torch.Tensor], list[tuple[int, int, int]]]:
-        """The next ``n`` queued crops: (parts, [(item index, first crop, count)])."""
+        """The next ``n`` queued crops: (parts, [(item index, first crop, count)]), an item at most once."""
         parts, owners, taken = [], [], 0
         while taken < n:
             idx, crops = self.queue[0]
@@ -67,19 +68,25 @@ class Batcher:
         return parts, owners
 
     def _run(self, n: int) -> None:
+        """One forward over crops of several images: each crop mapped back to its own image
+        (and, with two passes, its strips cut from its own decoded image)."""
         parts, owners = self._take(n)
         batch = torch.cat(parts) if len(parts) > 1 else parts[0]
-        geo = CropGeometry.concat([self.items[idx]["geometry"][start : start + k] for idx, start, k in owners])
+        items = [self.items[idx] for idx, _, _ in owners]
+        counts = [k for _, _, k in owners]
+        geo = CropGeometry.concat([it["geometry"][start : start + k] for it, (_, start, k) in zip(items, owners)])
+        size = np.repeat(np.array([it["size"] for it in items], dtype=np.float64), counts, axis=0)
+        owner = np.repeat(np.arange(len(items)), counts)
         if self.snapper.device.type == "cuda":
             batch = batch.pin_memory()
         t = time.perf_counter()
-        pos, conf = self.snapper.predict_crops(batch, geo)
+        boxes, conf = self.snapper.read_out(batch, geo, size[:, 0], size[:, 1], [it.get("source") for it in items],
+                                            owner)
         self.forward_s += time.perf_counter() - t
         self.queued -= n
         off = 0
-        for idx, start, k in owners:
-            item = self.items[idx]
-            item["pos"][start : start + k], item["conf"][start : start + k] = pos[off : off + k], conf[off : off + k]
+        for item, (idx, start, k) in zip(items, owners):
+            item["boxes"][start : start + k], item["conf"][start : start + k] = boxes[off : off + k], conf[off : off + k]
             item["done"] += k
             off += k
             if item["done"] == len(item["crops"]):
@@ -88,13 +95,7 @@ class Batcher:
 
     def _emit(self, item: dict[str, Any]) -> None:
         w, h = item["size"]
-        snapped = item["geometry"].to_original(item["pos"], w, h)
-        if self.passes == 2:  # the zoom-in pass, one image's strips per forward
-            t = time.perf_counter()
-            snapped, item["conf"] = self.snapper.second_pass(snapped, item["conf"], item["geometry"], [item["source"]],
-                                                             np.zeros(len(snapped), dtype=np.int64), w, h)
-            self.forward_s += time.perf_counter() - t
-        rough_c = clip_boxes(xywh_to_xyxy(np.array(item["rough"])), w, h)
+        snapped, rough_c = item["boxes"], item["rough_xyxy"]
         iou = paired_iou(snapped, rough_c)
         delta = np.abs(snapped - rough_c)
         extent = np.maximum(rough_c[:, [2, 3, 2, 3]] - rough_c[:, [0, 1, 0, 1]], 1e-9)

@@ -11,11 +11,11 @@ image or other weights never reuse a stale result. A result file that cannot be 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import logging
-import math
 import os
 import threading
 from dataclasses import dataclass
@@ -37,13 +37,11 @@ from snapper.batch.schema import (
     BatchInputError,
     rows_frame,
 )
-from snapper.config import BatchConfig
+from snapper.config import BatchConfig, SnapSettings
 from snapper.data.shards import sha256_file
-from snapper.device import check_precision, resolve_device
+from snapper.device import resolve_device
 from snapper.inference.snap import Snapper
 from snapper.models.checkpoint import CONFIG_FILE, MODEL_FILE
-from snapper.models.reference import resolve_model
-from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +59,25 @@ def model_fingerprint(ckpt: str | os.PathLike[str]) -> str:
     return _model_fingerprint(str(p), st.st_mtime_ns, st.st_size)
 
 
-_SNAPPERS: dict[tuple[str, str, str, int, str, bool, bool], Snapper] = {}
+# Loaded models kept per process. Chunks of one job share one (threads of a flow run, or one
+# in-process job); a long-lived worker that serves several jobs keeps the last few instead of
+# every model and setting it ever saw.
+MODEL_CACHE_SIZE = 2
 _SNAPPERS_LOCK = threading.Lock()
 
 
-def get_snapper(ckpt: str | os.PathLike[str], device: str = "auto", batch_size: int = 128,
-                precision: str = "auto", flip: bool = False, channels_last: bool = True) -> Snapper:
-    """One loaded model per (checkpoint, device, settings) per process: chunks run in threads
-    share it (inference in eval mode does not mutate the module)."""
-    dev = str(resolve_device(device))
-    key = (str(Path(ckpt).resolve()), dev, model_fingerprint(ckpt), int(batch_size), precision, bool(flip),
-           bool(channels_last))
-    with _SNAPPERS_LOCK:
-        s = _SNAPPERS.get(key)
-        if s is None:
-            s = _SNAPPERS[key] = Snapper.from_checkpoint(ckpt, device=dev, batch_size=batch_size, precision=precision,
-                                                         flip=flip, channels_last=channels_last)
-    return s
+@functools.lru_cache(maxsize=MODEL_CACHE_SIZE)
+def _load_snapper(path: str, weights: str, settings: SnapSettings) -> Snapper:
+    return Snapper.from_checkpoint(path, settings)
+
+
+def get_snapper(ckpt: str | os.PathLike[str], settings: SnapSettings) -> Snapper:
+    """One loaded model per (checkpoint folder, weights' hash, settings with the device resolved)
+    per process, the last :data:`MODEL_CACHE_SIZE` of them: chunks run in threads share it
+    (inference in eval mode does not mutate the module)."""
+    resolved = dataclasses.replace(settings, device=str(resolve_device(settings.device)))
+    with _SNAPPERS_LOCK:  # one load per key even when chunks start together
+        return _load_snapper(str(Path(ckpt).resolve()), model_fingerprint(ckpt), resolved)
 
 
 def chunk_result_path(chunk: Chunk, out_dir: str | os.PathLike[str], model_fp: str, cfg: BatchConfig,
@@ -85,27 +85,13 @@ def chunk_result_path(chunk: Chunk, out_dir: str | os.PathLike[str], model_fp: s
     """Where a chunk's result lives; the name changes with anything that changes the result
     (input file, images folder, image ids, the images' contents as ``images_fp``, weights,
     buffer ratio, size limit, decode scale, precision, pixel budget, passes, flip)."""
-    key = [chunk.key, images_fp, model_fp, cfg.buffer_ratio, cfg.min_box_size, cfg.draft_decode, cfg.precision,
+    snap = cfg.snap
+    key = [chunk.key, images_fp, model_fp, snap.buffer_ratio, cfg.min_box_size, cfg.draft_decode, snap.precision,
            cfg.max_pixels]
-    if cfg.passes != 1 or cfg.flip:  # plain results keep the names they had before these options existed
-        key += [cfg.passes, bool(cfg.flip)]
+    if snap.passes != 1 or snap.flip:  # plain results keep the names they had before these options existed
+        key += [snap.passes, bool(snap.flip)]
     h = hashlib.sha256(json.dumps(key).encode())
     return Path(out_dir) / CHUNKS_DIR / f"chunk-{chunk.index:05d}-{h.hexdigest()[:12]}.parquet"
-
-
-def check_config(cfg: BatchConfig) -> None:
-    """Settings that would otherwise fail every box (as ``image_corrupt``) or mid-run."""
-    if not (math.isfinite(cfg.buffer_ratio) and cfg.buffer_ratio > 0):
-        raise ValueError(f"buffer_ratio must be a positive number, got {cfg.buffer_ratio!r}")
-    if int(cfg.batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size!r}")
-    if int(cfg.chunk_images) < 1:
-        raise ValueError(f"chunk_images must be >= 1, got {cfg.chunk_images!r}")
-    if cfg.max_pixels is not None and int(cfg.max_pixels) < 1:
-        raise ValueError(f"max_pixels must be >= 1 (or null for no budget), got {cfg.max_pixels!r}")
-    check_precision(cfg.precision)
-    if cfg.passes not in (1, 2):
-        raise ValueError(f"passes must be 1 or 2, got {cfg.passes!r}")
 
 
 @dataclass(frozen=True)
@@ -137,10 +123,9 @@ def usable_result(path: Path, expected: int) -> bool:
 
 
 def _snap_rows(inp: RoughInput, chunk: Chunk, ckpt: Path, cfg: BatchConfig) -> pd.DataFrame:
-    jobs, kept = chunk_jobs(inp, chunk)
-    snapper = get_snapper(ckpt, cfg.device, cfg.batch_size, cfg.precision, cfg.flip, cfg.channels_last)
-    check_passes(snapper.cfg, cfg.passes, str(ckpt))
-    batcher = Batcher(snapper, cfg.batch_size, cfg.passes)
+    jobs, kept = chunk_jobs(inp, chunk, cfg.follow_links)
+    snapper = get_snapper(ckpt, cfg.snap)  # a one-pass model asked for two is refused here, naming it
+    batcher = Batcher(snapper)
     batcher.rows += kept
     for item in iter_image_crops(jobs, snapper.cfg.input_size, snapper.cfg.context, cfg):
         batcher.add(item)
@@ -149,21 +134,23 @@ def _snap_rows(inp: RoughInput, chunk: Chunk, ckpt: Path, cfg: BatchConfig) -> p
 
 def run_chunk(
     chunk: "Chunk | dict[str, Any]",
-    model_ref: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     cfg: BatchConfig | None = None,
 ) -> ChunkOutcome:
     """Snap one chunk and write its per-annotation rows atomically, or reuse the result of an
-    earlier run with the same input, images (by content), weights and settings."""
+    earlier run with the same input, images (by content), weights and settings. ``checkpoint``
+    is a checkpoint folder: a job resolves its model reference once, before its chunks fan out
+    (:func:`snapper.models.reference.resolve_model`), so that every chunk uses the same weights."""
     chunk = Chunk.from_dict(chunk)
     cfg = cfg or BatchConfig()
-    check_config(cfg)
-    ckpt = resolve_model(model_ref)
+    ckpt = Path(checkpoint)
     inp = load_rough(chunk.ann_file)
     if inp.sha256 != chunk.input_sha256:
         raise BatchInputError(f"{chunk.ann_file}: the file changed since the chunks were planned; plan again")
     expected = sum(len(inp.anns_by_image[i]) for i in chunk.image_ids)
-    out = chunk_result_path(chunk, out_dir, model_fingerprint(ckpt), cfg, images_fingerprint(inp, chunk, out_dir))
+    images = images_fingerprint(inp, chunk, out_dir, cfg.follow_links)
+    out = chunk_result_path(chunk, out_dir, model_fingerprint(ckpt), cfg, images)
     if usable_result(out, expected):
         return ChunkOutcome(out, True, expected)
     df = _snap_rows(inp, chunk, ckpt, cfg)
@@ -175,9 +162,9 @@ def run_chunk(
 
 def snap_chunk(
     chunk: "Chunk | dict[str, Any]",
-    model_ref: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     cfg: BatchConfig | None = None,
 ) -> Path:
     """:func:`run_chunk`, returning only the result path."""
-    return run_chunk(chunk, model_ref, out_dir, cfg).path
+    return run_chunk(chunk, checkpoint, out_dir, cfg).path

@@ -13,7 +13,12 @@ Layout::
     <inbox>/failed/<name>.json  inputs that could not be snapped, with ``<stem>.error.txt``
     <outbox>/<stem>/            outputs (``snapped.json``, ``boxes.parquet``, ...; a zip's
                                 content is unpacked to ``input/``, its format written back
-                                under ``snapped/``)
+                                under ``snapped/``), one folder per input: ``<stem>.2/``, ...
+                                for another input of the same stem (``a.json`` and
+                                ``a.zip``, or a changed ``a.json`` dropped again), marked
+                                with the input's sha256 in ``.source.json`` so that a retry
+                                of the same input reuses its folder; the stem made safe
+                                (``...json`` cannot write into the inbox)
 
 Why it is safe: a file is claimed with one ``os.rename`` into ``processing/`` (atomic within
 a filesystem), so of two runs exactly one rename succeeds and the other sees the file gone.
@@ -28,8 +33,10 @@ Plain library code (no Prefect): ``flows/batch_snap.py`` only wires it into task
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import threading
 import time
 import traceback
@@ -40,9 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapper.atomic import atomic_write_text
+from snapper.atomic import atomic_write_json, atomic_write_text
 from snapper.batch import BatchInputError
 from snapper.config import BatchConfig
+from snapper.data.shards import sha256_file
 from snapper.formats import batch_snap_any
 from snapper.formats.archive import unpack
 from snapper.formats.detect import detect_format
@@ -58,6 +66,8 @@ SUFFIXES = (".json", ".manifest", ".jsonl", ".xml", ".zip")
 _CLAIM_RE = re.compile(r"^(?P<stem>.+)\.(?P<claim>[0-9A-Za-z]+)-(?P<attempt>[0-9]+)"
                        r"(?P<suffix>\.(?:json|manifest|jsonl|xml|zip))$")
 UNPACKED = "input"  # <outbox>/<stem>/input/: a zip's content
+SOURCE_MARKER = ".source.json"  # <outbox>/<stem>/.source.json: which input the folder belongs to
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 Claim = dict[str, Any]  # {"name": original file name, "claimed": path in processing/, "attempt": n}
 
@@ -234,10 +244,42 @@ def heartbeat_interval(stale_after_s: float) -> float:
     return min(60.0, stale_after_s / 4)
 
 
-def images_for(stem: str, images_root: str | os.PathLike[str]) -> Path:
+def safe_stem(name: str) -> str:
+    """A file name's stem usable as one folder name: no separators, no leading or trailing dots
+    (``...json`` has the stem ``..``), never empty."""
+    return _UNSAFE.sub("_", Path(name).stem).strip(".") or "file"
+
+
+def _source_of(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / SOURCE_MARKER).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def output_folder(outbox: str | os.PathLike[str], name: str, claimed: Path) -> Path:
+    """The claimed input's own output folder (module doc): reserved with an atomic ``mkdir``,
+    so two runs never share one, and found again by the input's sha256 on a retry."""
+    digest = sha256_file(claimed)
+    base = safe_stem(name)
+    for k in range(1, 100_000):
+        out = Path(outbox) / (base if k == 1 else f"{base}.{k}")
+        try:
+            out.mkdir(parents=True)
+        except FileExistsError:
+            if _source_of(out) == digest:
+                return out
+            continue
+        atomic_write_json(out / SOURCE_MARKER, {"name": name, "sha256": digest})
+        return out
+    raise BatchInputError(f"{name}: no free output folder under {outbox}")
+
+
+def images_for(name: str, images_root: str | os.PathLike[str]) -> Path:
     """The sidecar-free convention: ``<images_root>/<stem>/`` if it exists, else the root."""
     root = Path(images_root)
-    return root / stem if (root / stem).is_dir() else root
+    sub = root / safe_stem(name)
+    return sub if sub.is_dir() else root
 
 
 def _failed(claim: Claim, inbox: str | os.PathLike[str], e: Exception) -> dict[str, Any]:
@@ -270,10 +312,10 @@ def process_claimed(claim: Claim, inbox: str | os.PathLike[str], images_root: st
     """Snap one claimed file, then move it to ``done/`` or (with an error report) ``failed/``.
     Never raises: one bad file must not stop the others."""
     name, claimed = claim["name"], Path(claim["claimed"])
-    stem = Path(name).stem
-    out = Path(outbox) / stem
+    out: Path | None = None
     try:
-        images = images_for(stem, images_root)
+        out = output_folder(outbox, name, claimed)
+        images = images_for(name, images_root)
         if not images.is_dir():
             raise BatchInputError(f"{name}: images folder {images} does not exist")
         with heartbeat(claimed, heartbeat_s):
@@ -284,6 +326,8 @@ def process_claimed(claim: Claim, inbox: str | os.PathLike[str], images_root: st
         dest = free_path(Path(inbox) / DONE, name)
         os.replace(claimed, dest)
     except Exception as e:  # noqa: BLE001 - reported in failed/, never blocking the others
+        if out is not None:
+            shutil.rmtree(out / UNPACKED, ignore_errors=True)  # a failed zip leaves no unpacked copy behind
         return _failed(claim, inbox, e)
     s = r.summary
     return {"file": name, "status": "done", "annotations": s["n_annotations"], "snapped": s["status"]["snapped"],

@@ -190,7 +190,9 @@ def merge_chunks(
     out_dir = Path(out_dir)
     inp = load_rough(ann_file)
     df = review(collect_rows(inp, chunk_results), cfg)
-    names = {i: im.get("file_name") for i, im in inp.images.items()}
+    # a name that is not a string (e.g. 5) is reported as its JSON text: one column type for Parquet
+    names = {i: (n if isinstance(n := im.get("file_name"), str) or n is None else json.dumps(n))
+             for i, im in inp.images.items()}
     df["file_name"] = [names.get(i) if i is not pd.NA else None for i in df["image_id"]]
     out = dict(inp.data)
     out["annotations"] = output_annotations(inp, df)

@@ -46,12 +46,16 @@ def run_extra(model_ref: str | os.PathLike[str], checkpoint: str | os.PathLike[s
     """What a run adds to ``summary.json``: the model, the chunks snapped now and reused from
     an earlier run, and the throughput of this run (``annotations_per_s`` counts only the
     annotations snapped now: a resumed run does not claim the reused chunks' work)."""
-    done = [o.to_dict() if isinstance(o, ChunkOutcome) else o for o in outcomes]
+    done = _outcome_dicts(outcomes)
     fresh = sum(o["n_annotations"] for o in done if not o["reused"])
     return {"model": str(model_ref), "checkpoint": str(checkpoint), "n_chunks": len(done),
             "n_chunks_reused": sum(bool(o["reused"]) for o in done), "n_annotations_snapped_now": fresh,
             "snap_seconds": round(seconds, 3),
             "annotations_per_s": round(fresh / seconds, 2) if seconds > 0 and fresh else None}
+
+
+def _outcome_dicts(outcomes: list[ChunkOutcome] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o.to_dict() if isinstance(o, ChunkOutcome) else o for o in outcomes]
 
 
 def check_folders(images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
@@ -67,22 +71,35 @@ def check_folders(images_dir: str | os.PathLike[str], out_dir: str | os.PathLike
             break
 
 
-def batch_snap(
-    ann_file: str | os.PathLike[str],
-    images_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    model_ref: str | os.PathLike[str] = DEFAULT_MODEL,
-    cfg: BatchConfig | None = None,
-    truth: str | os.PathLike[str] | None = None,
-) -> BatchResult:
-    """Plan, snap every chunk (reusing finished ones) and merge, all in this process. The
-    model reference is resolved once, so every chunk uses the same weights."""
-    cfg = cfg or BatchConfig()
-    check_folders(images_dir, out_dir)
+def merge_file(ann_file: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+               outcomes: list[ChunkOutcome] | list[dict[str, Any]], cfg: BatchConfig, model_ref: str | os.PathLike[str],
+               checkpoint: str | os.PathLike[str], seconds: float,
+               truth: str | os.PathLike[str] | None = None) -> BatchResult:
+    """A file's chunk results (this process's or a flow's tasks') merged into its outputs."""
+    done = _outcome_dicts(outcomes)
+    merge_chunks(ann_file, [o["path"] for o in done], out_dir, cfg, truth=truth,
+                 extra=run_extra(model_ref, checkpoint, done, seconds))
+    return result_for(out_dir)
+
+
+def snap_file(ann_file: str | os.PathLike[str], images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+              checkpoint: str | os.PathLike[str], cfg: BatchConfig, truth: str | os.PathLike[str] | None = None,
+              model_ref: str | os.PathLike[str] | None = None) -> BatchResult:
+    """One rough COCO file of a checked job (folders checked, the model resolved to
+    ``checkpoint``): plan, snap every chunk (reusing finished ones) and merge, in this process."""
     t0 = time.perf_counter()
     chunks = plan_chunks(ann_file, images_dir, cfg.chunk_images)
-    checkpoint = resolve_model(model_ref)
     outcomes = [run_chunk(c, checkpoint, out_dir, cfg) for c in chunks]
-    extra = run_extra(model_ref, checkpoint, outcomes, time.perf_counter() - t0)
-    merge_chunks(ann_file, [o.path for o in outcomes], out_dir, cfg, truth=truth, extra=extra)
-    return result_for(out_dir)
+    return merge_file(ann_file, out_dir, outcomes, cfg, model_ref or checkpoint, checkpoint,
+                      time.perf_counter() - t0, truth)
+
+
+def batch_snap(ann_file: str | os.PathLike[str], images_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+               model_ref: str | os.PathLike[str] = DEFAULT_MODEL, cfg: BatchConfig | None = None,
+               truth: str | os.PathLike[str] | None = None) -> BatchResult:
+    """One rough COCO file in this process: the folders checked and the model reference
+    resolved once (every chunk uses the same weights), then :func:`snap_file`. Other formats,
+    folders of files: :func:`snapper.formats.pipeline.plan_batch`."""
+    cfg = cfg or BatchConfig()
+    check_folders(images_dir, out_dir)
+    return snap_file(ann_file, images_dir, out_dir, resolve_model(model_ref), cfg, truth, model_ref)

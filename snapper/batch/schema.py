@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from snapper.errors import BadFileError, SnapperError
 from snapper.geometry import EDGE_NAMES
 
 SNAPPED, KEPT = "snapped", "kept"
 # Kept reasons in the order they are checked (the first that applies is reported).
 REASONS = (
     "missing_bbox", "malformed_bbox", "non_finite", "out_of_range", "crowd", "degenerate", "unknown_image",
-    "outside_image", "too_small", "image_path_invalid", "image_missing", "image_corrupt", "image_too_large",
+    "outside_image", "too_small", "image_path_invalid", "outside_images_dir", "image_missing", "image_corrupt", "image_too_large",
     "image_size_mismatch", "snap_failed",
 )
 CONF_COLS = [f"conf_{e}" for e in EDGE_NAMES]
@@ -39,11 +40,11 @@ TABLE1_CSV = "table1.csv"
 CHUNKS_DIR = "chunks"
 
 
-class BatchInputError(ValueError):
+class BatchInputError(BadFileError, ValueError):
     """The rough-annotation file cannot be used as a whole; the message names the file."""
 
 
-class AccountingError(RuntimeError):
+class AccountingError(SnapperError, RuntimeError):
     """Chunk results do not account for every input annotation exactly once."""
 
 

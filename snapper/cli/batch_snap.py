@@ -2,7 +2,7 @@
 ``*.json`` in a folder, into ``OUT/<stem>/``) with full accounting; prints one line per file.
 Ground Truth manifests, Pascal VOC, YOLO and CVAT inputs (``--format``, detected by default)
 are converted, snapped the same way and written back in their format under ``OUT/snapped/``
-(:func:`snapper.formats.batch_snap_any`)."""
+(the job is planned by :func:`snapper.formats.pipeline.plan_batch`, as in the flow)."""
 
 from __future__ import annotations
 
@@ -10,35 +10,28 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from snapper.batch import (
-    AccountingError,
-    BatchInputError,
-    BatchResult,
-    batch_snap,
-    check_config,
-    check_folders,
-    input_files,
-)
+from snapper.batch import BatchResult
 from snapper.cli.common import (
-    add_buffer_ratio_option,
-    add_flip_option,
+    add_model_option,
     add_set_option,
-    apply_sets,
     fail,
     non_negative_int,
     positive_int,
     run,
     unit_float,
 )
+from snapper.cli.settings import add_snap_options, apply_options, given, snap_options
 from snapper.config import BatchConfig
-from snapper.formats import FORMAT_CHOICES, batch_snap_any, resolve_format
+from snapper.errors import UserInputError
+from snapper.formats.pipeline import FORMAT_CHOICES, SNAPPED_DIR, plan_batch, snap_job
 from snapper.models.reference import DEFAULT_MODEL
 
 PROG = "snapper batch-snap"
 
-# Options that set a BatchConfig field directly (the defaults are BatchConfig's).
-FIELD_OPTIONS = ("chunk_images", "review_threshold", "batch_size", "workers", "device", "buffer_ratio", "max_pixels",
-                 "passes", "flip")
+# Options that set a BatchConfig field directly (the defaults are BatchConfig's); the read-out
+# options (--batch-size, --device, --buffer-ratio, --passes, --flip) set BatchConfig.snap.
+FIELD_OPTIONS = {n: n for n in ("chunk_images", "review_threshold", "workers", "max_pixels", "follow_links")}
+SNAP_OPTIONS = ("batch_size", "device", "buffer_ratio", "passes", "flip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,9 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "Ground Truth manifest, a folder of VOC XML or YOLO txt files, a CVAT XML file")
     p.add_argument("images_dir")
     p.add_argument("out_dir")
-    p.add_argument("--checkpoint", default=DEFAULT_MODEL,
-                   help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, "
-                        "models:/NAME@ALIAS, or NAME)")
+    add_model_option(p, default=DEFAULT_MODEL,
+                     help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, "
+                          f"models:/NAME@ALIAS, or NAME; default {DEFAULT_MODEL})")
     p.add_argument("--format", choices=FORMAT_CHOICES, default="auto",
                    help="input format (default: detected from the content); non-COCO results are also written "
                         "back in that format under OUT_DIR/snapped/")
@@ -61,27 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-images", type=positive_int, help=f"images per chunk (default {d.chunk_images})")
     p.add_argument("--review-threshold", type=unit_float,
                    help=f"edge confidence below which a box goes on the review list (default {d.review_threshold})")
-    p.add_argument("--batch-size", type=positive_int, help=f"crops per forward pass (default {d.batch_size})")
     p.add_argument("--workers", type=non_negative_int, help=f"decoding processes, 0 = none (default {d.workers})")
-    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N (default {d.device})")
-    add_buffer_ratio_option(p, None)
+    p.add_argument("--follow-links", action="store_true", default=None,
+                   help="read images through symbolic links that lead outside IMAGES_DIR (default: their boxes "
+                        "are kept with reason outside_images_dir, the files never opened)")
     p.add_argument("--max-pixels", type=positive_int,
                    help=f"decode no image larger than this many pixels (after JPEG draft reduction); larger "
                         f"ones are kept as image_too_large (default {d.max_pixels})")
-    p.add_argument("--passes", type=int, choices=(1, 2),
-                   help=f"2 adds the zoom-in pass (models trained with model.zoom) (default {d.passes})")
-    add_flip_option(p, None)
+    add_snap_options(p, d.snap, SNAP_OPTIONS)
     add_set_option(p, "BatchConfig")
     return p
 
 
 def make_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BatchConfig:
-    """``--set`` values first, then the named options (which win)."""
-    cfg = apply_sets(parser, BatchConfig(), args.overrides)
-    for name in FIELD_OPTIONS:
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
-    return cfg
+    """``--set`` values first, then the named options (which win), all checked before any work."""
+    return apply_options(parser, BatchConfig(), args.overrides,
+                         {**given(args, FIELD_OPTIONS), **snap_options(args, names=SNAP_OPTIONS)})
 
 
 def _speed(s: dict[str, Any]) -> str:
@@ -108,37 +96,27 @@ def describe(f: Path, r: BatchResult) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    cfg = make_config(parser, args)
-    try:
-        check_config(cfg)  # --set values too, before any work
-    except ValueError as e:
-        parser.error(str(e))
+    cfg = make_config(parser, args)  # --set values too, before any work
 
     def body() -> int:
-        fmt = resolve_format(args.rough, args.format)
-        if fmt != "coco":
+        plan = plan_batch(args.rough, args.images_dir, args.out_dir, args.model, cfg, args.format,
+                          args.label_attribute, args.truth)
+        failed = [f"{u['file']}: {u['error']}" for u in plan.report.get("unreadable", [])]
+        for job in plan.jobs:
             try:
-                r = batch_snap_any(args.rough, args.images_dir, args.out_dir, args.checkpoint, cfg, fmt=fmt,
-                                   label_attribute=args.label_attribute, truth=args.truth)
-            except AccountingError as e:
-                return fail(PROG, e)
-            print("\n".join(describe(Path(args.rough), r.batch)))
-            print(f"  {fmt} written back: {Path(args.out_dir) / 'snapped'} ({len(r.written)} file(s))")
-            return 0
-        if args.label_attribute:
-            raise BatchInputError("--label-attribute is for Ground Truth manifests, not COCO")
-        folder = Path(args.rough).is_dir()
-        files = input_files(args.rough)
-        if args.truth and folder:
-            raise BatchInputError("--truth needs a single rough file, not a folder")
-        check_folders(args.images_dir, args.out_dir)
-        for f in files:
-            out = Path(args.out_dir) / f.stem if folder else Path(args.out_dir)
-            try:
-                r = batch_snap(f, args.images_dir, out, args.checkpoint, cfg, truth=args.truth)
-            except AccountingError as e:  # a bug or a changed file, but the message says which
-                return fail(PROG, e)
-            print("\n".join(describe(f, r)))
+                r = snap_job(plan, job, cfg)
+            except UserInputError as e:  # one bad file of a folder: said, and the others still snapped
+                if len(plan.jobs) == 1:
+                    raise
+                failed.append(str(e))
+                continue
+            print("\n".join(describe(Path(job.label), r.batch)))
+            if plan.format != "coco":
+                print(f"  {plan.format} written back: {Path(job.out_dir) / SNAPPED_DIR} ({len(r.written)} file(s))")
+        for line in failed:
+            fail(PROG, line)
+        if failed:
+            return fail(PROG, f"{len(failed)} input file(s) not snapped (above); the others are in {args.out_dir}")
         return 0
 
     return run(PROG, body)

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from snapper.errors import ConfigError
+from snapper.config import MAX_BUFFER_RATIO
+from snapper.errors import ConfigError, UserInputError
 from snapper.overrides import apply_overrides
 
 T = TypeVar("T")
@@ -18,9 +19,8 @@ T = TypeVar("T")
 EXIT_USAGE = 2  # bad arguments, configuration, input files or checkpoints: the user can fix it
 
 # Errors whose message already says what is wrong with the user's input: printed as one line.
-# (LookupError is a missing registered model; its subclasses KeyError/IndexError are bugs.)
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, LookupError, OSError)
-BUGS: tuple[type[BaseException], ...] = (KeyError, IndexError)
+# Anything else (a ValueError from numpy, a KeyError, ...) is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserInputError,)
 
 
 def add_set_option(parser: argparse.ArgumentParser, section: str) -> None:
@@ -69,12 +69,10 @@ def fail(prog: str, message: Any) -> int:
 
 
 def run(prog: str, body: Callable[[], int | None]) -> int:
-    """Run a command body; an error about the user's input ends in one line and exit 2
-    instead of a traceback (bugs still raise)."""
+    """Run a command body; an error about the user's input (:class:`UserInputError`) ends in
+    one line and exit 2 instead of a traceback. Everything else raises: a bug must look like one."""
     try:
         return int(body() or 0)
-    except BUGS:
-        raise
     except USER_ERRORS as e:
         return fail(prog, e)
 
@@ -84,10 +82,22 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def add_model_option(p: argparse.ArgumentParser, help: str, **kwargs: Any) -> None:
+    """``--model`` (one name for the model on every command), with ``--checkpoint`` kept as a
+    hidden alias for one release (commands that said ``--checkpoint`` before); ``kwargs`` go to
+    both (``default``, ``action``, ``metavar``)."""
+    p.add_argument("--model", dest="model", help=help, **kwargs)
+    alias = {k: v for k, v in kwargs.items() if k != "default"}
+    p.add_argument("--checkpoint", dest="model", help=argparse.SUPPRESS, default=argparse.SUPPRESS, **alias)
+
+
+buffer_ratio = bounded(float, lambda v: 0 < v <= MAX_BUFFER_RATIO, f"a number in (0, {MAX_BUFFER_RATIO:g}]")
+
+
 def add_buffer_ratio_option(p: argparse.ArgumentParser, default: "float | None" = 1.0) -> None:
     """``--buffer-ratio`` (SPEC: the rough box is scaled about its centre before the crop);
     default None where an unset option must leave a config's own value alone."""
-    p.add_argument("--buffer-ratio", type=positive_float, default=default,
+    p.add_argument("--buffer-ratio", type=buffer_ratio, default=default,
                    help="scale each rough box by this before cropping (default 1.0). The model reads the "
                         "scaled box as the rough box: use >1 for boxes drawn too tight (1.25 for boxes ~20%% "
                         "small); on boxes as loose as the training jitter it makes results worse "

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from snapper.cli.common import fail, positive_int, run, setup_logging
-from snapper.config import BatchConfig
+from snapper.config import BatchConfig, SnapSettings
 from snapper.inference.snap import Snapper
 from snapper.integrations import cvat
 from snapper.models.reference import DEFAULT_MODEL, resolve_model
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         client = cvat.connect(args.host, **creds)
         with client:
             cvat.open_task(client, args.task)  # a missing task or refused credentials before the model loads
-            snapper = Snapper.from_checkpoint(resolve_model(args.model), device=args.device)
-            cfg = BatchConfig(passes=args.passes)
+            cfg = BatchConfig(snap=SnapSettings(device=args.device, passes=args.passes))
+            snapper = Snapper.from_checkpoint(resolve_model(args.model), cfg.snap)
             report = cvat.tighten_task(client, args.task, snapper, cfg, apply=args.apply)
         cvat.write_report(report, report_path)
         print(describe(report, report_path))

@@ -1,22 +1,16 @@
-"""``snapper evaluate --shards ... --checkpoint NAME=REF ...``: Table 1 on held-out shards."""
+"""``snapper evaluate --shards ... --model NAME=REF ...``: Table 1 on held-out shards."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from snapper.cli.common import (
-    add_buffer_ratio_option,
-    add_flip_option,
-    add_set_option,
-    apply_sets,
-    positive_int,
-    run,
-    setup_logging,
-)
-from snapper.config import PRECISION_CHOICES, EvalConfig, JitterConfig
+from snapper.cli.common import add_model_option, add_set_option, non_negative_int, positive_int, run, setup_logging
+from snapper.cli.settings import add_snap_options, apply_options, given, snap_options
+from snapper.config import EvalConfig
 from snapper.data.manifest import shard_urls
-from snapper.evaluation.evaluate import evaluate
+from snapper.errors import BadOptionError
+from snapper.evaluation.evaluate import IDENTITY, evaluate
 from snapper.mlops import tracking
 from snapper.models.checkpoint import read_config
 from snapper.models.reference import resolve_model
@@ -38,21 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", nargs="+", required=True,
                    help="shard URLs/globs, or a shard folder (its --split manifest is used)")
     p.add_argument("--split", default="val", help="manifest split when --shards is a folder (default: val)")
-    p.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH_OR_MODELREF",
-                   help="checkpoint folder or MLflow model ref (models:/snapper@champion, models:/snapper/3); repeatable")
+    add_model_option(p, action="append", default=[], metavar="NAME=PATH_OR_MODELREF",
+                     help="checkpoint folder or MLflow model ref (models:/snapper@champion, models:/snapper/3); "
+                          "repeatable")
     p.add_argument("--out-dir", default="eval")
     p.add_argument("--max-boxes", type=positive_int)
-    add_buffer_ratio_option(p, EvalConfig.buffer_ratio)
-    p.add_argument("--batch-size", type=positive_int, default=EvalConfig.batch_size)
-    p.add_argument("--workers", type=int, default=EvalConfig.workers)
-    p.add_argument("--seed", type=int, default=EvalConfig.seed, help="jitter seed (per annotation id)")
-    p.add_argument("--jitter-shift", type=float, default=JitterConfig.shift)
-    p.add_argument("--device", default=EvalConfig.device)
-    p.add_argument("--precision", default=EvalConfig.precision, choices=PRECISION_CHOICES,
-                   help="inference precision (auto: bf16/fp16 autocast on CUDA, fp32 on CPU)")
-    p.add_argument("--passes", type=int, choices=(1, 2), default=EvalConfig.passes,
-                   help="2 adds the zoom-in pass (models trained with model.zoom)")
-    add_flip_option(p)
+    d = EvalConfig()
+    p.add_argument("--workers", type=non_negative_int, help=f"stream loader processes (default {d.workers})")
+    p.add_argument("--seed", type=int, help=f"jitter seed (per annotation id) (default {d.seed})")
+    p.add_argument("--jitter-shift", type=float, help=f"the jitter's centre shift (default {d.jitter.shift})")
+    add_snap_options(p, d.snap)  # --batch-size is also the stream's batch
     add_set_option(p, "EvalConfig")
     p.add_argument("--no-identity", action="store_true", help="leave out the rough-box floor")
     p.add_argument("--no-plots", action="store_true")
@@ -60,24 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options that set an EvalConfig field (option dest -> key); the read-out options set EvalConfig.snap.
+FIELD_OPTIONS = {"max_boxes": "max_boxes", "workers": "workers", "seed": "seed", "jitter_shift": "jitter.shift"}
+
+
 def config_from_args(p: argparse.ArgumentParser, args: argparse.Namespace, shards: list[str]) -> EvalConfig:
-    cfg = EvalConfig(shards=shards, jitter=JitterConfig(shift=args.jitter_shift), batch_size=args.batch_size,
-                     buffer_ratio=args.buffer_ratio, seed=args.seed, max_boxes=args.max_boxes,
-                     workers=args.workers, device=args.device, precision=args.precision, passes=args.passes,
-                     flip=args.flip)
-    return apply_sets(p, cfg, args.overrides)
+    """``--set`` values first, then the named options (which win), all checked before any work."""
+    return apply_options(p, EvalConfig(shards=shards), args.overrides,
+                         {**given(args, FIELD_OPTIONS), **snap_options(args)})
 
 
 def resolve_checkpoints(items: list[str]) -> dict[str, str]:
     checkpoints: dict[str, str] = {}
     for item in items:
         name, ref = parse_checkpoint(item)
+        if name == IDENTITY:
+            raise BadOptionError(f"--model {item}: {IDENTITY!r} is the rough-box floor's name; pick another")
         path = resolve_model(ref)
         if name is None:
             head = read_config(path)[0].head
             name = "snapper" if head == "edges" else head
         if name in checkpoints:
-            raise ValueError(f"method name {name!r} given twice; use NAME=PATH")
+            raise BadOptionError(f"--model: method name {name!r} given twice; use NAME=PATH")
         checkpoints[name] = str(path)
     return checkpoints
 
@@ -85,6 +78,8 @@ def resolve_checkpoints(items: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.no_identity and not args.model:
+        p.error("--no-identity leaves nothing to evaluate: give at least one --model")
     cfg = config_from_args(p, args, [])
     setup_logging()
 
@@ -92,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         shards: list[str] = []
         for s in args.shards:
             shards.extend(shard_urls(s, args.split) if Path(s).is_dir() else [s])
-        checkpoints = resolve_checkpoints(args.checkpoint)
+        checkpoints = resolve_checkpoints(args.model)
         cfg.shards = shards
         result = evaluate(checkpoints, cfg, args.out_dir, include_identity=not args.no_identity,
                           plots=not args.no_plots)

@@ -21,6 +21,7 @@ import torch
 from werkzeug.serving import run_simple
 
 from snapper.cli.common import add_buffer_ratio_option, add_flip_option, positive_int, run, setup_logging
+from snapper.errors import BadOptionError
 from snapper.integrations.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
 from snapper.models.reference import DEFAULT_MODEL
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         with socket.socket() as sock:
             if sock.connect_ex((args.host, args.port)) == 0:
-                raise OSError(f"port {args.port} on {args.host} is in use; pick another with --port")
+                raise BadOptionError(f"port {args.port} on {args.host} is in use; pick another with --port")
         if args.threads:
             torch.set_num_threads(args.threads)
         backend = load_backend(args.model, args.device, args.buffer_ratio, args.passes, args.flip)

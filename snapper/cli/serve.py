@@ -1,11 +1,13 @@
-"""``snapper serve``: the champion (or any registered model) behind MLflow's model server.
+"""``snapper serve``: the champion (or any registered model) behind MLflow's scoring app.
 
     snapper serve                       # models:/snapper@champion on http://127.0.0.1:5001
     snapper serve --model models:/snapper/3 --port 5002
     snapper serve --image-root /data/images   # also accept image_path rows inside that folder
 
 The model reference is pinned to its version before the server starts, so the version
-printed is the version served. The request and answer schema: :mod:`snapper.integrations.serve`.
+printed is the version served. The process becomes the server (uvicorn on
+:mod:`snapper.mlops.scoring_app`), so ``kill`` stops it with nothing left behind. Request
+bodies over ``--max-body-mb`` get HTTP 413. The request and answer schema: :mod:`snapper.mlops.pyfunc`.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 
-from snapper.cli.common import fail, positive_int, run
+from snapper.cli.common import fail, positive_float, positive_int, run
+from snapper.errors import BadModelError, BadOptionError
 from snapper.imageio import IMAGE_ROOT_ENV, image_root
-from snapper.integrations.serve import DEFAULT_PORT, LOOPBACK, serve_command, serve_env
+from snapper.integrations.serve import DEFAULT_MAX_BODY, DEFAULT_PORT, LOOPBACK, serve_command, serve_env
+from snapper.mlops.registry import model_dir
 from snapper.mlops.tracking import configure
 from snapper.models.reference import DEFAULT_MODEL, pin_model_ref
 
@@ -34,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=positive_int, default=DEFAULT_PORT)
     p.add_argument("--workers", type=positive_int, default=1, help="server processes (each loads the model)")
     p.add_argument("--timeout", type=positive_int, default=60, help="seconds one request may take")
+    p.add_argument("--max-body-mb", type=positive_float, default=DEFAULT_MAX_BODY / (1 << 20),
+                   help="largest request body accepted, in MiB (default %(default)g: a few photos); "
+                        "larger requests get HTTP 413")
     p.add_argument("--image-root", help=f"a folder whose files requests may name in image_path (default: "
                    f"${IMAGE_ROOT_ENV}; unset = image bytes only)")
     return p
@@ -43,7 +49,7 @@ def pinned(ref: str) -> tuple[str, str]:
     """(``models:/NAME/VERSION``, a description) for a ``models:/`` reference: the version is
     fixed at start, so moving the alias later does not change what a running server serves."""
     if not ref.startswith("models:/"):
-        raise ValueError(f"--model {ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        raise BadModelError(f"--model {ref}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
     uri = pin_model_ref(ref)
     name, _, version = uri[len("models:/"):].rpartition("/")
     alias = ref.partition("@")[2]
@@ -59,17 +65,18 @@ def main(argv: list[str] | None = None) -> int:
         model_uri, what = pinned(args.model)
         with socket.socket() as sock:
             if sock.connect_ex((args.host, args.port)) == 0:
-                raise OSError(f"port {args.port} on {args.host} is in use; pick another with --port")
-        cmd = serve_command(model_uri, args.port, args.host, args.workers, args.timeout)
+                raise BadOptionError(f"port {args.port} on {args.host} is in use; pick another with --port")
+        model_path = model_dir(model_uri)
+        cmd = serve_command(args.port, args.host, args.workers, args.timeout)
+        env = serve_env(os.environ, uri, root, model_path, int(args.max_body_mb * (1 << 20)), args.timeout)
         url = f"http://{args.host}:{args.port}/invocations"
         print(f"{PROG}: {what} from {uri}\n  POST {url} (schema: README 'Serving'); "
-              f"image paths: {'inside ' + str(root) if root else 'refused'}; Ctrl-C stops it", flush=True)
-        try:
-            return subprocess.call(cmd, env=serve_env(os.environ, uri, root))
-        except KeyboardInterrupt:
-            return 0
+              f"image paths: {'inside ' + str(root) if root else 'refused'}; body limit {args.max_body_mb:g} MiB; "
+              "Ctrl-C stops it", flush=True)
+        os.execve(cmd[0], cmd, env)  # this process becomes the server: a signal to it stops the server
+        return 0  # unreachable
 
-    if sys.platform == "win32":  # MLflow's model server needs a POSIX shell for uvicorn
+    if sys.platform == "win32":  # os.execve replaces the process only on POSIX
         return fail(PROG, "serving needs Linux or macOS")
     return run(PROG, body)
 

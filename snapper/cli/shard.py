@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from snapper.cli.common import fail, fraction, non_negative_float, positive_int, run
+from snapper.cli.common import fraction, non_negative_float, positive_int, run
 from snapper.config import SHARD_MIN_BOX_SIZE
 from snapper.data.coco import load_coco
-from snapper.data.manifest import Manifest, ShardError
+from snapper.data.manifest import Manifest
 from snapper.data.shards import DEFAULT_SHARD_SIZE, hold_out, shard_index
 
 PROG = "snapper shard"
@@ -62,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             print(summary(m))
         return 0
 
-    try:
-        return run(PROG, body)
-    except ShardError as e:  # a shard could not be written (names it); not a bug to trace
-        return fail(PROG, e)
+    return run(PROG, body)  # a shard that cannot be written is a ShardError naming it: one line
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from snapper.cli.common import add_buffer_ratio_option, add_flip_option, fail, run
-from snapper.config import SNAP_MIN_BOX_SIZE
+from snapper.cli.common import add_model_option, fail, run
+from snapper.cli.settings import add_snap_options, apply_options, snap_options
+from snapper.config import SNAP_MIN_BOX_SIZE, SnapSettings
+from snapper.errors import file_error
 from snapper.imageio import load_image
 from snapper.inference.snap import Snapper, SnapResult
 from snapper.models.reference import DEFAULT_MODEL, resolve_model
 
 PROG = "snapper snap"
+SNAP_OPTIONS = ("device", "precision", "buffer_ratio", "passes", "flip")  # read-out options (snapper.cli.settings)
 
 
 def parse_box(text: str) -> list[float]:
@@ -43,13 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Snap rough boxes on one image; prints JSON.")
     p.add_argument("image")
     p.add_argument("--box", action="append", type=parse_box, required=True, help="x,y,w,h (repeatable)")
-    p.add_argument("--checkpoint", default=DEFAULT_MODEL,
-                   help="checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, models:/NAME@ALIAS)")
-    add_buffer_ratio_option(p)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--passes", type=int, choices=(1, 2), default=1,
-                   help="2 adds the zoom-in pass (models trained with model.zoom)")
-    add_flip_option(p)
+    add_model_option(p, default=DEFAULT_MODEL,
+                     help=f"checkpoint folder, or an MLflow model reference (models:/NAME/VERSION|latest, "
+                          f"models:/NAME@ALIAS; default {DEFAULT_MODEL})")
+    add_snap_options(p, SnapSettings(), SNAP_OPTIONS)
     p.add_argument("--out", help="write a PNG with rough (red) and snapped (green) boxes")
     return p
 
@@ -76,11 +76,16 @@ def draw_overlay(image_path: str, result: SnapResult, out: str) -> None:
     for r, b in zip(result.rough, result.boxes):
         d.rectangle([r[0], r[1], r[0] + r[2] - 1, r[1] + r[3] - 1], outline=(255, 64, 64), width=1)
         d.rectangle([b[0], b[1], b[0] + b[2] - 1, b[1] + b[3] - 1], outline=(64, 255, 64), width=1)
-    im.save(out)
+    try:
+        im.save(out)
+    except OSError as e:  # a full disk, no permission: --out names the file
+        raise file_error(out, e) from e
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = apply_options(parser, SnapSettings(), [], snap_options(args, "", SNAP_OPTIONS))  # --device banana: exit 2
     for i, box in enumerate(args.box):
         problem = box_problem(box)
         if problem:
@@ -90,8 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, f"--out {args.out}: {problem}")
 
     def body() -> int:
-        snapper = Snapper.from_checkpoint(resolve_model(args.checkpoint), device=args.device, flip=args.flip)
-        result = snapper.snap(args.image, args.box, buffer_ratio=args.buffer_ratio, passes=args.passes)
+        result = Snapper.from_checkpoint(resolve_model(args.model), settings).snap(args.image, args.box)
         print(json.dumps({"image": args.image, "boxes": result.to_json()}, indent=2))
         if args.out:
             draw_overlay(args.image, result, args.out)

@@ -2,6 +2,10 @@
 return a finished run. Under torchrun every rank runs this same command:
 
     torchrun --standalone --nproc_per_node=4 -m snapper.cli train --config run.yaml
+
+With ``tracking.registered_model`` set (the default) and validation shards, rank 0 then
+evaluates the best checkpoint and registers it, as the ``train-snapper`` flow does
+(:func:`snapper.training.publish.evaluate_and_register`, the one registration path).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from snapper.config import TrainConfig
 from snapper.errors import ConfigError
 from snapper.overrides import dump_yaml
 from snapper.training.loop import check_config, train
+from snapper.training.publish import evaluate_and_register
 from snapper.training.presets import PRESETS, build_config
 
 PROG = "snapper train"
@@ -61,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         if rank != 0:  # one log, not one per process
             logging.getLogger("snapper").setLevel(logging.WARNING)
         result = train(cfg, max_steps_this_run=args.max_steps_this_run)
-        if rank == 0:
-            print(json.dumps(result.to_json(), indent=2))
+        if rank != 0:
+            return 0
+        out = result.to_json()
+        if result.steps >= cfg.steps or result.stopped_early:  # a finished run: evaluated, then registered
+            out["registered"] = evaluate_and_register(cfg, result.best_checkpoint, result.mlflow_run_id,
+                                                      result.steps, args.preset)
+        print(json.dumps(out, indent=2))
         return 0
 
     return run(PROG, body)

@@ -44,13 +44,14 @@ from pycocotools.coco import COCO
 
 from snapper.config import SHARD_MIN_BOX_SIZE
 from snapper.data.records import WRITTEN_EXTS, ImageRecord, sniff_image_format
+from snapper.errors import BadFileError, ConfigError, InputNotFoundError
 from snapper.geometry import box_problem
 from snapper.imageio import ImageError, image_size
 
 CheckImages = Literal["header", "decode", "none"]
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(BadFileError, ValueError):
     """The annotation file is malformed; the message names the file and the offending entry."""
 
 
@@ -129,7 +130,7 @@ class CocoIndex:
         wanted = {int(i) for i in image_ids}
         unknown = wanted - set(self.input_annotations)
         if unknown:
-            raise ValueError(f"{self.ann_file}: image ids not in the annotation file: {sorted(unknown)[:10]}")
+            raise CocoFormatError(f"{self.ann_file}: image ids not in the annotation file: {sorted(unknown)[:10]}")
         images = [r for r in self.images if r.image_id in wanted]
         kept_ids = {a["id"] for r in images for a in r.annotations}
         return CocoIndex(
@@ -329,6 +330,8 @@ def read_coco_json(path: str | os.PathLike[str], raw: bytes | None = None, name:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{where}: not valid JSON ({e})") from e
+    except RecursionError:  # e.g. 200k nested '[': no annotation file nests that deep
+        raise error(f"{where}: not usable JSON (nested too deeply)") from None
     problem = structure_problem(data)
     if problem:
         raise error(f"{where}: {problem}")
@@ -417,12 +420,12 @@ def load_coco(
     that files exist (format problems then surface when a shard is written).
     """
     if check_images not in ("header", "decode", "none"):
-        raise ValueError(f"check_images must be header|decode|none, got {check_images!r}")
+        raise ConfigError(f"check_images must be header|decode|none, got {check_images!r}")
     if not (isinstance(min_box_size, (int, float)) and math.isfinite(min_box_size) and min_box_size >= 0):
-        raise ValueError(f"min_box_size must be a finite number >= 0, got {min_box_size!r}")
+        raise ConfigError(f"min_box_size must be a finite number >= 0, got {min_box_size!r}")
     where, raw, data = _read_json(ann_file)
     if not Path(images_dir).is_dir():  # else every image would be skipped as image_missing
-        raise FileNotFoundError(f"images folder {images_dir} does not exist (or is not a folder)")
+        raise InputNotFoundError(f"images folder {images_dir} does not exist (or is not a folder)")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress to stdout

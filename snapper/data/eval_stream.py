@@ -23,6 +23,7 @@ from snapper.data.manifest import expand_urls
 from snapper.data.reader import shard_samples
 from snapper.data.records import ImageRecord
 from snapper.data.samples import SampleError, decode, parsed, usable
+from snapper.errors import ConfigError
 from snapper.geometry import jitter_by_annotation, xywh_to_xyxy
 from snapper.imageio import ImageError
 
@@ -171,11 +172,11 @@ def eval_batches(
     ``keep_images``: batches also carry "source", each box's decoded image and its
     decoded/original scale (full resolution), for a second pass."""
     if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise ConfigError("batch_size must be >= 1")
     if max_boxes is not None and max_boxes < 0:
-        raise ValueError("max_boxes must be >= 0")
+        raise ConfigError("max_boxes must be >= 0")
     if not np.isfinite(buffer_ratio) or buffer_ratio <= 0:
-        raise ValueError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
+        raise ConfigError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
     dataset = _EvalDataset(expand_urls(urls), model_cfg, jitter, seed, buffer_ratio, batch_size, draft_decode,
                            verify_shards, keep_images)
     return EvalStream(dataset, max(0, workers), max_boxes)

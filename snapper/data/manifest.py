@@ -23,6 +23,8 @@ from typing import Any
 import braceexpand
 from webdataset.gopen import gopen
 
+from snapper.errors import BadFileError, ConfigError, InputNotFoundError, file_error
+
 FORMAT = "snapper-shards/1"
 MANIFEST_SUFFIX = "-manifest.json"
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]*$")
@@ -31,14 +33,14 @@ _MANIFEST_RE = re.compile(r"([A-Za-z0-9_]+)-manifest\.json")
 _SHARD_NAME_RE = re.compile(r"^(?P<split>[A-Za-z0-9][A-Za-z0-9_]*)-[0-9]{6}\.tar$")
 
 
-class ShardError(RuntimeError):
+class ShardError(BadFileError, RuntimeError):
     """A shard could not be written or read; the message names the shard and the item."""
 
 
 def check_split(split: str) -> str:
     """``split`` if it is a safe split name (it becomes part of file names and URLs)."""
     if not _SPLIT_RE.match(split):
-        raise ValueError(f"split name {split!r} must be letters, digits and underscores")
+        raise ConfigError(f"split name {split!r} must be letters, digits and underscores")
     return split
 
 
@@ -63,9 +65,15 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Manifest":
         p = Path(path)
-        data = json.loads(p.read_bytes())
-        if data.get("format") != FORMAT:
-            raise ShardError(f"{p}: not a {FORMAT} manifest (format={data.get('format')!r})")
+        try:
+            data = json.loads(p.read_bytes())
+        except OSError as e:
+            raise file_error(p, e) from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ShardError(f"{p}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            fmt = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ShardError(f"{p}: not a {FORMAT} manifest (format={fmt!r})")
         return cls(p, data)
 
 
@@ -95,7 +103,7 @@ def _manifest_data(source: str | os.PathLike[str] | Manifest, mname: str) -> tup
         return source.data, source.path.parent, None
     if isinstance(source, str) and _is_url(source):
         if mname not in source:
-            raise ValueError(f"URL {source!r} does not name {mname}")
+            raise ConfigError(f"URL {source!r} does not name {mname}")
         with gopen(source, "rb") as f:
             return json.loads(f.read()), None, source
     p = Path(source)
@@ -132,7 +140,7 @@ def _manifest_urls(url: str) -> list[str]:
     """Shard URLs listed by a manifest given by any URL (local or any webdataset URL)."""
     found = _MANIFEST_RE.findall(url)
     if not found:
-        raise ValueError(f"{url}: a manifest URL must name <split>-manifest.json")
+        raise ConfigError(f"{url}: a manifest URL must name <split>-manifest.json")
     return shard_urls(local_path(url) if is_local(url) else url, found[-1])
 
 
@@ -145,11 +153,11 @@ def _folder_urls(path: str) -> list[str]:
     """A shard folder: its one manifest, else its ``*.tar``."""
     manifests = sorted(glob.glob(os.path.join(path, "*" + MANIFEST_SUFFIX)))
     if len(manifests) > 1:
-        raise ValueError(f"shard directory {path} holds several splits "
+        raise ConfigError(f"shard directory {path} holds several splits "
                          f"({', '.join(os.path.basename(m) for m in manifests)}): name one manifest")
     found = _manifest_urls(manifests[0]) if manifests else sorted(glob.glob(os.path.join(path, "*.tar")))
     if not found:
-        raise FileNotFoundError(f"shard directory {path} holds no *.tar files")
+        raise InputNotFoundError(f"shard directory {path} holds no *.tar files")
     return found
 
 
@@ -164,10 +172,10 @@ def _expand_one(url: str) -> list[str]:
     if glob.has_magic(path):
         found = sorted(glob.glob(path))
         if not found:
-            raise FileNotFoundError(f"shard pattern {path} matches no file")
+            raise InputNotFoundError(f"shard pattern {path} matches no file")
         return found
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"shard {path} does not exist")
+        raise InputNotFoundError(f"shard {path} does not exist")
     return [url]
 
 
@@ -182,7 +190,7 @@ def expand_urls(urls: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
             for url in braceexpand.braceexpand(part):
                 out.extend(_expand_one(url))
     if not out:
-        raise ValueError("no shard URLs given")
+        raise ConfigError("no shard URLs given")
     return out
 
 

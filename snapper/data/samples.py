@@ -18,11 +18,12 @@ import numpy as np
 from snapper.crop import CropGeometry
 from snapper.data.accounting import Tally
 from snapper.data.records import IMAGE_EXTS, ImageRecord
+from snapper.errors import SnapperError
 from snapper.geometry import box_problem
 from snapper.imageio import LoadedImage, dct_scale, load_image
 
 
-class SampleError(ValueError):
+class SampleError(SnapperError, ValueError):
     """A shard sample that cannot be used; ``reason`` is a short stable string for counting."""
 
     def __init__(self, reason: str, message: str):

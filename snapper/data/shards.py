@@ -55,6 +55,7 @@ from snapper.data.manifest import (
 )
 from snapper.data.reader import iter_samples
 from snapper.data.records import WRITTEN_EXTS, ImageRecord, sniff_image_format
+from snapper.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SHARD_SIZE", "ShardInfo", "ShardSpec", "hold_out", "iter_shard",
@@ -131,7 +132,7 @@ def plan_shards(index: CocoIndex, shard_size: int = DEFAULT_SHARD_SIZE, split: s
     the same assignment on every machine and in every process."""
     check_split(split)
     if not isinstance(shard_size, int) or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        raise ConfigError(f"shard_size must be a positive integer, got {shard_size!r}")
     records = sorted(index.images, key=lambda r: r.image_id)
     return [ShardSpec(split, n, records[i : i + shard_size]) for n, i in enumerate(range(0, len(records), shard_size))]
 
@@ -354,7 +355,7 @@ def split_by_image(index: CocoIndex, val_fraction: float, seed: int = 0) -> tupl
     ``val_fraction > 0`` and >= 2 images, val gets at least one image.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
 
     def u(image_id: int) -> float:
         d = hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
@@ -376,7 +377,7 @@ def hold_out(index: CocoIndex, split: str = "train", val_fraction: float = 0.0,
     if val_fraction <= 0:
         return [(split, None)], {}
     if split == "val":
-        raise ValueError("split must not be 'val' when val_fraction > 0 (val is the held-out split)")
+        raise ConfigError("split must not be 'val' when val_fraction > 0 (val is the held-out split)")
     train_ids, val_ids = split_by_image(index, val_fraction, seed)
     return [(split, train_ids), ("val", val_ids)], {"val_fraction": val_fraction, "seed": seed}
 

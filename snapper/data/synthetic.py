@@ -61,6 +61,7 @@ from snapper.data.shapes import (
     scale_ops,
     value_noise,
 )
+from snapper.errors import OutputExistsError
 
 # Bump when the rendering changes: a cached dataset made by another version is regenerated.
 GENERATOR_VERSION = 1
@@ -411,10 +412,10 @@ def generate_from_config(out_dir: str | os.PathLike[str], cfg: SynthConfig) -> P
         return ann
     if out.exists():
         if not out.is_dir():
-            raise FileExistsError(f"{out}: exists and is not a directory")
+            raise OutputExistsError(f"{out}: exists and is not a directory")
         is_ours = ann.is_file() and _INFO_KEY in ann.read_text(errors="replace")[:100_000]
         if any(out.iterdir()) and not is_ours:
-            raise FileExistsError(f"{out}: non-empty and not a snapper synthetic dataset; refusing to overwrite")
+            raise OutputExistsError(f"{out}: non-empty and not a snapper synthetic dataset; refusing to overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from snapper.config import DataConfig, TrainConfig
+from snapper.config import TrainConfig
 from snapper.crop import CropGeometry, crop_images, to_uint8
 from snapper.data.accounting import StreamStats, Tally
 from snapper.data.augment import augment, draw_augment, hflip_targets
@@ -39,12 +39,12 @@ from snapper.data.manifest import count_from_manifests, count_images, expand_url
 from snapper.data.reader import shard_samples
 from snapper.data.records import ImageRecord
 from snapper.data.samples import SampleError, decode, parsed, usable
+from snapper.errors import ConfigError
 from snapper.geometry import jitter_boxes, xywh_to_xyxy
 from snapper.imageio import ImageError, LoadedImage
 from snapper.zoom import training_strips
 
 MAX_CONSECUTIVE_FAILURES = 200  # a training stream that delivers nothing is broken, not unlucky
-CROP_MODES = ("worker", "device")
 
 
 @dataclass
@@ -123,7 +123,7 @@ class _TrainDataset(IterableDataset):
         # the slices partition the shard list, so each shard is read exactly once per epoch.
         need = self.world_size * num_workers
         if len(self.urls) < need:
-            raise ValueError(_too_few_shards(len(self.urls), self.world_size, num_workers))
+            raise ConfigError(_too_few_shards(len(self.urls), self.world_size, num_workers))
         order = np.random.default_rng([self.cfg.seed, self.cfg.data.seed, self.epoch]).permutation(len(self.urls))
         for i in order[self.rank :: self.world_size][worker::num_workers]:
             yield {"url": self.urls[int(i)]}
@@ -269,26 +269,12 @@ class DeviceCropper:
 
 
 def _check(cfg: TrainConfig, rank: int, world_size: int) -> None:
-    data = cfg.data
-    if data.crop_on not in CROP_MODES:
-        raise ValueError(f"data.crop_on must be one of {CROP_MODES}, got {data.crop_on!r}")
-    if cfg.model.zoom and data.crop_on == "device":
-        raise ValueError("model.zoom (zoom-in strips) is cut in the loader workers: use data.crop_on=worker")
+    """What the config alone cannot say (its values' ranges are checked when it is built,
+    :mod:`snapper.config`): this rank, and shards to read."""
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in a world of size {world_size}")
-    if not data.train_shards:
-        raise ValueError("data.train_shards is empty: give shard paths, globs or pipe: URLs")
-    if cfg.batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    if data.boxes_per_image < 1:
-        raise ValueError("data.boxes_per_image must be >= 1")
-    check_buffer_ratios(data)
-
-
-def check_buffer_ratios(data: DataConfig) -> None:
-    if not (0 < data.buffer_ratio_min <= data.buffer_ratio_max and math.isfinite(data.buffer_ratio_max)):
-        raise ValueError(f"data.buffer_ratio_min/max must be finite with 0 < min <= max, got "
-                         f"{data.buffer_ratio_min}/{data.buffer_ratio_max}")
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards is empty: give shard paths, globs or pipe: URLs")
 
 
 def _epoch_crops(cfg: TrainConfig, urls: list[str]) -> int:
@@ -301,7 +287,7 @@ def _epoch_crops(cfg: TrainConfig, urls: list[str]) -> int:
     if n_images is None:
         n_images = count_from_manifests([str(u) for u in data.train_shards])
     if n_images is None:
-        raise ValueError("data.epoch_samples must be set when shards are remote and not given by their manifest")
+        raise ConfigError("data.epoch_samples must be set when shards are remote and not given by their manifest")
     return n_images * data.boxes_per_image
 
 
@@ -330,7 +316,7 @@ class TrainLoader:
             per_worker = max(1, math.ceil(_epoch_crops(cfg, self.urls) / (world_size * cfg.batch_size * nw)))
             self.batches_per_epoch = per_worker * nw
         elif len(self.urls) < world_size * nw:
-            raise ValueError(_too_few_shards(len(self.urls), world_size, nw))
+            raise ConfigError(_too_few_shards(len(self.urls), world_size, nw))
         self.dataset = _TrainDataset(self.urls, cfg, rank, world_size, per_worker)
         self.cropper = DeviceCropper(cfg.model.input_size) if data.crop_on == "device" else None
         self.stats = StreamStats()

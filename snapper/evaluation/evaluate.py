@@ -37,14 +37,12 @@ from snapper.atomic import atomic_write_csv, atomic_write_json, atomic_write_par
 from snapper.config import EvalConfig, ModelConfig
 from snapper.crop import CropGeometry
 from snapper.data.eval_stream import EvalStream, eval_batches
-from snapper.device import resolve_device
 from snapper.evaluation import plots as P
 from snapper.evaluation.metrics import box_table, confidence_report, format_table, summarize, summary_metrics
 from snapper.geometry import xywh_to_xyxy
 from snapper.inference.snap import Snapper
 from snapper.models.checkpoint import load_checkpoint
 from snapper.models.reference import resolve_model
-from snapper.zoom import check_passes
 
 log = logging.getLogger("snapper.evaluation.evaluate")
 
@@ -90,9 +88,9 @@ def _sources(per_box: list[Any]) -> tuple[list[Any], np.ndarray]:
 def _stream(cfg: EvalConfig, model_cfg: ModelConfig) -> EvalStream:
     if not cfg.shards:
         raise ValueError("EvalConfig.shards is empty: give the held-out shard URLs/globs")
-    return eval_batches(cfg.shards, model_cfg, cfg.jitter, seed=cfg.seed, buffer_ratio=cfg.buffer_ratio,
-                        batch_size=cfg.batch_size, max_boxes=cfg.max_boxes, workers=cfg.workers,
-                        verify_shards=cfg.verify_shards, keep_images=cfg.passes == 2)
+    return eval_batches(cfg.shards, model_cfg, cfg.jitter, seed=cfg.seed, buffer_ratio=cfg.snap.buffer_ratio,
+                        batch_size=cfg.snap.batch_size, max_boxes=cfg.max_boxes, workers=cfg.workers,
+                        verify_shards=cfg.verify_shards, keep_images=cfg.snap.passes == 2)
 
 
 def evaluate_model(
@@ -110,21 +108,16 @@ def evaluate_model(
     ``examples`` (if given) receives up to ``n_examples`` crops with their boxes for plots;
     ``stats`` receives the stream's delivered/skipped counts.
     """
-    check_passes(model_cfg, cfg.passes, method)
-    dev = resolve_device(cfg.device if device is None else device)
-    snapper = Snapper(model, model_cfg, device=dev, batch_size=cfg.batch_size, precision=cfg.precision, flip=cfg.flip,
-                      channels_last=cfg.channels_last)
+    settings = cfg.snap if device is None else dataclasses.replace(cfg.snap, device=str(device))
+    snapper = Snapper(model, model_cfg, settings, name=method)
     stream = _stream(cfg, model_cfg)
     tables = []
     candidates: list[tuple[int, int, int, int, dict[str, Any]]] = []  # max-heap (negated) of the lowest keys
     for batch in stream:
         windows, sizes = _numpy(batch, "window"), _numpy(batch, "image_size")
         geo = CropGeometry(windows, model_cfg.input_size)
-        pos, conf = snapper.predict_crops(batch["image"], geo)
-        pred = geo.to_original(pos, sizes[:, 0], sizes[:, 1])
-        if cfg.passes == 2:
-            sources, owner = _sources(batch["source"])
-            pred, conf = snapper.second_pass(pred, conf, geo, sources, owner, sizes[:, 0], sizes[:, 1])
+        sources, owner = _sources(batch["source"]) if "source" in batch else (None, None)
+        pred, conf = snapper.read_out(batch["image"], geo, sizes[:, 0], sizes[:, 1], sources, owner)
         true, rough = _numpy(batch, "true"), _numpy(batch, "rough")
         df = box_table(pred, true, image_id=_numpy(batch, "image_id"), annotation_id=_numpy(batch, "annotation_id"),
                        category_id=_numpy(batch, "category_id"), rough_xyxy=rough, confidence=conf,
@@ -272,7 +265,7 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate each checkpoint (method name -> checkpoint folder) on the same boxes and write
     the per-box table, summaries and plots to ``out_dir`` (:func:`snapper.mlops.tracking.log_evaluation`
-    puts them in an MLflow run). ``passes`` (method name -> 1 or 2) overrides ``cfg.passes``
+    puts them in an MLflow run). ``passes`` (method name -> 1 or 2) overrides ``cfg.snap.passes``
     per method, e.g. to compare one checkpoint with and without the zoom-in pass."""
     if not checkpoints and not include_identity:
         raise ValueError("nothing to evaluate: no checkpoints and include_identity=False")
@@ -288,7 +281,8 @@ def evaluate(
         log.info("evaluating %s (%s) on %s", name, path, cfg.shards)
         examples[name] = []
         stats: dict[str, Any] = {}
-        method_cfg = dataclasses.replace(cfg, passes=(passes or {}).get(name, cfg.passes))
+        method_passes = (passes or {}).get(name, cfg.snap.passes)
+        method_cfg = dataclasses.replace(cfg, snap=dataclasses.replace(cfg.snap, passes=method_passes))
         tables[name] = evaluate_checkpoint(path, method_cfg, method=name, examples=examples[name],
                                            n_examples=n_examples, stats=stats)
         stream_stats[name] = stats

@@ -4,8 +4,10 @@ rename but a folder would be seen half-copied.
 
 Unpacking trusts nothing in the archive: member names that are absolute, contain ``..`` or a
 backslash, or are links are refused (never written outside the destination), and the declared
-sizes are capped (:data:`MAX_BYTES`, :data:`MAX_MEMBERS`) before anything is written, so a
-zip bomb is refused instead of filling the disk. Python's ``zipfile`` stops each member at its
+sizes are capped (:data:`MAX_BYTES` in all, :data:`MAX_MEMBER_BYTES` per member,
+:data:`MAX_MEMBERS`) and so is each member's compression ratio (:data:`MAX_RATIO`: annotation
+files compress 5-30x, a zip bomb 1000x) before anything is written, so a zip bomb is refused
+instead of filling the disk or the memory of whatever parses it. Python's ``zipfile`` stops each member at its
 declared size and checks its CRC, so a member cannot outgrow what was checked.
 """
 
@@ -20,7 +22,10 @@ from pathlib import Path, PurePosixPath
 from snapper.formats.common import FormatError
 
 MAX_BYTES = 4 << 30  # uncompressed, all members together
+MAX_MEMBER_BYTES = 2 << 30  # one member (COCO's largest annotation file is ~0.45 GiB)
 MAX_MEMBERS = 1_000_000
+MAX_RATIO = 200  # uncompressed / compressed size of one member above RATIO_FROM bytes
+RATIO_FROM = 1 << 20
 
 
 def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
@@ -36,6 +41,16 @@ def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath | None:
     if info.is_dir():
         return None
     return rel
+
+
+def _check_member_size(info: zipfile.ZipInfo, archive: Path) -> None:
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise FormatError(f"{archive}: member {info.filename!r} is {info.file_size} bytes uncompressed, over the "
+                          f"limit of {MAX_MEMBER_BYTES}; refused")
+    if info.file_size > RATIO_FROM and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise FormatError(f"{archive}: member {info.filename!r} expands {info.file_size / max(info.compress_size, 1):.0f}x "
+                          f"({info.compress_size} -> {info.file_size} bytes), over the limit of {MAX_RATIO}x "
+                          "for an annotation file (a zip bomb?); refused")
 
 
 def unpack(archive: str | os.PathLike[str], dest: str | os.PathLike[str], max_bytes: int = MAX_BYTES,
@@ -57,6 +72,8 @@ def unpack(archive: str | os.PathLike[str], dest: str | os.PathLike[str], max_by
         total = sum(info.file_size for info, _ in members)
         if total > max_bytes:
             raise FormatError(f"{archive}: {total} bytes uncompressed, over the limit of {max_bytes}; refused")
+        for info, _ in members:
+            _check_member_size(info, archive)
         if not members:
             raise FormatError(f"{archive}: the archive holds no files")
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")

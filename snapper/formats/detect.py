@@ -49,7 +49,7 @@ def detect_file(path: Path) -> str:
         first = text.split(b"\n", 1)[0]
         try:
             obj = json.loads(first)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # the full read says why
             obj = None
         if isinstance(obj, dict) and "source-ref" in obj:
             return "groundtruth"
@@ -73,9 +73,20 @@ def detect_folder(path: Path) -> str:
         raise FormatError(f"{path}: folder holds {' and '.join(sorted(kinds))} files; pass --format, "
                           "or keep one kind per folder")
     (fmt, files), = kinds.items()
-    if fmt == "voc" and detect_file(files[0]) == "cvat":
-        raise FormatError(f"{path}: {files[0].name} is CVAT for images; give the XML file itself")
+    if fmt == "voc":
+        first = next(((f, kind) for f in files if (kind := _kind_or_none(f)) is not None), None)
+        if first is not None and first[1] == "cvat":
+            raise FormatError(f"{path}: {first[0].name} is CVAT for images; give the XML file itself")
     return fmt
+
+
+def _kind_or_none(path: Path) -> str | None:
+    """A file's format, or None for one that cannot be read (a broken file of a folder is
+    reported by the reader, file by file, not here)."""
+    try:
+        return detect_file(path)
+    except FormatError:
+        return None
 
 
 def detect_format(path: str | Path) -> str:

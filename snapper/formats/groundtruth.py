@@ -83,6 +83,8 @@ def read_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise FormatError(f"{path}: line {n}: not valid JSON ({e.msg}, column {e.colno})") from None
+        except RecursionError:
+            raise FormatError(f"{path}: line {n}: not usable JSON (nested too deeply)") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("source-ref"), str) or not obj["source-ref"]:
             raise FormatError(f"{path}: line {n}: a manifest line is an object with a 'source-ref' string")
         out.append((n, obj))

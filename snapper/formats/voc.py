@@ -25,6 +25,7 @@ source (converting from another format) one file per image is made from the COCO
 
 from __future__ import annotations
 
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,14 @@ def _object_box(obj: ET.Element) -> Any:
 
 
 def _read_file(b: CocoBuilder, f: Path) -> None:
+    """One file's image and objects, added to ``b`` only when the whole file reads (a file that
+    fails half-way adds nothing)."""
+    probe = CocoBuilder()
+    _parse_into(probe, f)
+    _parse_into(b, f)
+
+
+def _parse_into(b: CocoBuilder, f: Path) -> None:
     root = parse_xml(f)
     if root.tag != "annotation":
         raise FormatError(f"{f}: root element is <{root.tag}>, a Pascal VOC file has <annotation>")
@@ -111,9 +120,19 @@ def read(path: str | Path, images_dir: str | Path | None = None, **_: Any) -> tu
     path = Path(path)
     files = label_files(path)
     b = CocoBuilder()
+    read, unreadable = [], []
     for f in files:
-        _read_file(b, f)
-    side = Sidecar(NAME, str(path), b.records, {"folder": str(files[0].parent), "files": [f.name for f in files]})
+        try:
+            _read_file(b, f)
+            read.append(f.name)
+        except FormatError as e:
+            if not path.is_dir():
+                raise
+            unreadable.append({"file": f.name, "error": str(e)})  # reported; copied back unchanged
+    if not read:
+        raise FormatError(f"{path}: none of its {len(files)} XML files can be read ({unreadable[0]['error']}, ...)")
+    side = Sidecar(NAME, str(path), b.records, {"folder": str(files[0].parent), "files": read,
+                                                "unreadable": unreadable})
     return b.coco(f"Pascal VOC {path}"), side
 
 
@@ -170,6 +189,10 @@ def _write_back(coco: dict[str, Any], side: Sidecar, out_dir: Path) -> list[Path
                 raise FormatError(f"{folder / name}: object {j + 1} is not in the result (the file changed?)")
             apply(obj, outcome(anns[ann_id]))
         written.append(write_xml(root, out_dir / name))
+    for u in side.extra.get("unreadable", []):  # kept as they were: nothing in them could be snapped
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / u["file"], out_dir / u["file"])
+        written.append(out_dir / u["file"])
     return written
 
 

@@ -11,18 +11,21 @@ All boxes of an image are cropped from one decode and run as one batch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from snapper.config import ModelConfig
+from snapper.config import ModelConfig, SnapSettings
 from snapper.crop import CropGeometry, tidy_boxes, to_uint8
 from snapper.device import autocast, autocast_dtype, resolve_device, use_channels_last
-from snapper.geometry import EDGE_NAMES, box_problem, xywh_to_xyxy, xyxy_to_xywh
+from snapper.errors import BadBoxError
+from snapper.geometry import EDGE_NAMES, box_problem, clip_boxes, xywh_to_xyxy, xyxy_to_xywh
 from snapper.imageio import LoadedImage, load_image
 from snapper.models.checkpoint import load_checkpoint
 from snapper.zoom import StripGeometry, check_passes, zoom_edges
@@ -64,38 +67,57 @@ class SnapResult:
 
 
 class Snapper:
-    """A model ready to snap: device, precision, batching. ``flip=True`` also reads every crop
-    (and strip) mirrored and averages the two edge distributions: test-time augmentation at
-    twice the model time. ``channels_last=False`` keeps the plain NCHW memory format where
-    :func:`snapper.device.use_channels_last` would pick NHWC (same results; for a CPU whose
-    kernels are slower in NHWC than the ones it was measured on)."""
+    """A model ready to snap, read out as its :class:`snapper.config.SnapSettings` say (device,
+    precision, crops per forward, buffer ratio, passes, flip, memory format). ``flip`` also
+    reads every crop (and strip) mirrored and averages the two edge distributions: test-time
+    augmentation at twice the model time. ``channels_last=False`` keeps the plain NCHW memory
+    format where :func:`snapper.device.use_channels_last` would pick NHWC (same results; for a
+    CPU whose kernels are slower in NHWC than the ones it was measured on).
 
-    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: str | torch.device = "auto",
-                 batch_size: int = 64, precision: str = "auto", flip: bool = False, channels_last: bool = True):
-        self.flip = flip
-        self.device = resolve_device(device)
-        self.autocast_dtype = autocast_dtype(self.device, precision)
-        self.channels_last = bool(channels_last) and use_channels_last(self.device)
+    Keyword arguments are changes to ``settings`` (``Snapper.from_checkpoint(path,
+    device="cpu")``); ``name`` is how errors about this model name it."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, settings: SnapSettings | None = None, *,
+                 name: str = "this model", **changes: Any):
+        self.settings = dataclasses.replace(settings or SnapSettings(), **changes)
+        self.name = name
+        check_passes(cfg, self.settings.passes, name)
+        self.device = resolve_device(self.settings.device)
+        self.autocast_dtype = autocast_dtype(self.device, self.settings.precision)
+        self.channels_last = self.settings.channels_last and use_channels_last(self.device)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cfg = cfg
-        self.batch_size = batch_size
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "auto", batch_size: int = 64,
-                        precision: str = "auto", flip: bool = False, channels_last: bool = True) -> "Snapper":
+    def from_checkpoint(cls, path: str | os.PathLike[str], settings: SnapSettings | None = None,
+                        **changes: Any) -> "Snapper":
         model, cfg, _ = load_checkpoint(path)
-        return cls(model, cfg, device=device, batch_size=batch_size, precision=precision, flip=flip,
-                   channels_last=channels_last)
+        return cls(model, cfg, settings, name=str(path), **changes)
 
-    def with_flip(self, flip: bool) -> "Snapper":
-        """This snapper, reading mirrored crops too or not: a shallow copy sharing the model, so
-        that one loaded model can answer requests with and without flip side by side."""
-        if bool(flip) == self.flip:
+    @property
+    def flip(self) -> bool:
+        return self.settings.flip
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.batch_size
+
+    def with_settings(self, **changes: Any) -> "Snapper":
+        """This snapper read out otherwise (``SnapSettings.READ_OUT``: buffer ratio, passes,
+        flip, crops per forward): a shallow copy sharing the loaded model, so that one model can
+        answer requests with different settings side by side. Device, precision and memory
+        format move the model: those need a new :class:`Snapper`."""
+        moved = sorted(set(changes) - set(SnapSettings.READ_OUT))
+        if moved:
+            raise ValueError(f"with_settings changes {', '.join(SnapSettings.READ_OUT)} only, not {', '.join(moved)}")
+        settings = dataclasses.replace(self.settings, **changes)
+        if settings == self.settings:
             return self
+        check_passes(self.cfg, settings.passes, self.name)
         other = copy.copy(self)
-        other.flip = bool(flip)
+        other.settings = settings
         return other
 
     @torch.inference_mode()
@@ -172,38 +194,52 @@ class Snapper:
         conf[bi[inside], ei[inside]] = c[inside]
         return tidy_boxes(boxes, width, height), conf
 
-    def geometry(self, rough_xyxy: np.ndarray, buffer_ratio: float = 1.0) -> CropGeometry:
-        """The crops this model reads for these rough boxes (its own input size and context)."""
-        return CropGeometry.around(rough_xyxy, self.cfg.input_size, self.cfg.context, buffer_ratio)
+    def read_out(self, crops: torch.Tensor, geometry: CropGeometry, width: "float | np.ndarray",
+                 height: "float | np.ndarray", sources: "list[tuple[torch.Tensor, tuple[float, float]]] | None" = None,
+                 owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Crops (B, 3, S, S) cut at ``geometry`` -> boxes (B, 4) xyxy in original pixels, tidied
+        to their image (``width``/``height``: one number, or one per crop), and confidence (B, 4);
+        with ``passes=2`` the zoom-in pass follows, cutting strips from ``sources[owner[i]]`` (crop
+        i's decoded image and its scale; ``owner`` defaults to one image). The one read-out:
+        snapping, batch jobs and evaluation all go through here."""
+        pos, conf = self.predict_crops(crops, geometry)
+        boxes = geometry.to_original(pos, width, height)
+        if self.settings.passes == 1:
+            return boxes, conf
+        if sources is None:
+            raise ValueError("passes=2 needs the crops' source images for the zoom-in strips")
+        owner = np.zeros(len(boxes), dtype=np.int64) if owner is None else owner
+        return self.second_pass(boxes, conf, geometry, sources, owner, width, height)
 
     def snap(
         self,
         image: "str | os.PathLike[str] | bytes | Image.Image | LoadedImage",
         boxes: "np.ndarray | list[list[float]]",
-        buffer_ratio: float = 1.0,
-        passes: int = 1,
+        buffer_ratio: float | None = None,
+        passes: int | None = None,
     ) -> SnapResult:
-        """Snap COCO ``[x, y, w, h]`` rough boxes on one image (decoded once); ``passes=2`` adds
-        the zoom-in pass (models trained with ``model.zoom``)."""
-        check_passes(self.cfg, passes)
+        """Snap COCO ``[x, y, w, h]`` rough boxes on one image (decoded once). ``buffer_ratio``
+        and ``passes`` change this call's settings (a server's per-request values; ``passes=2``
+        is the zoom-in pass of models trained with ``model.zoom``)."""
+        changes = {k: v for k, v in (("buffer_ratio", buffer_ratio), ("passes", passes)) if v is not None}
+        if changes:
+            return self.with_settings(**changes).snap(image, boxes)
         rough = np.asarray(boxes, dtype=np.float64)
         if rough.size == 0:
             rough = rough.reshape(0, 4)
         if rough.ndim != 2 or rough.shape[1] != 4:
-            raise ValueError(f"boxes must be a list of [x, y, w, h], got shape {rough.shape}")
+            raise BadBoxError(f"boxes must be a list of [x, y, w, h], got shape {rough.shape}")
         if not isinstance(image, LoadedImage):
             probe = image if not isinstance(image, (str, os.PathLike)) else str(image)
             image = load_image(probe)  # full decode: a snap may need any scale
         for i, b in enumerate(rough):
             problem = box_problem(b, image.width, image.height)
             if problem is not None:
-                raise ValueError(f"box {i} {b.tolist()} is unusable ({problem}) for an image of {image.width}x{image.height}")
-        xyxy = xywh_to_xyxy(rough)
-        geo = self.geometry(xyxy, buffer_ratio)
+                raise BadBoxError(f"box {i} {b.tolist()} is unusable ({problem}) for an image of {image.width}x{image.height}")
+        # clipped to the image, as batch snapping does: a box reaching far outside would otherwise make a
+        # crop window (and the memory to cut it) as large as the box, whatever the image
+        rough_xyxy = clip_boxes(xywh_to_xyxy(rough), image.width, image.height)
+        geo = CropGeometry.around(rough_xyxy, self.cfg.input_size, self.cfg.context, self.settings.buffer_ratio)
         crops = to_uint8(geo.cut(image.tensor, image.scale))
-        pos, conf = self.predict_crops(crops, geo)
-        snapped = geo.to_original(pos, image.width, image.height)
-        if passes == 2:
-            snapped, conf = self.second_pass(snapped, conf, geo, [(image.tensor, image.scale)], np.zeros(len(xyxy), int),
-                                             image.width, image.height)
+        snapped, conf = self.read_out(crops, geo, image.width, image.height, [(image.tensor, image.scale)])
         return SnapResult(boxes=xyxy_to_xywh(snapped), confidence=conf, rough=rough)

@@ -37,6 +37,7 @@ import urllib3
 
 from snapper.atomic import atomic_write_csv, atomic_write_json
 from snapper.config import BatchConfig
+from snapper.errors import ConfigError, UserInputError
 from snapper.geometry import EDGE_NAMES, box_problem, clip_boxes, xyxy_to_xywh
 from snapper.imageio import ImageError, load_image
 from snapper.inference.snap import Snapper
@@ -74,8 +75,24 @@ REPORT_COLUMNS = ["shape_id", "track_id", "frame", "type", "label_id", "label", 
                   "review", "sent"]
 
 
-class CvatError(OSError):
+class CvatError(UserInputError, OSError):
     """The CVAT server failed or refused a request; the message names the server and what."""
+
+
+class CvatUnreachable(CvatError, ConnectionError):
+    """No HTTP answer from the CVAT server (down, wrong port, TLS failure)."""
+
+
+class CvatRefused(CvatError, PermissionError):
+    """CVAT refused the credentials (HTTP 401/403, a wrong password)."""
+
+
+class CvatNotFound(CvatError, LookupError):
+    """CVAT has no such task (or this user cannot see it): HTTP 404."""
+
+
+class CvatRequestError(CvatError, ValueError):
+    """A request that cannot be made as asked (a host that is no URL, a 3D task, no credentials)."""
 
 
 def sdk_available() -> bool:
@@ -96,35 +113,36 @@ def _reason(e: Exception) -> str:
 @contextlib.contextmanager
 def cvat_errors(host: str, what: str, missing: str | None = None) -> Iterator[None]:
     """SDK and connection errors as one-line errors naming ``host`` and ``what`` was asked:
-    :class:`ConnectionError` (unreachable), :class:`PermissionError` (HTTP 401/403),
-    :class:`LookupError` (404, with ``missing`` as the message when given), else :class:`CvatError`."""
+    :class:`CvatUnreachable` (a ConnectionError), :class:`CvatRefused` (a PermissionError: HTTP
+    401/403), :class:`CvatNotFound` (a LookupError: 404, with ``missing`` as the message when
+    given), else :class:`CvatError`."""
     _require_sdk()
     try:
         yield
     except cvat_exceptions.ApiException as e:
         status = e.status or 0
         if status == 0:  # no HTTP answer (e.g. a TLS failure)
-            raise ConnectionError(f"cannot reach CVAT at {host} ({what}): {_reason(e)}") from None
+            raise CvatUnreachable(f"cannot reach CVAT at {host} ({what}): {_reason(e)}") from None
         if status in (401, 403):
-            raise PermissionError(f"CVAT at {host} refused {what} (HTTP {status}): {_reason(e)}") from None
+            raise CvatRefused(f"CVAT at {host} refused {what} (HTTP {status}): {_reason(e)}") from None
         if status == 404:
-            raise LookupError(missing or f"CVAT at {host}: {what} not found (HTTP 404)") from None
+            raise CvatNotFound(missing or f"CVAT at {host}: {what} not found (HTTP 404)") from None
         raise CvatError(f"CVAT at {host}: {what} failed (HTTP {status}): {_reason(e)}") from None
     except urllib3.exceptions.HTTPError as e:
         cause = getattr(e, "reason", None) or e
-        raise ConnectionError(f"cannot reach CVAT at {host} ({what}): {type(cause).__name__}: {cause}") from None
+        raise CvatUnreachable(f"cannot reach CVAT at {host} ({what}): {type(cause).__name__}: {cause}") from None
 
 
 def connect(host: str, user: str | None = None, password: str | None = None, token: str | None = None) -> "Client":
     """An authenticated SDK client: a personal access token, or a user and password (a
-    session login; a refused login is a :class:`PermissionError`)."""
+    session login; a refused login is a :class:`CvatRefused`)."""
     _require_sdk()
     if (token is None) == (user is None):
-        raise ValueError("give either an access token or a user and password")
+        raise CvatRequestError("give either an access token or a user and password")
     try:
         client = Client(host, check_server_version=False)
     except InvalidHostException as e:
-        raise ValueError(f"CVAT host {host!r}: {e}") from None
+        raise CvatRequestError(f"CVAT host {host!r}: {e}") from None
     host = client.api_map.host
     with cvat_errors(host, f"the login of user {user!r}"):
         if token is not None:
@@ -134,7 +152,7 @@ def connect(host: str, user: str | None = None, password: str | None = None, tok
                 client.login(PasswordCredentials(user, password or ""))
             except cvat_exceptions.ApiException as e:
                 if e.status == 400:  # CVAT answers a wrong password with 400
-                    raise PermissionError(f"CVAT at {host} refused the login of user {user!r}: {_reason(e)}") from None
+                    raise CvatRefused(f"CVAT at {host} refused the login of user {user!r}: {_reason(e)}") from None
                 raise
     return client
 
@@ -298,7 +316,7 @@ def snap_frames(task: Any, rows: list[dict[str, Any]], todo: dict[int, list[tupl
                 _skip(rows[i], "image_size_mismatch", f"decoded {image.width}x{image.height}, task says {w}x{h}")
             continue
         rough = np.stack([b for _, _, b in items])
-        result = snapper.snap(image, xyxy_to_xywh(rough), buffer_ratio=cfg.buffer_ratio, passes=cfg.passes)
+        result = snapper.snap(image, xyxy_to_xywh(rough), buffer_ratio=cfg.snap.buffer_ratio, passes=cfg.snap.passes)
         new = result.boxes.copy()
         new[:, 2:] += new[:, :2]  # xywh -> xyxy
         for (i, shape, b), n, c in zip(items, new, result.confidence):
@@ -376,14 +394,14 @@ def tighten_task(client: "Client", task_id: int, snapper: Snapper, cfg: BatchCon
         label_names = {int(lb.id): lb.name for lb in task.get_labels()}
         annotations = task.get_annotations()
     if str(getattr(task, "dimension", "2d")).lower() == "3d":
-        raise ValueError(f"task {task_id} is a 3D task: it has no image rectangles to tighten")
+        raise CvatRequestError(f"task {task_id} is a 3D task: it has no image rectangles to tighten")
     n_frames = int(meta.get("size", 0) or getattr(task, "size", 0) or 0)
     rows, todo = collect_rows(annotations, meta, n_frames, label_names, cfg)
     snap_frames(task, rows, todo, _frame_sizes(meta, n_frames), snapper, cfg, host)
     shapes = {s.id: s for s in annotations.shapes if s.get("id") is not None}
     report = TightenReport(task_id=task_id, host=host, rows=rows, patch=build_patch(shapes, rows, source),
                            n_tags=len(annotations.tags),
-                           settings={"passes": cfg.passes, "buffer_ratio": cfg.buffer_ratio,
+                           settings={"passes": cfg.snap.passes, "buffer_ratio": cfg.snap.buffer_ratio,
                                      "min_box_size": cfg.min_box_size, "review_threshold": cfg.review_threshold,
                                      "review_moved_frac": cfg.review_moved_frac, "source": source})
     if apply:
@@ -403,7 +421,7 @@ def write_report(report: TightenReport, path: str | Path) -> Path:
     """The report as CSV (one row per shape) or JSON (``{"summary": ..., "shapes": [...]}``), atomically."""
     p = Path(path)
     if p.suffix.lower() not in REPORT_SUFFIXES:
-        raise ValueError(f"{p}: a report is .csv or .json, not {p.suffix or 'no extension'!r}")
+        raise ConfigError(f"{p}: a report is .csv or .json, not {p.suffix or 'no extension'!r}")
     if p.suffix.lower() == ".csv":
         return atomic_write_csv(report.frame(), p)
     return atomic_write_json(p, {"summary": report.summary(), "shapes": _json_rows(report.rows)}, indent=2)

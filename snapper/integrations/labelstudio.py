@@ -23,19 +23,11 @@ confidences in ``meta``. A rotated rectangle is refused (HTTP 400).
 those of the task's last annotation (not cancelled) that holds rectangles, else those of its
 last prediction that does and was not made by this backend (imported crowd or detector boxes).
 
-**Images** are read from the task's data field named by the Image tag: Label Studio uploads
-(``/data/upload/...``, under ``$LABEL_STUDIO_BASE_DATA_DIR/media/upload``), local storage
-(``/data/local-files/?d=...``, under ``$LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``), plain
-paths under :data:`snapper.integrations.serve.IMAGE_ROOT_ENV`, ``data:`` URIs; otherwise downloaded from
-Label Studio itself (``$LABEL_STUDIO_URL`` with ``$LABEL_STUDIO_API_KEY``; cloud storage
-through its presign endpoint). Other hosts only when listed in :data:`URL_HOSTS_ENV`. A path
-that leaves its folder is refused.
+**Images**: :mod:`snapper.integrations.labelstudio_images`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import hmac
 import logging
@@ -47,35 +39,23 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
-import requests
 from flask import Flask, Response, jsonify, request
 
 from snapper.geometry import EDGE_NAMES
-from snapper.imageio import IMAGE_ROOT_ENV, ImageError, LoadedImage, image_root, load_image
+from snapper.imageio import LoadedImage
 from snapper.inference.snap import Snapper
 from snapper.models.reference import DEFAULT_MODEL, pin_model_ref, resolve_model
+from snapper.integrations.labelstudio_images import LabelStudioRequestError, load_task_image
 from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)
 
 MODEL_ENV = "SNAPPER_MODEL"  # model reference (default: the champion)
 DEVICE_ENV = "SNAPPER_DEVICE"  # default cpu
-URL_HOSTS_ENV = "SNAPPER_LS_URL_HOSTS"  # comma-separated extra hosts image URLs may come from
 DEFAULT_PORT = 9090
-MAX_DOWNLOAD_BYTES = 64 << 20
 RECT_TYPES = ("rectanglelabels", "rectangle")
-_CLOUD = ("s3:", "gs:", "azure-blob:")
-
-
-class LabelStudioRequestError(ValueError):
-    """A request the backend refuses; ``status`` is the HTTP status (4xx), the message one line."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 # ------------------------------------------------------------------------- labeling config
@@ -150,127 +130,6 @@ def check_size(region: dict[str, Any], image: LoadedImage, where: str) -> None:
     if ow and oh and abs(float(ow) / float(oh) - image.width / image.height) > 0.01 * image.width / image.height:
         raise LabelStudioRequestError(f"{where}: Label Studio measured the image as {ow}x{oh} but it decodes to "
                                       f"{image.width}x{image.height} (EXIF orientation?); refusing to guess")
-
-
-# ---------------------------------------------------------------------------------- images
-
-
-def _env_dir(*names: str, default: str | None = None) -> Path | None:
-    text = next((os.environ[n] for n in names if os.environ.get(n)), default)
-    return Path(text).expanduser().resolve() if text else None
-
-
-def _inside(root: Path | None, candidate: str, what: str, relative: bool = True) -> Path | None:
-    """``candidate`` (under ``root`` when ``relative``, else as given) when it stays inside
-    ``root`` after resolving links and ``..``; None when there is no such file."""
-    if root is None:
-        return None
-    try:
-        p = Path(candidate)
-        real = (root / candidate.lstrip("/") if relative or not p.is_absolute() else p).resolve()
-        inside, exists = real.is_relative_to(root), real.is_file()
-    except (OSError, ValueError, RuntimeError):  # NUL bytes, link loops, ...
-        raise LabelStudioRequestError(f"{what}: not a usable path") from None
-    if not inside:
-        raise LabelStudioRequestError(f"{what}: the path leaves the folder images are read from")
-    return real if exists else None
-
-
-def _label_studio() -> tuple[str, str]:
-    return os.environ.get("LABEL_STUDIO_URL", "").rstrip("/"), os.environ.get("LABEL_STUDIO_API_KEY", "")
-
-
-def _download(url: str, token: str | None, what: str) -> bytes:
-    headers = {"Authorization": f"Token {token}"} if token else {}
-    try:  # requests drops Authorization on a redirect to another host (presigned cloud URLs)
-        with requests.get(url, headers=headers, stream=True, timeout=30) as r:
-            if r.status_code != 200:
-                raise LabelStudioRequestError(f"{what}: HTTP {r.status_code} from {urlparse(url).netloc}",
-                                              404 if r.status_code == 404 else 400)
-            data = bytearray()
-            for chunk in r.iter_content(1 << 16):
-                data += chunk
-                if len(data) > MAX_DOWNLOAD_BYTES:
-                    raise LabelStudioRequestError(f"{what}: larger than {MAX_DOWNLOAD_BYTES >> 20} MiB")
-            return bytes(data)
-    except requests.RequestException as e:
-        raise LabelStudioRequestError(f"{what}: download failed ({type(e).__name__})", 502) from None
-
-
-def _from_label_studio(path: str, task_id: Any, what: str) -> bytes:
-    base, token = _label_studio()
-    if not base or not token:
-        raise LabelStudioRequestError(f"{what}: not found locally; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY "
-                                      "so the backend can fetch it from Label Studio", 404)
-    if path.startswith(_CLOUD):
-        if task_id is None:
-            raise LabelStudioRequestError(f"{what}: a cloud storage image needs the task id")
-        presign = requests.Request("GET", f"{base}/tasks/{task_id}/presign/", params={"fileuri": path}).prepare()
-        return _download(str(presign.url), token, what)
-    return _download(base + "/" + path.lstrip("/"), token, what)
-
-
-def _data_uri(url: str, what: str) -> bytes:
-    head, _, payload = url.partition(",")
-    if not head.endswith(";base64"):
-        raise LabelStudioRequestError(f"{what}: only base64 data: URIs are read")
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise LabelStudioRequestError(f"{what}: invalid base64 in the data: URI") from None
-
-
-def image_source(url: Any, task_id: Any = None) -> "bytes | Path":
-    """The bytes or local file of a task's image reference (see the module doc); refusals raise
-    :class:`LabelStudioRequestError` naming the task."""
-    what = f"task {task_id} image"
-    if not isinstance(url, str) or not url:
-        raise LabelStudioRequestError(f"{what}: the task has no image reference in its data")
-    if url.startswith("data:"):
-        return _data_uri(url, what)
-    parsed = urlparse(url)
-    base, token = _label_studio()
-    if parsed.scheme in ("http", "https"):
-        if not base or parsed.netloc != urlparse(base).netloc:
-            allowed = {h.strip() for h in os.environ.get(URL_HOSTS_ENV, "").split(",") if h.strip()}
-            if parsed.hostname not in allowed:
-                raise LabelStudioRequestError(f"{what}: {parsed.netloc} is not Label Studio ({base or 'LABEL_STUDIO_URL unset'}); "
-                                              f"list it in {URL_HOSTS_ENV} to fetch images from it")
-            return _download(url, None, what)
-        local_url = parsed.path + (f"?{parsed.query}" if parsed.query else "")  # Label Studio's own file?
-        if not (parsed.path.startswith("/data/upload/") or "d" in parse_qs(parsed.query)):
-            return _download(url, token, what)
-        url, parsed = local_url, urlparse(local_url)
-    if url.startswith(("upload/", "/upload/")):
-        url, parsed = "/data/" + url.lstrip("/"), urlparse("/data/" + url.lstrip("/"))
-    if parsed.path.startswith("/data/upload/"):
-        root = _env_dir("LABEL_STUDIO_BASE_DATA_DIR", default="~/.local/share/label-studio")
-        local = _inside(root / "media" / "upload" if root else None, unquote(parsed.path[len("/data/upload/"):]), what)
-        return local if local is not None else _from_label_studio(url, task_id, what)
-    if parsed.path.startswith("/data/") and "d" in parse_qs(parsed.query):
-        rel = parse_qs(parsed.query)["d"][0]
-        local = _inside(_env_dir("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", "LOCAL_FILES_DOCUMENT_ROOT"), rel, what)
-        return local if local is not None else _from_label_studio(url, task_id, what)
-    if url.startswith(_CLOUD):
-        return _from_label_studio(url, task_id, what)
-    if parsed.scheme and len(parsed.scheme) > 1:
-        raise LabelStudioRequestError(f"{what}: unsupported URL scheme {parsed.scheme!r}")
-    root = image_root()
-    if root is None:
-        raise LabelStudioRequestError(f"{what}: plain file paths are refused; start the backend with "
-                                      f"{IMAGE_ROOT_ENV} set to the folder they live in")
-    local = _inside(root, url, what, relative=False)
-    if local is None:
-        raise LabelStudioRequestError(f"{what}: {url!r}: no such file", 404)
-    return local
-
-
-def load_task_image(url: Any, task_id: Any = None) -> LoadedImage:
-    source = image_source(url, task_id)
-    try:
-        return load_image(source, name=f"task {task_id} image")
-    except ImageError as e:
-        raise LabelStudioRequestError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------- regions
@@ -355,10 +214,9 @@ class SnapperBackend:
     """What a ``LabelStudioMLBase`` subclass would do, on one :class:`snapper.inference.snap.Snapper`
     (loaded once per process by :func:`load_backend`); one snap at a time."""
 
-    def __init__(self, snapper: Snapper, model_version: str, buffer_ratio: float = 1.0, passes: int = 1):
-        check_passes(snapper.cfg, passes, model_version)
-        self.snapper, self.model_version, self._lock = snapper, model_version, threading.Lock()
-        self.options = {"buffer_ratio": buffer_ratio, "passes": passes}  # of every snap
+    def __init__(self, snapper: Snapper, model_version: str, **changes: Any):  # SnapSettings.READ_OUT of every snap
+        check_passes(snapper.cfg, changes.get("passes", snapper.settings.passes), model_version)
+        self.snapper, self.model_version, self._lock = snapper.with_settings(**changes), model_version, threading.Lock()
 
     def predict(self, tasks: list[dict[str, Any]], context: dict[str, Any] | None = None,
                 label_config: str | None = None, **kwargs: Any) -> list[Any]:
@@ -405,7 +263,7 @@ class SnapperBackend:
                 raise LabelStudioRequestError(f"{where}: {e}") from None
         try:
             with self._lock:
-                res = self.snapper.snap(image, boxes, **self.options)
+                res = self.snapper.snap(image, boxes)
         except ValueError as e:  # an unusable box (outside the image, too small, ...)
             raise LabelStudioRequestError(f"task {tid}: {e}") from None
         return [region_result(r, control, b, c, image, self.model_version)
@@ -424,7 +282,8 @@ def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio
     version = ref[len("models:/"):] if ref.startswith("models:/") else ref if not Path(ref).exists() \
         else f"{ckpt.parent.name}/{ckpt.name}"
     log.info("Label Studio backend: %s from %s on %s", version, ckpt, device)
-    return SnapperBackend(Snapper.from_checkpoint(ckpt, device=device, flip=flip), version, buffer_ratio, passes)
+    return SnapperBackend(Snapper.from_checkpoint(ckpt, device=device, flip=flip), version, buffer_ratio=buffer_ratio,
+                          passes=passes)
 
 
 # -------------------------------------------------------------------------------- HTTP app

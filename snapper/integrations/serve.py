@@ -1,5 +1,6 @@
-"""The ``mlflow models serve`` command that serves a registered model on loopback, and its
-environment. What the server runs and the request schema: :mod:`snapper.mlops.pyfunc`."""
+"""The command that serves a registered model on loopback (uvicorn on MLflow's scoring app,
+:mod:`snapper.mlops.scoring_app`) and its environment. The request schema:
+:mod:`snapper.mlops.pyfunc`."""
 
 from __future__ import annotations
 
@@ -9,23 +10,31 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from snapper.imageio import IMAGE_ROOT_ENV
+from snapper.mlops import scoring_app
+from snapper.mlops.scoring_app import DEFAULT_MAX_BODY, MAX_BODY_ENV, MODEL_PATH_ENV
 
 DEFAULT_PORT = 5001
 LOOPBACK = "127.0.0.1"
+SCORING_APP = scoring_app.__name__  # by name: uvicorn imports it in each worker
 
 
-def serve_command(model_uri: str, port: int = DEFAULT_PORT, host: str = LOOPBACK, workers: int = 1,
-                  timeout_s: int = 60) -> list[str]:
-    """``mlflow models serve`` for ``model_uri`` in this environment (``--env-manager local``)."""
-    mlflow_bin = Path(sys.executable).parent / "mlflow"
-    return [str(mlflow_bin) if mlflow_bin.exists() else "mlflow", "models", "serve", "-m", model_uri,
-            "-h", host, "-p", str(port), "-w", str(workers), "-t", str(timeout_s), "--env-manager", "local"]
+def serve_command(port: int = DEFAULT_PORT, host: str = LOOPBACK, workers: int = 1, timeout_s: int = 60) -> list[str]:
+    """uvicorn on :mod:`snapper.mlops.scoring_app` (MLflow's scoring app with a body limit) in
+    this interpreter; the model and the limit travel in :func:`serve_env`."""
+    return [sys.executable, "-m", "uvicorn", "--host", host, "--port", str(port), "--workers", str(workers),
+            "--timeout-graceful-shutdown", str(timeout_s), "--no-access-log", f"{SCORING_APP}:app"]
 
 
-def serve_env(environ: Mapping[str, str], tracking_uri: str, root: Path | None = None) -> dict[str, str]:
-    """The server's environment: this interpreter's bin first on PATH (MLflow starts ``uvicorn``
-    by name), the tracking/registry store, telemetry off, and the image folder when allowed."""
+def serve_env(environ: Mapping[str, str], tracking_uri: str, root: Path | None = None, model_path: str | None = None,
+              max_body_bytes: int = DEFAULT_MAX_BODY, timeout_s: int = 60) -> dict[str, str]:
+    """The server's environment: the local model folder, the body limit and request timeout, this
+    interpreter's bin first on PATH, the tracking/registry store, telemetry off, and the image
+    folder when allowed."""
     env = dict(environ)
+    if model_path is not None:
+        env[MODEL_PATH_ENV] = str(model_path)
+    env[MAX_BODY_ENV] = str(int(max_body_bytes))
+    env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] = str(int(timeout_s))
     env.pop("_MLFLOW_SERVER_ARTIFACT_ROOT", None)  # a private hook of snapper.mlops.tracking, not for servers
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from snapper.config import MAX_BUFFER_RATIO
+from snapper.errors import UserInputError
 from snapper.geometry import EDGE_NAMES, box_problem
 from snapper.imageio import IMAGE_ROOT_ENV, ImageError, LoadedImage, image_root, load_image
 from snapper.inference.snap import Snapper
@@ -53,7 +55,7 @@ BOX_COLUMNS = ("x", "y", "w", "h")
 OUTPUT_COLUMNS = (*BOX_COLUMNS, *(f"conf_{e}" for e in EDGE_NAMES))
 
 
-class SnapRequestError(mlflow.exceptions.MlflowException):
+class SnapRequestError(mlflow.exceptions.MlflowException, UserInputError):
     """A request the service refuses: HTTP 400 from MLflow's model server, with ``cause`` (one
     line, naming the row) and ``row`` in the JSON body next to MLflow's own ``message``."""
 
@@ -125,13 +127,27 @@ def image_sources(df: pd.DataFrame, root: Path | None) -> list[bytes | Path]:
     return sources
 
 
-def _ratios(df: pd.DataFrame, default: float) -> np.ndarray:
+def _ok_ratio(r: np.ndarray) -> np.ndarray:
+    return np.isfinite(r) & (r > 0) & (r <= MAX_BUFFER_RATIO)
+
+
+def _ratios(df: pd.DataFrame, params: Mapping[str, Any] | None) -> np.ndarray:
+    """Each row's Buffer Ratio (its column, else ``params.buffer_ratio``, else 1), each checked
+    as the CLI and the configs check it."""
+    value = (params or {}).get("buffer_ratio", 1.0)
+    try:
+        default = float(1.0 if value is None else value)
+    except (TypeError, ValueError):
+        default = float("nan")
+    if not _ok_ratio(np.array([default]))[0]:
+        raise SnapRequestError(None, f"params.buffer_ratio={value!r}: must be a number in (0, {MAX_BUFFER_RATIO:g}]")
     if "buffer_ratio" not in df.columns:
         return np.full(len(df), default)
     ratios = pd.to_numeric(df["buffer_ratio"], errors="coerce").fillna(default).to_numpy(np.float64)
-    bad = np.flatnonzero(~(np.isfinite(ratios) & (ratios > 0)))
+    bad = np.flatnonzero(~_ok_ratio(ratios))
     if len(bad):
-        raise SnapRequestError(int(bad[0]), f"buffer_ratio must be a positive number, got {df['buffer_ratio'].iloc[bad[0]]!r}")
+        raise SnapRequestError(int(bad[0]), f"buffer_ratio must be a number in (0, {MAX_BUFFER_RATIO:g}], got "
+                                            f"{df['buffer_ratio'].tolist()[bad[0]]!r}")
     return ratios
 
 
@@ -173,10 +189,9 @@ def snap_rows(snapper: Snapper, model_input: pd.DataFrame, params: Mapping[str, 
     """Snap every row of a request (see the module doc); rows of one image share one decode."""
     df = pd.DataFrame(model_input).reset_index(drop=True)
     boxes = _boxes(df)
-    default = float((params or {}).get("buffer_ratio", 1.0) or 1.0)
     passes = _passes(snapper, params)
-    snapper = snapper.with_flip(_flip(params))
-    ratios = _ratios(df, default)
+    snapper = snapper.with_settings(flip=_flip(params))
+    ratios = _ratios(df, params)
     sources = image_sources(df, root)
     out = np.full((len(df), 8), np.nan)
     groups: dict[tuple[Any, float], list[int]] = {}
@@ -208,7 +223,12 @@ class SnapperPyfunc(mlflow.pyfunc.PythonModel):
         self._root = image_root()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return snap_rows(self._snapper, model_input, params, getattr(self, "_root", None))
+        try:
+            return snap_rows(self._snapper, model_input, params, getattr(self, "_root", None))
+        except SnapRequestError:
+            raise
+        except UserInputError as e:  # any other refusal of the input: a 400 with its one-line cause too
+            raise SnapRequestError(None, str(e)) from None
 
 
 def signature() -> "mlflow.models.ModelSignature":
@@ -216,7 +236,8 @@ def signature() -> "mlflow.models.ModelSignature":
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", "image_b64", required=False), ColSpec("string", "image_path", required=False),
-                     *[ColSpec("double", c) for c in BOX_COLUMNS], ColSpec("double", "buffer_ratio", required=False)])
+                     *[ColSpec("double", c, required=False) for c in BOX_COLUMNS],  # a missing one: our 400, one line
+                     ColSpec("double", "buffer_ratio", required=False)])
     outputs = Schema([ColSpec("double", c) for c in OUTPUT_COLUMNS])
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("buffer_ratio", "double", 1.0),
                                                                          ParamSpec("passes", "long", 1),

@@ -158,20 +158,24 @@ def _local_dir(uri: str) -> Path | None:
 
 
 def resolve_registered(ref: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The checkpoint folder of a registry reference (see :mod:`snapper.models.reference`).
+    """The checkpoint folder of a registry reference (see :mod:`snapper.models.reference`)."""
+    return find_checkpoint(model_dir(ref, cache_dir))
+
+
+def model_dir(ref: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The local folder of a registry reference's MLflow model (``MLmodel`` + artifacts).
 
     Models in a local artifact store are used in place; remote ones are downloaded once into
     ``cache_dir`` (default ``<project>/mlflow/cache``), keyed by the pinned version, so
     "latest" always means the newest at call time.
     """
-    text = ref
-    uri = pin_model_ref(text)
+    uri = pin_model_ref(ref)
     if uri.startswith("models:/"):
         from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
         local = _local_dir(ModelsArtifactRepository.get_underlying_uri(uri))
         if local is not None and local.is_dir():
-            return find_checkpoint(local)
+            return local
     cache = Path(cache_dir) if cache_dir else project_root() / "mlflow" / "cache"
     target = cache / safe_dirname(uri.replace(":/", "_").replace("/", "_"))
     if not target.is_dir():
@@ -186,7 +190,7 @@ def resolve_registered(ref: str, cache_dir: str | os.PathLike[str] | None = None
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return find_checkpoint(target)
+    return target
 
 
 def version_of_run(name: str, run_id: str) -> int | None:

@@ -5,10 +5,12 @@ store wherever the process happens to start, phone home with telemetry, and (thr
 ``log_model``) spend a long time inferring pip requirements. Here:
 
 * the tracking/registry store is a SQLite database inside the project,
-  ``sqlite:///<project>/mlflow/mlflow.db`` (project = ``$SNAPPER_HOME`` or the working
-  directory), unless ``MLFLOW_TRACKING_URI`` says otherwise (a server, another database);
+  ``sqlite:///<project>/mlflow/mlflow.db`` (project = :func:`snapper.home.home`), unless
+  ``MLFLOW_TRACKING_URI`` says otherwise (a server, another database);
 * artifacts of a SQLite store go next to the database, ``<project>/mlflow/artifacts``, set
-  explicitly on every experiment we create, so nothing lands in ``./mlruns``;
+  explicitly on every experiment we create and on the database's implicit "Default"
+  experiment when we create the database, so nothing lands in ``./mlruns``. Locations go
+  to MLflow as arguments, never through the process environment;
 * telemetry is off unless the user opted in (``MLFLOW_DISABLE_TELEMETRY``/``DO_NOT_TRACK``
   defaults, set before MLflow is imported);
 * registering and resolving models lives in :mod:`snapper.mlops.registry`;
@@ -48,10 +50,10 @@ import mlflow.pyfunc  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
 from snapper.evaluation.metrics import metric_key  # noqa: E402
+from snapper.home import home  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-HOME_ENV = "SNAPPER_HOME"
 DEFAULT_EXPERIMENT = "snapper"
 
 # MLflow UI conventions (MLflow 3): the experiment kind tag, the description tag of runs and
@@ -71,18 +73,14 @@ PREFECT_LINK_TAG = "prefect.flow_run_url"
 MAX_PARAM_VALUE = 6000
 MAX_KEY = 250
 
-# Private MLflow hook: the artifact root a SqlAlchemy store gives experiments created without
-# one, including the implicit "Default" experiment created with the database. Without it that
-# is ``<cwd>/mlruns/0``; we point it at the project's artifact folder as a second line of defence.
-_ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
-_artifact_env_set_by_us: str | None = None
-
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # what mlflow.set_*_uri export
 
 # --------------------------------------------------------------------------------- locations
 
 
 def project_root() -> Path:
-    return Path(os.environ.get(HOME_ENV) or os.getcwd()).expanduser().resolve()
+    """The project home (:func:`snapper.home.home`), where the local store lives."""
+    return home()
 
 
 def default_tracking_uri() -> str:
@@ -124,23 +122,43 @@ def configure() -> str:
     Idempotent and cheap; every public function here calls it, so a change of
     ``SNAPPER_HOME`` or ``MLFLOW_TRACKING_URI`` between calls is honoured.
     """
-    global _artifact_env_set_by_us
     uri = tracking_uri()
     db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
     root = artifact_root(uri)
-    current = os.environ.get(_ARTIFACT_ROOT_ENV)
-    if root is not None and (current is None or current == _artifact_env_set_by_us):
-        root.mkdir(parents=True, exist_ok=True)
-        os.environ[_ARTIFACT_ROOT_ENV] = _artifact_env_set_by_us = str(root)
-    elif root is None and current is not None and current == _artifact_env_set_by_us:
-        del os.environ[_ARTIFACT_ROOT_ENV]
-        _artifact_env_set_by_us = None
-    if mlflow.get_tracking_uri() != uri:
-        mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    if db is not None and root is not None and not db.exists():
+        _create_store(uri, db, root)
+    # MLflow's setters also export the URI to the environment (for subprocesses); the
+    # environment is the caller's, so it is put back as it was: MLflow keeps the URI in its own
+    # module state, and a subprocess finds the same store the way this process did.
+    saved = {name: os.environ.get(name) for name in _URI_ENV}
+    try:
+        if mlflow.get_tracking_uri() != uri:
+            mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            elif os.environ.get(name) != value:
+                os.environ[name] = value
     return uri
+
+
+def _create_store(uri: str, db: Path, root: Path) -> None:
+    """Create the SQLite database with its implicit "Default" experiment's artifacts under
+    ``root``. MLflow would otherwise create it on first use with ``<cwd>/mlruns`` (or what the
+    ``_MLFLOW_SERVER_ARTIFACT_ROOT`` variable says): here the root is an argument instead."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    store = SqlAlchemyStore(uri, str(root))
+    store.engine.dispose()
+
+
+def has_active_run() -> bool:
+    """Whether the caller is inside an MLflow run (training then nests its own run in it)."""
+    return mlflow.active_run() is not None
 
 
 def mlflow_client() -> "mlflow.MlflowClient":
@@ -231,7 +249,7 @@ def active_run_id(run_id: str | None) -> str:
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dataclass/dict -> ``{"model.backbone": "resnet50", ...}``."""
+    """Nested dataclass/dict -> ``{"model.trunk": "resnet50", ...}``."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         cfg = dataclasses.asdict(cfg)
     if not isinstance(cfg, Mapping):
@@ -254,7 +272,7 @@ def _param_value(value: Any) -> str:
 
 
 def log_config(cfg: Any, prefix: str = "", run_id: str | None = None, artifact_file: str | None = "config.json") -> dict[str, str]:
-    """Log a config as flat params (``model.backbone`` ...) plus the exact JSON as an artifact.
+    """Log a config as flat params (``model.trunk`` ...) plus the exact JSON as an artifact.
 
     Params are the searchable summary (MLflow caps values at 6000 characters: longer ones are
     truncated, the JSON artifact keeps them whole). MLflow params are immutable: re-logging a
@@ -364,6 +382,14 @@ def experiment_link(experiment_id: str, base: str | None = None) -> str | None:
     if not base:
         return None
     return f"{base}/#/experiments/{experiment_id}/runs?{ML_VIEW}&viewStateShareKey={TABLE1_VIEW}"
+
+
+def runs_link(run_id: str | None, base: str | None = None) -> str | None:
+    """The runs list (``Table 1`` view) of run ``run_id``'s experiment, when a UI is known."""
+    base = base or server_url()
+    if not run_id or not base:
+        return None
+    return experiment_link(mlflow_client().get_run(run_id).info.experiment_id, base)
 
 
 def model_version_link(name: str, version: int | str, base: str | None = None) -> str | None:

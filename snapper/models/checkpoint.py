@@ -17,6 +17,7 @@ import torch
 
 from snapper.atomic import atomic_torch_save, atomic_write_text
 from snapper.config import ModelConfig
+from snapper.errors import BadModelError
 from snapper.models.net import build_model
 from snapper.overrides import from_dict, to_dict
 
@@ -24,8 +25,13 @@ MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadModelError, ValueError):
     """A checkpoint folder that cannot be used; the message names the file and the problem."""
+
+
+class ModelNotFoundError(BadModelError, FileNotFoundError):
+    """A reference that names no checkpoint (no such folder, a folder without ``config.json``
+    or ``model.pt``, nothing registered under it)."""
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -56,7 +62,7 @@ def read_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, dict[str, An
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
-        raise FileNotFoundError(f"{path}: not a snapper checkpoint (no {CONFIG_FILE})")
+        raise ModelNotFoundError(f"{path}: not a snapper checkpoint (no {CONFIG_FILE})")
     try:
         meta = json.loads(cfg_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -78,7 +84,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     cfg, meta = read_config(path)
     weights_file = path / MODEL_FILE
     if not weights_file.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint has no {MODEL_FILE}")
+        raise ModelNotFoundError(f"{path}: checkpoint has no {MODEL_FILE}")
     # The weights come from the checkpoint; never download pretrained ones to be overwritten.
     model = build_model(from_dict(ModelConfig, {**to_dict(cfg), "weights": None}))
     state = _read_weights(weights_file, map_location)

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snapper.config import ModelConfig
+from snapper.errors import ConfigError
 from snapper.models.edges import decode_edges, edge_loss
 from snapper.models.trunks import build_trunk
 
@@ -137,7 +138,7 @@ class SnapperNet(_TrunkModel):
     def forward_strips(self, strips: torch.Tensor) -> torch.Tensor:
         """Canonical strips (K, 3, L, S) (edge upright, object to its right) -> (K, num_bins)."""
         if self.zoom is None:
-            raise ValueError("this model has no zoom-in decoder (trained without model.zoom): use passes=1")
+            raise ConfigError("this model has no zoom-in decoder (trained without model.zoom): use passes=1")
         stem, feats = self.trunk(strips)
         x_seq, _ = directional_pool(self.fuse(feats))
         x_skip, _ = directional_pool(self.skip(stem))
@@ -219,6 +220,6 @@ def build_model(cfg: ModelConfig) -> SnapperNet | RegressionNet:
         return SnapperNet(cfg)
     if cfg.head == "regression":
         if cfg.zoom:
-            raise ValueError("model.zoom needs the edge head (model.head='edges'); the regression baseline has none")
+            raise ConfigError("model.zoom needs the edge head (model.head='edges'); the regression baseline has none")
         return RegressionNet(cfg)
-    raise ValueError(f"unknown head {cfg.head!r}; choose 'edges' or 'regression'")
+    raise ConfigError(f"unknown head {cfg.head!r}; choose 'edges' or 'regression'")

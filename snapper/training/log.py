@@ -1,8 +1,8 @@
 """The training log: loss/throughput windows, ``history.jsonl`` and the ``step N/M`` line.
 
-One row per ``log_every`` steps goes to ``<out_dir>/history.jsonl`` (and MLflow); the log
-line ``step N/M loss ...`` is also what the flow reads its progress bar from, so its format
-and :func:`progress_of` live side by side here.
+One row per ``log_every`` steps goes to ``<out_dir>/history.jsonl`` (and MLflow) and to the
+log line ``step N/M loss ...``, for people. Programs read progress from
+:mod:`snapper.training.progress`, never from the log.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,6 @@ from snapper.atomic import atomic_write_text
 
 HISTORY_FILE = "history.jsonl"
 STEP_LINE = "step %d/%d loss %.4f lr %.3g %.1f samples/s eta %s"
-_STEP_RE = re.compile(r"\bstep (\d+)/(\d+)\b")
 
 
 def write_history(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> None:
@@ -46,14 +44,6 @@ def fmt_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h:d}:{m:02d}:{s:02d}"
-
-
-def progress_of(message: str) -> float | None:
-    """Percent done from a ``step N/M`` log line (None for other lines)."""
-    m = _STEP_RE.search(message)
-    if m is None:
-        return None
-    return 100.0 * int(m.group(1)) / max(int(m.group(2)), 1)
 
 
 class LossWindow:

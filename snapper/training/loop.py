@@ -9,7 +9,9 @@
 The pieces: :mod:`snapper.training.presets` (configs), :mod:`snapper.training.schedule` (AdamW, warm-up +
 cosine), :mod:`snapper.training.distributed` (DDP), :mod:`snapper.training.state` (resume),
 :mod:`snapper.training.batches` (the stream), :mod:`snapper.training.validation` (model selection),
-:mod:`snapper.training.log` and :mod:`snapper.training.tracker` (history, MLflow).
+:mod:`snapper.training.log`, :mod:`snapper.training.progress` and :mod:`snapper.training.tracker` (history,
+progress, MLflow). Registering the model is not training's business: it happens once the model
+is evaluated (:mod:`snapper.mlops.lifecycle`).
 
 Decisions (and why):
 
@@ -50,8 +52,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from snapper.atomic import atomic_write_text
 from snapper.config import TrainConfig
-from snapper.data.train_stream import check_buffer_ratios
 from snapper.device import autocast, resolve_device, training_autocast_dtype, use_channels_last
+from snapper.errors import ConfigError
 from snapper.models.checkpoint import check_weights_match, read_config, save_checkpoint, unwrap
 from snapper.models.net import build_model
 from snapper.overrides import dump_yaml, to_dict
@@ -69,6 +71,7 @@ from snapper.training.distributed import (
 )
 from snapper.training.ema import build_ema
 from snapper.training.log import HISTORY_FILE, STEP_LINE, LossWindow, append_history, fmt_duration, write_history
+from snapper.training.progress import FAILED, FINISHED, RUNNING, STOPPED, Progress, ProgressCallback, write_progress
 from snapper.training.schedule import build_optimizer
 from snapper.training.state import (
     BEST_DIR,
@@ -86,7 +89,7 @@ from snapper.training.validation import run_validation
 
 log = logging.getLogger("snapper.training.loop")
 
-CONFIG_FILE = "config.yaml"  # the resolved TrainConfig of the run, beside its checkpoints
+RUN_CONFIG_FILE = "config.yaml"  # the run's resolved TrainConfig (a checkpoint's is models.checkpoint.CONFIG_FILE)
 LAST_DIR = "last"
 
 
@@ -97,7 +100,6 @@ class TrainResult:
     best_checkpoint: str | None  # = last_checkpoint when there is no validation data
     steps: int
     mlflow_run_id: str | None = None
-    registered_version: str | None = None
     final_metrics: dict[str, float] = field(default_factory=dict)
     best_score: float | None = None
     stopped_early: bool = False
@@ -109,19 +111,10 @@ class TrainResult:
 
 
 def check_config(cfg: TrainConfig, has_loader: bool = False) -> None:
-    """Refuse a run that cannot start, before anything is written."""
-    if cfg.steps <= 0:
-        raise ValueError(f"steps must be positive, got {cfg.steps}")
-    if cfg.batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {cfg.batch_size}")
-    for name in ("log_every", "ckpt_every", "eval_every"):
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")
-    check_buffer_ratios(cfg.data)
-    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in (0, 1) or null, got {cfg.ema_decay}")
+    """Refuse a run that cannot start, before anything is written. (Every value's range is
+    checked when the config is built, in :mod:`snapper.config`; what is left needs the run.)"""
     if not has_loader and not cfg.data.train_shards:
-        raise ValueError("data.train_shards is empty: pass shard paths/globs, e.g. "
+        raise ConfigError("data.train_shards is empty: pass shard paths/globs, e.g. "
                          "--set data.train_shards=[shards/train-000000.tar] (see 'snapper shard')")
 
 
@@ -130,12 +123,15 @@ def train(
     *,
     max_steps_this_run: int | None = None,
     loader_factory: LoaderFactory | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """Train (or resume, or return a finished run) into ``cfg.out_dir``.
 
     ``max_steps_this_run`` stops after that many optimizer steps in this call (state saved),
     e.g. to spread a run over time-limited jobs; the next call resumes. ``loader_factory``
     replaces :func:`snapper.data.train_stream.train_loader` (benchmarks, tests).
+    ``on_progress`` gets every :class:`snapper.training.progress.Progress` rank 0 also writes
+    to ``<out_dir>/progress.json``.
     """
     check_config(cfg, loader_factory is not None)
     info = init_distributed(resolve_device(cfg.device).type)
@@ -147,6 +143,7 @@ def train(
             if state.finished:
                 return _finished_result(cfg, state)
         loop = _Loop.start(cfg, info, device, state)
+        loop.on_progress = on_progress
         return loop.run(max_steps_this_run, loader_factory or default_loader)
     finally:
         shutdown(info)
@@ -161,8 +158,7 @@ def _finished_result(cfg: TrainConfig, state: TrainState) -> TrainResult:
     r = state.result
     return TrainResult(
         out_dir=str(out), last_checkpoint=r.get("last_checkpoint"), best_checkpoint=r.get("best_checkpoint"),
-        steps=int(state.step), mlflow_run_id=r.get("mlflow_run_id"), registered_version=r.get("registered_version"),
-        final_metrics=dict(r.get("final_metrics", {})), best_score=state.best_score,
+        steps=int(state.step), mlflow_run_id=r.get("mlflow_run_id"), final_metrics=dict(r.get("final_metrics", {})), best_score=state.best_score,
         stopped_early=bool(state.stopped_early), weights_digest=r.get("weights_digest"),
         stream_stats=dict(r.get("stream_stats", {})))
 
@@ -191,6 +187,8 @@ class _Loop:
     last_ckpt: str | None = None
     stopped_early: bool = False
     digest: str | None = None
+    on_progress: ProgressCallback | None = None
+    progress: Progress | None = None
 
     @property
     def out(self) -> Path:
@@ -232,7 +230,7 @@ class _Loop:
             model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
                                             find_unused_parameters=cfg.model.zoom)
         loop.model = torch.compile(model) if cfg.compile else model
-        loop.tracker = RunTracker(cfg, cfg.mlflow and info.is_main, loop.run_id)
+        loop.tracker = RunTracker(cfg, cfg.tracking.enabled and info.is_main, loop.run_id)
         last = loop.out / LAST_DIR
         loop.last_ckpt = str(last) if last.is_dir() else None
         return loop
@@ -289,23 +287,42 @@ class _Loop:
             failed = False
         finally:
             tracker.close(failed=failed)
+            if self.progress is not None:  # rank 0, once progress.json exists
+                done = self.stopped_early or self.step >= cfg.steps
+                self.report_progress(FAILED if failed else FINISHED if done else STOPPED)
         barrier(self.info, self.device)
         return TrainResult(
             out_dir=str(self.out), last_checkpoint=result.get("last_checkpoint", self.last_ckpt),
             best_checkpoint=result.get("best_checkpoint"), steps=self.step, mlflow_run_id=tracker.run_id,
-            registered_version=result.get("registered_version"), final_metrics=result.get("final_metrics", {}),
+            final_metrics=result.get("final_metrics", {}),
             best_score=self.best_score, stopped_early=self.stopped_early, weights_digest=self.digest,
             stream_stats=result.get("stream_stats", {}))
 
     def write_run_files(self) -> None:
-        """config.yaml, history.jsonl cut back to the saved step, and (fresh runs) MLflow params."""
+        """config.yaml, history.jsonl cut back to the saved step, progress.json, and (fresh
+        runs) MLflow params."""
         if not self.info.is_main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / CONFIG_FILE, dump_yaml(self.cfg))
+        atomic_write_text(self.out / RUN_CONFIG_FILE, dump_yaml(self.cfg))
         write_history(self.out / HISTORY_FILE, self.history)
+        self.report_progress(RUNNING)
         if self.step == 0:
             self.tracker.log_config(self.cfg)
+
+    def report_progress(self, status: str, **numbers: float | None) -> None:
+        """Rank 0: ``progress.json`` and the caller's ``on_progress`` (numbers not given keep
+        their last value)."""
+        if not self.info.is_main:
+            return
+        last = self.progress.to_json() if self.progress is not None else {}
+        last.update({"step": self.step, "steps": self.cfg.steps, "status": status, "best_score": self.best_score,
+                     **numbers})
+        last.pop("updated", None)
+        self.progress = Progress.from_json(last)
+        write_progress(self.out, self.progress)
+        if self.on_progress is not None:
+            self.on_progress(self.progress)
 
     def train_step(self, batch: dict[str, Any], window: LossWindow) -> float:
         """One optimizer step; returns the learning rate it used."""
@@ -350,6 +367,7 @@ class _Loop:
             row = {"step": self.step, "loss": mean_loss, "lr": lr, "samples_per_s": rate}
             self.history.append(row)
             append_history(self.out / HISTORY_FILE, row)
+            self.report_progress(RUNNING, loss=mean_loss, lr=lr, samples_per_s=rate, eta_s=eta)
             metrics = {"train/loss": mean_loss, "train/lr": lr, "train/samples_per_s": rate}
             self.tracker.log_metrics(metrics, self.step)
         window.reset()
@@ -369,6 +387,7 @@ class _Loop:
                                 extra={"step": self.step, "metrics": m, "train_config": to_dict(self.cfg)})
             else:
                 self.evals_since_best += 1
+            self.report_progress(RUNNING)
         patience = self.cfg.patience
         stop = self.info.is_main and patience is not None and self.evals_since_best >= patience
         barrier(self.info, self.device)
@@ -416,7 +435,7 @@ class _Loop:
 
     def report(self, batches: Batches, finished: bool) -> dict[str, Any]:
         """Rank 0: last checkpoint, stream accounting and, for a finished run, the final
-        metrics, files and registration in MLflow."""
+        metrics and files in MLflow."""
         tracker = self.tracker
         self.save_last()
         has_val = bool(self.cfg.data.val_shards)
@@ -437,10 +456,6 @@ class _Loop:
             final.update({f"last/{k}": float(v) for k, v in self.last_metrics.items()})
         result["final_metrics"] = final
         tracker.log_metrics(final, self.step)
-        tracker.log_artifact(self.out / CONFIG_FILE)
+        tracker.log_artifact(self.out / RUN_CONFIG_FILE)
         tracker.log_artifact(self.out / HISTORY_FILE)
-        if self.cfg.registered_model and tracker.enabled and best_ckpt is not None:
-            result["registered_version"] = tracker.register(best_ckpt, self.cfg.registered_model)
-            log.info("registered %s as model %r version %s", best_ckpt, self.cfg.registered_model,
-                     result["registered_version"])
         return result

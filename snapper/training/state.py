@@ -22,7 +22,8 @@ import torch
 
 from snapper.atomic import atomic_torch_save
 from snapper.config import ModelConfig, TrainConfig
-from snapper.overrides import inference_only_fields, to_dict
+from snapper.errors import ConfigError
+from snapper.overrides import inference_only_fields, to_dict, upgrade_keys
 
 log = logging.getLogger("snapper.training.loop")
 
@@ -125,12 +126,12 @@ def check_resumable(cfg: TrainConfig, state: TrainState, path: str | os.PathLike
     """Refuse to continue a run with a model its weights do not fit; warn about a changed
     schedule. Inference-only settings and keys that no longer exist do not count."""
     saved = state.config
-    saved_model = saved.get("model") or {}
+    saved_model = upgrade_keys(ModelConfig, saved.get("model") or {})  # e.g. backbone -> trunk
     current = to_dict(cfg.model)
     # a field added since the run was saved is at its default there (e.g. model.zoom)
     defaults = to_dict(ModelConfig())
     if any(saved_model.get(k, defaults[k]) != current[k] for k in weight_fields()):
-        raise ValueError(f"{path}: the saved run used a different model config "
+        raise ConfigError(f"{path}: the saved run used a different model config "
                          f"({saved.get('model')}) than this one ({current}); "
                          "use a new out_dir to train a different model")
     for key in SCHEDULE_KEYS:

@@ -1,8 +1,9 @@
 """MLflow for a training run: one run per ``out_dir``, written by rank 0 only.
 
 The run id is kept in the training state, so a resumed run logs into the same MLflow run.
-:class:`RunTracker` is a no-op when tracking is off (``cfg.mlflow=false``, ranks > 0): the
-loop calls it unconditionally. ``cfg.registered_model`` registers the best checkpoint at the end of the run.
+:class:`RunTracker` is a no-op when tracking is off (``tracking.enabled=false``, ranks > 0):
+the loop calls it unconditionally. Registering the model is not done here: a model is
+registered once it has been evaluated (:mod:`snapper.mlops.lifecycle`).
 
 Metric names follow :mod:`snapper.mlops.tracking`'s grouping: the loop's one-point summaries
 ``best/*`` and ``last/*`` are logged as ``val/best/*`` and ``val/last/*`` (they are validation
@@ -18,8 +19,6 @@ from typing import Any
 
 from snapper.config import TrainConfig
 from snapper.mlops import tracking
-from snapper.mlops.registry import register_checkpoint
-from snapper.mlops.tracking import mlflow
 
 SUMMARY_GROUPS = ("best/", "last/")
 
@@ -38,11 +37,10 @@ class RunTracker:
         self._ctx: Any = None
         if not enabled:
             return
-        tracking.configure()
         tags = {"snapper.out_dir": str(Path(cfg.out_dir).resolve()), "snapper.head": cfg.model.head}
         # Inside a caller's run (a pipeline's), training is a nested run of it.
-        nested = mlflow.active_run() is not None
-        self._ctx = tracking.start_run(cfg.experiment, cfg.run_name or Path(cfg.out_dir).name, tags,
+        nested = tracking.has_active_run()
+        self._ctx = tracking.start_run(cfg.tracking.experiment, cfg.tracking.run_name or Path(cfg.out_dir).name, tags,
                                        run_id=run_id, nested=nested)
         run = self._ctx.__enter__()
         self.run_id = run.info.run_id
@@ -58,11 +56,6 @@ class RunTracker:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         if self.enabled:
             tracking.log_artifact(path, artifact_path)
-
-    def register(self, checkpoint: str, name: str) -> str | None:
-        if not self.enabled:
-            return None
-        return str(register_checkpoint(self.run_id, checkpoint, name))
 
     def close(self, failed: bool = False) -> None:
         """End the run, FAILED when training raised (so the MLflow UI does not show it running)."""

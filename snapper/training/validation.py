@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from snapper.config import EvalConfig, TrainConfig
+from snapper.config import EvalConfig, SnapSettings, TrainConfig
 from snapper.evaluation.evaluate import evaluate_model
 from snapper.evaluation.metrics import summarize, summary_metrics
 from snapper.models.checkpoint import unwrap
@@ -18,10 +18,10 @@ VAL_BATCH_MIN = 32  # validation needs no gradients: a larger batch than tiny tr
 
 
 def validation_config(cfg: TrainConfig) -> EvalConfig:
-    return EvalConfig(shards=list(cfg.data.val_shards), jitter=cfg.jitter,
-                      batch_size=max(cfg.batch_size, VAL_BATCH_MIN), max_boxes=cfg.data.val_max_boxes,
-                      workers=0, seed=0, device=cfg.device, verify_shards=cfg.data.verify_shards,
-                      passes=max(cfg.model.passes))  # a zoom model is chosen on what it will be used for
+    snap = SnapSettings(batch_size=max(cfg.batch_size, VAL_BATCH_MIN), device=cfg.device,
+                        passes=max(cfg.model.passes))  # a zoom model is chosen on what it will be used for
+    return EvalConfig(shards=list(cfg.data.val_shards), jitter=cfg.jitter, snap=snap, max_boxes=cfg.data.val_max_boxes,
+                      workers=0, seed=0, verify_shards=cfg.data.verify_shards)
 
 
 def validation_score(metrics: dict[str, float]) -> float:

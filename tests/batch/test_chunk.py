@@ -1,5 +1,5 @@
 """Snapping one chunk: result names that change with everything that changes the result,
-settings refused before any work, a changed input refused, one model per process."""
+settings refused before any work, a changed input refused, a bounded model cache per process."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from snapper import batch as B
-from snapper.batch.chunk import check_config
+from snapper.batch import chunk as chunk_module
 from snapper.batch.schema import ROW_COLUMNS
+from snapper.config import SnapSettings
+from snapper.device import resolve_device
 from tests.batchdata import fast_config as cfg
 
 
@@ -40,7 +42,7 @@ def test_result_name_changes_with_what_changes_the_result(rough, tmp_path):
 def test_settings_that_would_fail_every_box_are_refused_first(rough, tmp_path, kw, match):
     ann, images, _ = rough
     with pytest.raises(ValueError, match=match):
-        check_config(cfg(**kw))
+        cfg(**kw)  # the config refuses it when built
     chunk = B.plan_chunks(ann, images, 2)[0]
     with pytest.raises(ValueError, match=match):
         B.snap_chunk(chunk, tmp_path / "no-model-needed", tmp_path / "o", cfg(**kw))
@@ -64,8 +66,20 @@ def test_chunk_rows_account_for_its_annotations(rough, ckpt, tmp_path):
 
 
 def test_one_model_per_checkpoint_device_and_precision(ckpt):
-    a = B.get_snapper(ckpt, "cpu", 4, "auto")
-    assert B.get_snapper(ckpt, "cpu", 4, "auto") is a
-    assert B.get_snapper(ckpt, "cpu", 4, "fp32") is not a
-    nchw = B.get_snapper(ckpt, "cpu", 4, "auto", channels_last=False)
+    a = B.get_snapper(ckpt, SnapSettings(device="cpu", batch_size=4))
+    assert B.get_snapper(ckpt, SnapSettings(device="cpu", batch_size=4)) is a
+    assert B.get_snapper(ckpt, SnapSettings(device="cpu", batch_size=4, precision="fp32")) is not a
+    nchw = B.get_snapper(ckpt, SnapSettings(device="cpu", batch_size=4, channels_last=False))
     assert nchw is not a and a.channels_last and not nchw.channels_last
+
+
+def test_the_model_cache_is_bounded(ckpt):
+    """A long-lived worker serving many jobs keeps the last few models, not every one it saw."""
+    chunk_module._load_snapper.cache_clear()
+    first = B.get_snapper(ckpt, SnapSettings(device="cpu", batch_size=1))
+    for bs in range(2, 2 + 2 * chunk_module.MODEL_CACHE_SIZE):
+        B.get_snapper(ckpt, SnapSettings(device="cpu", batch_size=bs))
+    assert chunk_module._load_snapper.cache_info().currsize == chunk_module.MODEL_CACHE_SIZE
+    assert B.get_snapper(ckpt, SnapSettings(device="cpu", batch_size=1)) is not first  # evicted, loaded again
+    auto = B.get_snapper(ckpt, SnapSettings(device="auto", batch_size=1))
+    assert B.get_snapper(ckpt, SnapSettings(device=str(resolve_device("auto")), batch_size=1)) is auto  # one key

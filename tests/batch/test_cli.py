@@ -5,7 +5,11 @@ annotation, a pixel budget per image; every run checked against the accounting i
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,7 +25,7 @@ from tests.batchdata import EXPECTED, assert_accounted, tiny_checkpoint
 
 def test_cli_single_file_folder_and_errors(rough, ckpt, tmp_path, capsys):
     ann, images, data = rough
-    args = ["--checkpoint", str(ckpt), "--chunk-images", "3", "--workers", "0", "--device", "cpu",
+    args = ["--model", str(ckpt), "--chunk-images", "3", "--workers", "0", "--device", "cpu",
             "--review-threshold", "0.01"]
     assert cli(["batch-snap", str(ann), str(images), str(tmp_path / "o1"), *args]) == 0
     s = json.loads((tmp_path / "o1" / B.SUMMARY_JSON).read_text())
@@ -47,14 +51,17 @@ def test_cli_single_file_folder_and_errors(rough, ckpt, tmp_path, capsys):
      (["--max-pixels", "0"], "--max-pixels"),
      (["--review-threshold", "1.5"], "--review-threshold"), (["--batch-size", "0"], "--batch-size"),
      (["--chunk-images", "x"], "--chunk-images"), (["--workers", "-1"], "--workers"),
-     (["--set", "batch_size=abc"], "batch_size"), (["--set", "no_such_field=1"], "no_such_field"),
-     (["--set", "buffer_ratio=-1"], "buffer_ratio"), (["--set", "precision=fp8"], "precision")],
+     (["--set", "snap.batch_size=abc"], "batch_size"), (["--set", "no_such_field=1"], "no_such_field"),
+     (["--set", "snap.buffer_ratio=-1"], "buffer_ratio"), (["--set", "snap.precision=fp8"], "precision"),
+     (["--device", "banana"], "--device"), (["--set", "snap.device=banana"], "snap.device"),
+     (["--set", "snap.passes=3"], "snap.passes"), (["--set", "review_threshold=2"], "review_threshold"),
+     (["--set", "buffer_ratio=1.5"], "buffer_ratio")],  # a read-out setting lives in the snap section
 )
 def test_bad_options_exit_2_before_any_work(rough, tmp_path, capsys, opts, match):
     ann, images, _ = rough
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
-        cli(["batch-snap", str(ann), str(images), str(out), "--checkpoint", str(tmp_path / "no-model"), *opts])
+        cli(["batch-snap", str(ann), str(images), str(out), "--model", str(tmp_path / "no-model"), *opts])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert match in err[-1] and "Traceback" not in "".join(err)
@@ -63,12 +70,12 @@ def test_bad_options_exit_2_before_any_work(rough, tmp_path, capsys, opts, match
 
 def test_set_and_named_options_reach_the_config(rough, ckpt, tmp_path):
     ann, images, _ = rough
-    args = ["--checkpoint", str(ckpt), "--workers", "0", "--device", "cpu", "--set", "review_moved_frac=0.5",
+    args = ["--model", str(ckpt), "--workers", "0", "--device", "cpu", "--set", "review_moved_frac=0.5",
             "--set", "chunk_images=5", "--chunk-images", "4", "--set", "fuse_key=null", "--buffer-ratio", "1.25"]
     assert cli(["batch-snap", str(ann), str(images), str(tmp_path / "o"), *args]) == 0
     c = json.loads((tmp_path / "o" / B.SUMMARY_JSON).read_text())["config"]
-    assert (c["review_moved_frac"], c["chunk_images"], c["fuse_key"], c["buffer_ratio"]) == (0.5, 4, None, 1.25)
-    assert c["batch_size"] == BatchConfig().batch_size  # defaults come from BatchConfig
+    assert (c["review_moved_frac"], c["chunk_images"], c["fuse_key"], c["snap"]["buffer_ratio"]) == (0.5, 4, None, 1.25)
+    assert c["snap"]["batch_size"] == BatchConfig().snap.batch_size  # defaults come from BatchConfig
 
 
 def test_truth_with_a_folder_is_refused(rough, tmp_path, capsys):
@@ -80,7 +87,7 @@ def test_truth_with_a_folder_is_refused(rough, tmp_path, capsys):
 # ------------------------------------------------------------------ results keyed on content
 
 def _args(ckpt) -> list[str]:
-    return ["--checkpoint", str(ckpt), "--chunk-images", "2", "--workers", "0", "--device", "cpu", "--batch-size", "4"]
+    return ["--model", str(ckpt), "--chunk-images", "2", "--workers", "0", "--device", "cpu", "--batch-size", "4"]
 
 
 def _chunks(out) -> dict[str, int]:
@@ -235,3 +242,29 @@ def test_a_misspelled_images_folder_or_a_file_as_output_exits_2(rough, ckpt, tmp
         assert cli(["batch-snap", str(ann), str(images), str(target), *_args(ckpt)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "is a file, not a folder" in err[0]
+
+
+def test_a_job_is_planned_once_and_a_plain_run_never_imports_mlflow(rough, ckpt, tmp_path):
+    """Folders checked and the model resolved once per job (not again per file or chunk); and
+    batch-snap on a checkpoint folder, without tracking, does not pay for MLflow (a fresh
+    process: this session has imported it elsewhere)."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name in ("one", "two"):
+        (folder / f"{name}.json").write_text(rough[0].read_text())
+    code = ("import json, sys; from snapper.formats import pipeline as P; from snapper.cli import main; calls = []\n"
+            "def count(f):\n"
+            "    def spy(*a, **k):\n"
+            "        calls.append(f.__name__)\n"
+            "        return f(*a, **k)\n"
+            "    return spy\n"
+            "P.resolve_model, P.check_folders = count(P.resolve_model), count(P.check_folders)\n"
+            f"rc = main(['batch-snap', {str(folder)!r}, {str(rough[1])!r}, {str(tmp_path / 'out')!r}, '--model', "
+            f"{str(ckpt)!r}, '--workers', '0', '--device', 'cpu', '--chunk-images', '2'])\n"
+            "print(json.dumps({'rc': rc, 'calls': sorted(calls), 'mlflow': 'mlflow' in sys.modules}))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"rc": 0, "calls": ["check_folders", "resolve_model"], "mlflow": False}
+    assert (tmp_path / "out" / "one" / B.OUTPUT_JSON).is_file() and (tmp_path / "out" / "two" / B.OUTPUT_JSON).is_file()

@@ -13,17 +13,16 @@ import pytest
 
 from snapper import batch as B
 from snapper.config import BatchConfig
+from snapper.overrides import from_dict
 from tests.batchdata import EXPECTED, make_rough
 
-FAST = {"workers": 0, "batch_size": 8, "device": "cpu"}
+FAST = {"workers": 0, "snap": {"batch_size": 8, "device": "cpu"}}
 
 
 @pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def harness(prefect_server):
+    """The session's Prefect server (tests/conftest.py)."""
+    yield
 
 
 @pytest.fixture
@@ -54,7 +53,7 @@ def test_batch_snap_flow_accounts_resumes_and_tracks(harness, ckpt, home):
     assert r["summary"]["n_chunks"] == 4 and Path(r["annotations"]).parent == home / "out"
 
     # the same as the in-process library run
-    clean = B.batch_snap(ann, images, home / "clean", ckpt, BatchConfig(chunk_images=2, **FAST))
+    clean = B.batch_snap(ann, images, home / "clean", ckpt, from_dict(BatchConfig, {"chunk_images": 2, **FAST}))
     assert Path(r["annotations"]).read_text() == clean.annotations.read_text()
 
     keys = {a.key for a in _artifacts("batch-snap-rough")}

@@ -268,3 +268,57 @@ def test_a_zip_with_a_path_out_of_the_folder_fails_alone(tmp_path):
     assert r["status"] == "failed" and "member '../../escaped.xml' leaves the archive's folder" in r["error"]
     assert not list(tmp_path.rglob("escaped.xml"))
     assert (box / ib.FAILED / "evil.zip").is_file() and (box / ib.FAILED / "evil.error.txt").is_file()
+
+
+def test_each_input_gets_its_own_output_folder(tmp_path):
+    """Before: ``a.json`` and ``a.zip`` (or a changed ``a.json`` dropped again) were both
+    ``done`` with one set of outputs, the first file's overwritten."""
+    _, images, data = make_rough(tmp_path / "src")
+    ckpt = tiny_checkpoint(tmp_path / "ck")
+    box, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    box.mkdir()
+    first = {**data, "annotations": [a for a in data["annotations"] if a.get("image_id") == 1]}
+    second = {**data, "annotations": [a for a in data["annotations"] if a.get("image_id") == 2]}
+    (box / "a.json").write_text(json.dumps(first))
+    with zipfile.ZipFile(box / "a.zip", "w") as z:
+        z.writestr("a.json", json.dumps(second))
+    results = [ib.process_claimed(c, box, images, outbox, ckpt, fast_config(), heartbeat_s=0.05)
+               for c in ib.claim_round(box, "run1").claims]
+    (box / "a.json").write_text(json.dumps({**first, "annotations": first["annotations"][:2]}))  # changed
+    results += [ib.process_claimed(c, box, images, outbox, ckpt, fast_config(), heartbeat_s=0.05)
+                for c in ib.claim_round(box, "run2").claims]
+    assert [r["status"] for r in results] == ["done"] * 3
+    assert len({r["out_dir"] for r in results}) == 3
+    for r, src in zip(results, (first, second, {"annotations": first["annotations"][:2]})):
+        out = json.loads((Path(r["out_dir"]) / OUTPUT_JSON).read_text())
+        assert [a["id"] for a in out["annotations"]] == [a["id"] for a in src["annotations"]]
+
+
+def test_a_stem_of_dots_cannot_write_into_the_inbox(tmp_path):
+    """Before: ``...json`` (stem ``..``) wrote its outputs into the inbox itself, looked for
+    images one folder too high, and the next run claimed ``snapped.json`` as an input."""
+    _, images, data = make_rough(tmp_path / "src")
+    box = tmp_path / "inbox"
+    box.mkdir()
+    (box / "...json").write_text(json.dumps({**data, "annotations": data["annotations"][:3]}))
+    (r,) = [ib.process_claimed(c, box, images, box / ib.OUTBOX, tiny_checkpoint(tmp_path / "ck"), fast_config(),
+                               heartbeat_s=0.05) for c in ib.claim_round(box, "run1").claims]
+    assert r["status"] == "done" and Path(r["out_dir"]).parent == box / ib.OUTBOX
+    assert r["summary"]["reasons"].get("image_missing", 0) == 0  # the images were found
+    assert sorted(p.name for p in box.iterdir() if p.is_file()) == []  # nothing new to claim
+    assert ib.claim_round(box, "run2").claims == []
+
+
+def test_a_zip_bomb_is_refused_and_leaves_nothing_unpacked(tmp_path):
+    """Before: a 1 MB zip holding a 1 GiB member was unpacked in full and left behind."""
+    images = make_images(tmp_path / "src")
+    box = tmp_path / "inbox"
+    box.mkdir()
+    with zipfile.ZipFile(box / "bomb.zip", "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        z.writestr("a.json", b" " * (64 << 20))  # 64 MiB of spaces deflate ~1000x
+    assert (box / "bomb.zip").stat().st_size < (1 << 20)
+    (c,) = ib.claim_round(box, "run1").claims
+    r = ib.process_claimed(c, box, images, tmp_path / "outbox", tiny_checkpoint(tmp_path / "ck"), fast_config(),
+                           heartbeat_s=0.05)
+    assert r["status"] == "failed" and "a zip bomb?" in r["error"]
+    assert not list((tmp_path / "outbox").rglob("a.json"))

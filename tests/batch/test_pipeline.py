@@ -134,7 +134,7 @@ def test_resume_reuses_finished_chunks_and_equals_a_clean_run(rough, ckpt, tmp_p
 KILLER = """
 import os, signal, sys
 from snapper.batch import pipeline as P
-from snapper.config import BatchConfig
+from snapper.config import BatchConfig, SnapSettings
 ann, images, out, ckpt = sys.argv[1:5]
 real, n = P.run_chunk, [0]
 def snap_then_die(*a, **k):
@@ -143,7 +143,7 @@ def snap_then_die(*a, **k):
     n[0] += 1
     return real(*a, **k)
 P.run_chunk = snap_then_die
-P.batch_snap(ann, images, out, ckpt, BatchConfig(chunk_images=2, workers=0, batch_size=4, device="cpu"))
+P.batch_snap(ann, images, out, ckpt, BatchConfig(chunk_images=2, workers=0, snap=SnapSettings(batch_size=4, device="cpu")))
 """
 
 

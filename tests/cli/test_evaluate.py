@@ -23,7 +23,7 @@ def test_damaged_shards_are_counted_in_the_stream_stats(tmp_path, capsys):
     first.write_bytes(bytes(data))
     second.write_bytes(second.read_bytes()[:700])  # a cut copy
     ckpt = tiny_checkpoint(tmp_path / "ck")
-    args = ["evaluate", "--shards", str(shards), "--checkpoint", f"snapper={ckpt}", "--device", "cpu",
+    args = ["evaluate", "--shards", str(shards), "--model", f"snapper={ckpt}", "--device", "cpu",
             "--no-plots", "--batch-size", "8"]
     assert cli([*args, "--out-dir", str(tmp_path / "eval")]) == 0
     stats = json.loads((tmp_path / "eval" / "stream_stats.json").read_text())["snapper"]
@@ -38,3 +38,14 @@ def test_damaged_shards_are_counted_in_the_stream_stats(tmp_path, capsys):
     assert stats["skipped_images"] == {"shard_truncated": 2} and stats["skipped_boxes"] == {"shard_truncated": 4}
     assert Path(tmp_path / "eval2" / "summary.md").is_file()
     assert "Table 1" in capsys.readouterr().out
+
+
+def test_model_names_are_checked_in_one_line(tmp_path, capsys):
+    import pytest
+
+    assert cli(["evaluate", "--shards", "x.tar", "--model", f"identity={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'identity' is the rough-box floor's name" in err[0]
+    with pytest.raises(SystemExit) as e:
+        cli(["evaluate", "--shards", "x.tar", "--no-identity"])
+    assert e.value.code == 2 and "give at least one --model" in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""``snapper serve``: the champion behind MLflow's model server, from a fresh environment (no
-PATH set up by hand), answering a real image over HTTP and refusing a bad request with a 400
-that names the row."""
+"""``snapper serve``: the champion behind MLflow's scoring app, from a fresh environment (no
+PATH set up by hand), answering a real image over HTTP, refusing a bad request with a 400
+that names the row and a body over the limit with a 413, and stopping on one signal."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def _register_champion(home: Path) -> None:
     """A tiny untrained model registered as snapper@champion in ``home``'s store (a subprocess,
     so this test's own MLflow configuration stays untouched)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
+    cfg = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
     ck = save_checkpoint(home / "ck", build_model(cfg), cfg)
     code = ("from snapper import registry, tracking\n"
             "with tracking.start_run('serve-test') as run:\n"
@@ -100,7 +100,8 @@ def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[f
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "snapper.cli", "serve", "--port", str(port)], cwd=REPO,
+        proc = subprocess.Popen([sys.executable, "-m", "snapper.cli", "serve", "--port", str(port), "--max-body-mb", "1"],
+                                cwd=REPO,
                                 env=_store_env(home), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_until_up(port, proc, log)
@@ -123,12 +124,34 @@ def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[f
         flipped = Snapper.from_checkpoint(home / "ck", device="cpu", flip=True).snap(image, [box]).boxes[0]
         np.testing.assert_allclose([body["predictions"][0][k] for k in "xywh"], flipped, atol=1e-3)
         assert not np.allclose(flipped, [pred[k] for k in "xywh"], atol=1e-3)  # the param did reach the model
+        _refusals_carry_one_line(url, encode_image(image), box)
+        proc.send_signal(signal.SIGTERM)  # the command's own pid, as `kill` would: nothing may survive it
+        assert proc.wait(timeout=60) is not None
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # before: mlflow/uvicorn children kept answering /ping
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _refusals_carry_one_line(url: str, image_b64: str, box: list[float]) -> None:
+    """A body over the limit is a 413, a missing column or an absurd box a 400, each with a
+    one-line ``cause`` (before: no 413 at all; MLflow's message with the whole dataframe; a
+    stack trace as the 400's body)."""
+    status, body = _post(url, request_json("A" * (2 << 20), [box]))
+    assert status == 413 and "over this server's limit" in body["cause"], body
+    missing = request_json(image_b64, [box])
+    missing["dataframe_split"]["columns"].remove("h")
+    missing["dataframe_split"]["data"] = [row[:-1] for row in missing["dataframe_split"]["data"]]
+    status, body = _post(url, missing)
+    assert status == 400 and "missing column(s) ['h']" in body["cause"] and "\n" not in body["cause"], body
+    status, body = _post(url, request_json(image_b64, [box], buffer_ratio=1e300))
+    assert status == 400 and body["cause"].startswith("params.buffer_ratio=1e+300: must be a number in (0, 4]"), body
+    for huge in ([-1e308, -1e308, 1.7e308, 1.7e308], [0, 0, 1e9, 1e9]):  # before: a stack trace; OOM-killed
+        status, body = _post(url, request_json(image_b64, [huge]))
+        assert status == 200 and all(np.isfinite(v) for v in body["predictions"][0].values()), body
 
 
 def test_no_champion_is_one_line_and_exit_2(store, capsys) -> None:

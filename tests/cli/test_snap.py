@@ -3,12 +3,20 @@ or written first."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from snapper.cli import main as cli
 from tests.batchdata import tiny_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +31,7 @@ def _one_line(capsys) -> str:
 
 
 def test_a_missing_checkpoint_is_one_line(photo, tmp_path, capsys):
-    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--checkpoint", str(tmp_path / "nonexistent")]) == 2
+    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--model", str(tmp_path / "nonexistent")]) == 2
     assert "nonexistent" in _one_line(capsys)
 
 
@@ -31,7 +39,7 @@ def test_a_missing_checkpoint_is_one_line(photo, tmp_path, capsys):
                                        ("10,10,nan,5", "non_finite"), ("10,10,inf,5", "non_finite")])
 def test_a_box_too_thin_to_snap_is_refused(photo, tmp_path, capsys, box, what):
     # before: a 1x1 box with confidence 1.0 on every edge
-    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--box", box, "--checkpoint", str(tmp_path / "x")]) == 2
+    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--box", box, "--model", str(tmp_path / "x")]) == 2
     line = _one_line(capsys)
     assert "--box 1" in line and what in line
 
@@ -40,7 +48,7 @@ def test_overlay_paths_are_checked_before_the_model_loads(photo, tmp_path, capsy
     (tmp_path / "afile").write_text("x")
     for out, what in ((tmp_path / "nodir" / "o.png", "does not exist"), (tmp_path / "afile" / "o.png", "is a file"),
                       (tmp_path, "is a folder"), (tmp_path / "o.pngg", "unknown image extension")):
-        assert cli(["snap", str(photo), "--box", "18,12,55,26", "--checkpoint", str(tmp_path / "x"),
+        assert cli(["snap", str(photo), "--box", "18,12,55,26", "--model", str(tmp_path / "x"),
                     "--out", str(out)]) == 2
         assert what in _one_line(capsys)
 
@@ -50,12 +58,76 @@ def test_a_truncated_jpeg_is_named_once(ckpt, tmp_path, capsys):
     path = tmp_path / "cut.jpg"
     Image.fromarray(arr).save(path, quality=90)
     path.write_bytes(path.read_bytes()[:20000])
-    assert cli(["snap", str(path), "--box", "18,12,55,26", "--checkpoint", str(ckpt), "--device", "cpu"]) == 2
+    assert cli(["snap", str(path), "--box", "18,12,55,26", "--model", str(ckpt), "--device", "cpu"]) == 2
     line = _one_line(capsys)
     assert line.count("cut.jpg") == 1 and "truncated" in line and ".cpp" not in line
 
 
 def test_good_input_still_snaps(ckpt, photo, capsys):
-    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--box", "20,10,2,2", "--checkpoint", str(ckpt),
+    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--box", "20,10,2,2", "--model", str(ckpt),
                 "--device", "cpu"]) == 0
     assert '"boxes"' in capsys.readouterr().out
+
+
+def test_snapping_with_a_checkpoint_folder_never_imports_mlflow(photo, ckpt):
+    """MLflow costs seconds to import: a folder checkpoint must not pay for it (a fresh
+    process, since this test session has imported MLflow elsewhere)."""
+    code = ("import json, sys; from snapper.cli import main; "
+            f"rc = main(['snap', {str(photo)!r}, '--box', '18,8,54,34', '--model', {str(ckpt)!r}, '--device', 'cpu']); "
+            "print(json.dumps({'rc': rc, 'mlflow': sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"rc": 0, "mlflow": []}
+
+
+def test_a_checkpoint_with_an_absurd_config_is_one_line(ckpt, photo, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["model"]["fpn_channels"] = 200000
+    (bad / "config.json").write_text(json.dumps(meta))
+    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--model", str(bad), "--device", "cpu"]) == 2
+    line = _one_line(capsys)
+    assert str(bad / "config.json") in line and "model.fpn_channels" in line
+
+
+def test_the_old_option_name_still_snaps(ckpt, photo, capsys):
+    assert cli(["snap", str(photo), "--box", "18,12,55,26", "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
+    assert '"boxes"' in capsys.readouterr().out
+
+
+def test_a_missing_image_is_one_line(ckpt, tmp_path, capsys):
+    assert cli(["snap", str(tmp_path / "nope.jpg"), "--box", "18,12,55,26", "--model", str(ckpt), "--device", "cpu"]) == 2
+    assert "nope.jpg" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("opts, match", [(["--device", "banana"], "--device"), (["--buffer-ratio", "0"], "--buffer-ratio"),
+                                         (["--passes", "3"], "--passes"), (["--precision", "fp8"], "--precision")])
+def test_bad_read_out_options_exit_2_before_the_model_loads(photo, tmp_path, capsys, opts, match):
+    """The read-out options are SnapSettings' fields, checked before anything is loaded."""
+    with pytest.raises(SystemExit) as e:
+        cli(["snap", str(photo), "--box", "18,12,55,26", "--model", str(tmp_path / "not-loaded"), *opts])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert match in err[-1] and "not-loaded" not in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_a_huge_box_is_clipped_to_the_image_in_bounded_memory(photo, ckpt):
+    """Before: ``--box 0,0,1e9,1e9`` allocated ~21 GiB in the crop kernel (a fresh process, so
+    that its peak memory is its own)."""
+    import resource
+
+    code = ("import json; from snapper.cli import main; "
+            f"raise SystemExit(main(['snap', {str(photo)!r}, '--box', '0,0,1000000000,1000000000', '--model', {str(ckpt)!r}, "
+            "'--device', 'cpu']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    (box,) = json.loads(out.stdout)["boxes"]
+    x, y, w, h = box["bbox"]
+    assert 0 <= x and 0 <= y and x + w <= 90 + 1e-6 and y + h <= 60 + 1e-6
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 2 << 20  # KiB: under 2 GiB

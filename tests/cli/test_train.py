@@ -26,7 +26,7 @@ def shards(tmp_path_factory):
 def tiny_args(shards, out, *more: str) -> list[str]:
     return ["train", "--preset", "cpu-tiny", "--set", "model.input_size=32",
             "--set", f"data.train_shards={json.dumps(shards['train'])}",
-            "--set", f"data.val_shards={json.dumps(shards['val'])}", "--set", "mlflow=false",
+            "--set", f"data.val_shards={json.dumps(shards['val'])}", "--set", "tracking.enabled=false",
             "--set", "device=cpu", *more, "--out-dir", str(out)]
 
 
@@ -69,10 +69,18 @@ def test_bad_set_value_exits_2_naming_the_key_before_writing(tmp_path, capsys):
     assert not out.exists()
 
 
+def exit_code(argv: list[str]) -> int:
+    """The command's exit status, whether it returns it or exits (argparse refuses a bad --set)."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return int(e.code)
+
+
 def test_cli_refuses_a_config_without_data(tmp_path, capsys):
     assert cli.main(["train", "--preset", "cpu-tiny", "--out-dir", str(tmp_path / "x")]) == 2
     assert "train_shards is empty" in capsys.readouterr().err
-    assert cli.main(["train", "--preset", "cpu-tiny", "--set", "steps=0", "--out-dir", str(tmp_path / "x")]) == 2
+    assert exit_code(["train", "--preset", "cpu-tiny", "--set", "steps=0", "--out-dir", str(tmp_path / "x")]) == 2
     assert "steps must be positive" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
@@ -94,5 +102,5 @@ def test_print_config_shows_the_layers(tmp_path, capsys):
                      "--out-dir", str(tmp_path / "o")]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["batch_size"] == 5 and printed["lr"] == 0.0005 and printed["out_dir"] == str(tmp_path / "o")
-    assert printed["model"]["backbone"] == "efficientnet_lite0"  # from the preset
+    assert printed["model"]["trunk"] == "efficientnet_lite0"  # from the preset
     assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from snapper.cli.evaluate import main as cli_main  # noqa: E402
-from snapper.config import EvalConfig, ModelConfig  # noqa: E402
+from snapper.config import EvalConfig, ModelConfig, SnapSettings  # noqa: E402
 from snapper.evaluation.evaluate import IDENTITY, evaluate, evaluate_checkpoint, evaluate_identity  # noqa: E402
 from snapper.evaluation.metrics import TABLE1_COLUMNS  # noqa: E402
 from snapper.geometry import paired_iou, xywh_to_xyxy  # noqa: E402
@@ -47,7 +47,7 @@ def _expected_ids(shards) -> set[int]:
 
 def test_evaluate_writes_every_box_for_every_method(setup, tmp_path):
     root, shards, ckpts = setup
-    cfg = EvalConfig(shards=shards["train"] + shards["val"], batch_size=16, device="cpu")
+    cfg = EvalConfig(shards=shards["train"] + shards["val"], snap=SnapSettings(batch_size=16, device="cpu"))
     res = evaluate(ckpts, cfg, tmp_path / "out", n_examples=6)
 
     df = pd.read_parquet(res.parquet)
@@ -94,8 +94,8 @@ def test_example_boxes_do_not_depend_on_batching_and_span_the_iou_range(setup):
     picked = []
     for bs in (3, 16):
         ex: list = []
-        df = evaluate_checkpoint(ckpts["snapper"], EvalConfig(shards=shards["train"] + shards["val"], batch_size=bs,
-                                                             device="cpu"), examples=ex, n_examples=4)
+        df = evaluate_checkpoint(ckpts["snapper"], EvalConfig(shards=shards["train"] + shards["val"],
+                                                             snap=SnapSettings(batch_size=bs, device="cpu")), examples=ex, n_examples=4)
         picked.append([e["annotation_id"] for e in ex])
         assert len(ex) == 4 and [e["iou"] for e in ex] == sorted(e["iou"] for e in ex)  # worst first
         for e in ex:  # each example is the box's own row
@@ -108,7 +108,7 @@ def test_example_boxes_do_not_depend_on_batching_and_span_the_iou_range(setup):
 
 def test_identity_alone_matches_identity_from_a_model_pass(setup, tmp_path):
     root, shards, ckpts = setup
-    cfg = EvalConfig(shards=shards["val"], device="cpu")
+    cfg = EvalConfig(shards=shards["val"], snap=SnapSettings(device="cpu"))
     alone = evaluate_identity(cfg).set_index("annotation_id").sort_index()
     res = evaluate({"snapper": ckpts["snapper"]}, cfg, tmp_path / "o", plots=False)
     df = pd.read_parquet(res.parquet)
@@ -121,8 +121,8 @@ def test_identity_alone_matches_identity_from_a_model_pass(setup, tmp_path):
 
 def test_max_boxes_and_buffer_ratio(setup, tmp_path):
     root, shards, ckpts = setup
-    res = evaluate({"snapper": ckpts["snapper"]}, EvalConfig(shards=shards["train"], max_boxes=5, buffer_ratio=1.5,
-                                                             device="cpu"), tmp_path / "o", plots=False)
+    res = evaluate({"snapper": ckpts["snapper"]}, EvalConfig(shards=shards["train"], max_boxes=5,
+                                                             snap=SnapSettings(buffer_ratio=1.5, device="cpu")), tmp_path / "o", plots=False)
     df = pd.read_parquet(res.parquet)
     assert (df.groupby("method").size() == 5).all()
 
@@ -137,8 +137,8 @@ def test_memory_format_setting_reaches_the_model(setup, tmp_path, monkeypatch):
         seen.append(self.channels_last)
 
     monkeypatch.setattr(Snapper, "__init__", spy)
-    tables = [evaluate_checkpoint(ckpts["snapper"], EvalConfig(shards=shards["train"], max_boxes=8, device="cpu",
-                                                               channels_last=cl)) for cl in (True, False)]
+    tables = [evaluate_checkpoint(ckpts["snapper"], EvalConfig(shards=shards["train"], max_boxes=8,
+                                                               snap=SnapSettings(device="cpu", channels_last=cl))) for cl in (True, False)]
     assert seen == [True, False]
     cols = ["pred_x", "pred_y", "pred_w", "pred_h"]
     assert np.abs(tables[0][cols].to_numpy() - tables[1][cols].to_numpy()).max() < 1e-3
@@ -149,7 +149,7 @@ def test_cli_prints_table_and_logs_to_mlflow(setup, tmp_path, capsys, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("SNAPPER_HOME", str(tmp_path))
     rc = cli_main(["--shards", str(shards["dir"]), "--split", "val",
-                   "--checkpoint", f"edges={ckpts['snapper']}", "--checkpoint", ckpts["regression"],
+                   "--model", f"edges={ckpts['snapper']}", "--model", ckpts["regression"],
                    "--out-dir", str(tmp_path / "cli"), "--device", "cpu", "--no-plots", "--mlflow"])
     assert rc == 0
     out = capsys.readouterr().out

@@ -40,11 +40,9 @@ def home(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
-def harness(home: Path):
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+def harness(home: Path, prefect_server):
+    """The session's Prefect server, with this module's SNAPPER_HOME."""
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +81,7 @@ def test_task_runner_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_overrides_are_validated_by_the_config() -> None:
-    assert flatten({"model": {"backbone": "resnet18"}, "steps": 5}) == {"model.backbone": "resnet18", "steps": 5}
+    assert flatten({"model": {"trunk": "resnet18"}, "steps": 5}) == {"model.trunk": "resnet18", "steps": 5}
     cfg = override(TrainConfig(), {"model": {"head": "regression"}, "data.train_shards": ["a.tar", "b.tar"], "lr": 0.5})
     assert cfg.model.head == "regression" and cfg.data.train_shards == ["a.tar", "b.tar"] and cfg.lr == 0.5
     assert override(TrainConfig(), None) == TrainConfig()
@@ -155,7 +153,9 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     import mlflow
     from prefect.artifacts import Artifact
 
+    from flows.common import artifact_key
     from flows.lifecycle import keys
+    from flows.train import PROGRESS_KEY
     from snapper.mlops import registry, tracking
 
     assert trained["train"]["steps"] == TINY["steps"]
@@ -191,6 +191,11 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     assert (registry.alias_version("snapper-ci") is not None) == reg["champion"]
     assert "Table 1 on the held-out split: boxes" in mv.description and run.info.run_id in mv.description
     assert resolve_model(f"models:/snapper-ci/{reg['version']}").joinpath("model.pt").is_file()
+
+    # progress from the runs' progress.json (the two trainings ran in processes of their own)
+    for run_name in ("tiny", "tiny-regression"):
+        progress = Artifact.get(artifact_key(PROGRESS_KEY, run_name))
+        assert progress is not None and progress.type == "progress" and float(progress.data) == 100.0
 
     k = keys("tiny")
     md = Artifact.get(k["table"])
@@ -260,11 +265,13 @@ def test_torchrun_path_on_cpu(harness: None, home: Path, synth: Path) -> None:
     from snapper.data.shards import shard_dataset
     from snapper.overrides import to_dict
     from snapper.training.presets import preset_config
+    from snapper.training.progress import read_progress
 
     shards = home / "shards" / "ddp"  # its own: no dependence on what other tests left behind
     for split in ("train", "val"):
         shard_dataset(synth, synth.parent / "images", shards, split=split, shard_size=4)
-    cfg = override(preset_config("cpu-tiny"), {**TINY, "device": "cpu", "mlflow": False, "registered_model": None,
+    cfg = override(preset_config("cpu-tiny"), {**TINY, "device": "cpu", "tracking.enabled": False,
+                                                "tracking.registered_model": None,
                                                 "out_dir": str(home / "runs" / "ddp"),
                                                 "data.train_shards": shard_urls(shards, "train"),
                                                 "data.val_shards": shard_urls(shards, "val")})
@@ -277,3 +284,5 @@ def test_torchrun_path_on_cpu(harness: None, home: Path, synth: Path) -> None:
     assert res["steps"] == TINY["steps"]
     assert Path(res["last_checkpoint"], "model.pt").is_file()
     assert (home / "runs" / "ddp" / "flow-train-config.yaml").is_file()
+    progress = read_progress(home / "runs" / "ddp")  # written by torchrun's rank 0, read by the flow
+    assert progress is not None and progress.status == "finished" and progress.step == TINY["steps"]

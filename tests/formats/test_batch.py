@@ -13,7 +13,7 @@ import pytest
 from snapper import batch as B
 from snapper.cli import main as cli
 from snapper.formats import batch_snap_any, voc, yolo
-from snapper.formats.pipeline import FORMAT_JSON, INPUT_COCO, SNAPPED_DIR
+from snapper.formats.pipeline import FORMAT_JSON, INPUT_COCO, SNAPPED_DIR, BatchPlan, finish_job, plan_batch, snap_job
 from tests.batchdata import assert_accounted, fast_config, tiny_checkpoint
 from tests.formats.data import CVAT, base_coco, gt_manifest, make_images, voc_object, voc_xml
 
@@ -24,7 +24,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def _args(ckpt: Path) -> list[str]:
-    return ["--checkpoint", str(ckpt), "--chunk-images", "2", "--workers", "0", "--device", "cpu", "--batch-size", "8"]
+    return ["--model", str(ckpt), "--chunk-images", "2", "--workers", "0", "--device", "cpu", "--batch-size", "8"]
 
 
 def test_ground_truth_five_workers_per_object(tmp_path, ckpt, capsys):
@@ -97,15 +97,57 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
     text = manifest.read_text().splitlines()
     manifest.write_text("\n".join([text[0], "{not json", *text[2:]]) + "\n")
     out = tmp_path / "out"
-    assert cli(["batch-snap", str(manifest), str(images), str(out), "--checkpoint", str(tmp_path / "none")]) == 2
+    assert cli(["batch-snap", str(manifest), str(images), str(out), "--model", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "job.manifest: line 2: not valid JSON" in err[0]
     d = tmp_path / "voc"
     voc.write(base_coco(), None, d)
     assert cli(["batch-snap", str(d), str(images), str(out), "--label-attribute", "x",
-                "--checkpoint", str(tmp_path / "none")]) == 2
+                "--model", str(tmp_path / "none")]) == 2
     assert "--label-attribute is for Ground Truth" in capsys.readouterr().err
     assert cli(["batch-snap", str(d), str(images), str(out), "--format", "cvat",
-                "--checkpoint", str(tmp_path / "none")]) == 2
+                "--model", str(tmp_path / "none")]) == 2
     assert "CVAT for images is one XML file" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_one_plan_for_the_cli_and_the_flow(tmp_path, ckpt):
+    """plan_batch checks and prepares a job once; snap_job (in process, the CLI) and the flow's
+    path (chunks elsewhere, then finish_job) give the same outputs, written back alike."""
+    images = make_images(tmp_path)
+    voc.write(base_coco(), None, tmp_path / "voc")
+    cfg = fast_config()
+    plan = plan_batch(tmp_path / "voc", images, tmp_path / "a", ckpt, cfg)
+    assert plan.format == "voc" and plan.checkpoint == str(ckpt) and plan.report["n_boxes"] == 3
+    (job,) = plan.jobs
+    assert job.rough == str(tmp_path / "a" / INPUT_COCO) and job.out_dir == str(tmp_path / "a") and job.name == "voc"
+    assert BatchPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan  # JSON between a flow's tasks
+    in_process = snap_job(plan, job, cfg)
+    other = plan_batch(tmp_path / "voc", images, tmp_path / "b", ckpt, cfg)
+    (ojob,) = other.jobs
+    done = [B.run_chunk(c, other.checkpoint, ojob.out_dir, cfg).to_dict()
+            for c in B.plan_chunks(ojob.rough, other.images_dir, cfg.chunk_images)]
+    flowed = finish_job(other, ojob, done, cfg, 1.0)
+    assert flowed.batch.annotations.read_text() == in_process.batch.annotations.read_text()
+    assert [p.name for p in flowed.written] == [p.name for p in in_process.written]
+    for r in (in_process, flowed):
+        assert json.loads((r.batch.out_dir / FORMAT_JSON).read_text())["n_boxes"] == 3
+
+
+def test_the_plan_gives_each_coco_file_its_folder_and_refuses_what_does_not_fit(tmp_path, ckpt):
+    images = make_images(tmp_path)
+    folder = tmp_path / "coco"
+    folder.mkdir()
+    for name in ("x", "y"):
+        (folder / f"{name}.json").write_text(json.dumps(base_coco()))
+    plan = plan_batch(folder, images, tmp_path / "o", ckpt)
+    assert plan.format == "coco" and [(j.name, j.out_dir) for j in plan.jobs] == [
+        ("x", str(tmp_path / "o" / "x")), ("y", str(tmp_path / "o" / "y"))]
+    with pytest.raises(B.BatchInputError, match="--truth needs a single rough file"):
+        plan_batch(folder, images, tmp_path / "o", ckpt, truth=folder / "x.json")
+    with pytest.raises(B.BatchInputError, match="--label-attribute is for Ground Truth"):
+        plan_batch(folder, images, tmp_path / "o", ckpt, label_attribute="job")
+    with pytest.raises(B.BatchInputError, match="a folder of 2 COCO files"):
+        batch_snap_any(folder, images, tmp_path / "o", ckpt, fast_config())
+    with pytest.raises(B.BatchInputError, match="images folder"):
+        plan_batch(folder, tmp_path / "no-images", tmp_path / "o", ckpt)

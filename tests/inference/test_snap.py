@@ -7,13 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
+from snapper import batch as B
 from snapper.cli import main as cli
-from snapper.config import ModelConfig
+from snapper.config import ModelConfig, SnapSettings
 from snapper.inference.snap import Snapper
 from snapper.models.checkpoint import save_checkpoint
 from snapper.models.net import build_model
+from tests.batchdata import fast_config, make_rough, tiny_checkpoint
 
-TINY = ModelConfig(backbone="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
+TINY = ModelConfig(trunk="resnet18", input_size=48, fpn_channels=16, decoder_channels=16, decoder_layers=2)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +74,37 @@ def test_bad_boxes_are_named(ckpt, photo, box, reason):
 
 def test_cli_prints_json_and_draws(ckpt, photo, tmp_path, capsys):
     out = tmp_path / "overlay.png"
-    rc = cli(["snap", str(photo), "--box", "18,12,55,26", "--checkpoint", str(ckpt), "--out", str(out)])
+    rc = cli(["snap", str(photo), "--box", "18,12,55,26", "--model", str(ckpt), "--out", str(out)])
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert len(data["boxes"]) == 1 and set(data["boxes"][0]["confidence"]) == {"left", "top", "right", "bottom"}
     assert Image.open(out).size == (90, 60)
-    assert cli(["snap", str(photo), "--box", "1,1,0,4", "--checkpoint", str(ckpt)]) == 2
+    assert cli(["snap", str(photo), "--box", "1,1,0,4", "--model", str(ckpt)]) == 2
     assert "degenerate" in capsys.readouterr().err
+
+
+def test_snapping_and_batch_jobs_read_boxes_out_through_one_method(ckpt, photo, tmp_path, monkeypatch):
+    """predict -> original pixels -> (second pass) is Snapper.read_out, for one image and for the
+    cross-image batches of a batch job alike; the settings object carries every read-out option."""
+    calls: list[int] = []
+    original = Snapper.read_out
+
+    def spy(self, crops, *args, **kwargs):
+        calls.append(len(crops))
+        return original(self, crops, *args, **kwargs)
+
+    monkeypatch.setattr(Snapper, "read_out", spy)
+    s = Snapper.from_checkpoint(ckpt, SnapSettings(device="cpu", buffer_ratio=1.2))
+    assert s.settings.buffer_ratio == 1.2 and s.with_settings(buffer_ratio=1.2) is s
+    r = s.snap(photo, [[18, 12, 55, 26], [20, 10, 20, 20]])
+    assert calls == [2] and r.boxes.shape == (2, 4)
+    wider = s.with_settings(buffer_ratio=1.5)
+    assert wider.model is s.model and wider.settings.buffer_ratio == 1.5 and s.settings.buffer_ratio == 1.2
+    np.testing.assert_allclose(wider.snap(photo, [[18, 12, 55, 26]]).boxes, s.snap(photo, [[18, 12, 55, 26]],
+                                                                                      buffer_ratio=1.5).boxes)
+    with pytest.raises(ValueError, match="device"):
+        s.with_settings(device="cuda")  # moves the model: a new Snapper
+    calls.clear()
+    ann, images, _ = make_rough(tmp_path / "in")
+    res = B.batch_snap(ann, images, tmp_path / "o", tiny_checkpoint(tmp_path / "ck"), fast_config(batch_size=3))
+    assert calls and max(calls) <= 3 and sum(calls) == res.summary["status"]["snapped"]

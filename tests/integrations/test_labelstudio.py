@@ -18,16 +18,15 @@ from snapper.cli import labelstudio as cli
 from snapper.geometry import EDGE_NAMES
 from snapper.inference.snap import Snapper
 from snapper.integrations.labelstudio import (
-    LabelStudioRequestError,
     SnapperBackend,
     create_app,
-    image_source,
     load_backend,
     percent_to_xywh,
     rect_controls,
     task_rectangles,
     xywh_to_percent,
 )
+from snapper.integrations.labelstudio_images import LabelStudioRequestError, image_source
 from tests.batchdata import tiny_checkpoint
 
 W, H = 160, 120
@@ -259,3 +258,57 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_two_passes_need_a_zoom_model(backend) -> None:
     with pytest.raises(ValueError, match="tiny/test supports passes=1 only"):
         SnapperBackend(backend.snapper, "tiny/test", passes=2)
+
+
+def test_redirects_are_checked_at_every_hop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An allowed host must not be a way around the allow-list (before: a 302 from an allowed
+    host to 127.0.0.1 was fetched)."""
+    import http.server
+    import threading
+
+    png = _png_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.startswith("/away"):
+                self.send_response(302)
+                self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/image.png")
+                self.end_headers()
+            elif self.path.startswith("/here"):
+                self.send_response(302)
+                self.send_header("Location", "/image.png")
+                self.end_headers()
+            else:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_port
+        monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+        monkeypatch.setenv("SNAPPER_LS_URL_HOSTS", "localhost")
+        assert image_source(f"http://localhost:{port}/here", 1) == png  # same host: followed
+        with pytest.raises(LabelStudioRequestError, match="redirected to 127.0.0.1.*not an allowed host"):
+            image_source(f"http://localhost:{port}/away", 1)
+        monkeypatch.setenv("SNAPPER_LS_URL_HOSTS", "localhost,127.0.0.1")
+        assert image_source(f"http://localhost:{port}/away", 1) == png  # both listed
+    finally:
+        server.shutdown()
+
+
+def test_a_huge_rectangle_is_clipped_and_answered_in_bounded_memory(client) -> None:
+    """Before: a rectangle of 1e9 px allocated 13.4 GiB and the answer was an HTML 500."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = client.post("/predict", json=_body({"result": [_region("huge", (0.0, 0.0, 1e9, 1e9), "Car")]}))
+    assert r.status_code == 200, r.get_data(as_text=True)[:500]
+    [res] = r.get_json()["results"][0]["result"]
+    assert 0 <= res["value"]["x"] and res["value"]["x"] + res["value"]["width"] <= 100 + 1e-6
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB: under 1 GiB more

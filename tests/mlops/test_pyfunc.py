@@ -25,7 +25,7 @@ from snapper.models.net import build_model
 @pytest.fixture(scope="module")
 def snapper() -> Snapper:
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
+    cfg = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
     return Snapper(build_model(cfg), cfg, device="cpu")
 
 
@@ -78,7 +78,7 @@ def test_the_row_named_is_the_bad_one(snapper: Snapper, images: Path) -> None:
     rows = pd.concat([_rows(image_b64=[b64]), _rows(image_b64=[b64], x=[500.0])], ignore_index=True)
     with pytest.raises(SnapRequestError, match=r"^row 1: box \[500.0, 9.0, 33.0, 30.0\] is unusable \(outside_image\)"):
         snap_rows(snapper, rows)
-    with pytest.raises(SnapRequestError, match="row 1: buffer_ratio must be a positive number"):
+    with pytest.raises(SnapRequestError, match=r"row 1: buffer_ratio must be a number in \(0, 4\], got -2.0"):
         snap_rows(snapper, rows.assign(x=[18.0, 18.0], buffer_ratio=[1.0, -2.0]))
 
 
@@ -102,10 +102,13 @@ def test_server_paths_only_inside_the_allowed_folder(snapper: Snapper, images: P
 
 
 def test_server_command_and_environment(tmp_path: Path) -> None:
-    cmd = serve_command("models:/snapper/3", port=5099)
-    assert cmd[1:5] == ["models", "serve", "-m", "models:/snapper/3"]
-    assert cmd[cmd.index("-h") + 1] == "127.0.0.1" and cmd[-2:] == ["--env-manager", "local"]
-    env = serve_env({"PATH": "/usr/bin", IMAGE_ROOT_ENV: "/x", "_MLFLOW_SERVER_ARTIFACT_ROOT": "y"}, "sqlite:///m.db")
+    cmd = serve_command(port=5099)
+    assert cmd[:3] == [os.sys.executable, "-m", "uvicorn"] and cmd[-1] == "snapper.mlops.scoring_app:app"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5099"
+    env = serve_env({"PATH": "/usr/bin", IMAGE_ROOT_ENV: "/x", "_MLFLOW_SERVER_ARTIFACT_ROOT": "y"}, "sqlite:///m.db",
+                    model_path="/models/3", max_body_bytes=1000, timeout_s=7)
+    assert (env["SNAPPER_SERVE_MODEL_PATH"], env["SNAPPER_SERVE_MAX_BODY_BYTES"]) == ("/models/3", "1000")
+    assert env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == "7"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(os.sys.executable).parent)  # uvicorn is found
     assert env["MLFLOW_TRACKING_URI"] == "sqlite:///m.db" and IMAGE_ROOT_ENV not in env
     assert "_MLFLOW_SERVER_ARTIFACT_ROOT" not in env
@@ -125,7 +128,7 @@ def test_two_passes_on_request(snapper: Snapper, images: Path) -> None:
     with pytest.raises(SnapRequestError, match=r"params.passes=3: passes must be 1 or 2"):
         snap_rows(snapper, rows, {"passes": 3})
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1,
+    cfg = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1,
                       zoom=True)
     zoom = Snapper(build_model(cfg), cfg, device="cpu")
     wide = request_json(b64, [[2, 9, 76, 30]], passes=2)  # wide enough for a second look at x

@@ -70,7 +70,7 @@ def test_pyfunc_serves_a_real_checkpoint(store, tmp_path: Path) -> None:
 
     tracking, registry = store["tracking"], store["registry"]
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
+    cfg = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
     ck = checkpoint.save_checkpoint(tmp_path / "ck", model_mod.build_model(cfg), cfg)
     img = np.zeros((60, 80, 3), np.uint8)
     img[10:40, 20:50] = 255
@@ -132,7 +132,8 @@ def test_champion_check_moves_the_alias_only_on_a_win(store, tmp_path: Path) -> 
 
 
 def test_smoke_presets_never_register_under_the_production_name() -> None:
-    from snapper.mlops.registry import CI_MODEL_NAME, DEFAULT_MODEL_NAME, model_name_for
+    from snapper.mlops.registry import CI_MODEL_NAME, model_name_for
+    from snapper.models.reference import MODEL_NAME as DEFAULT_MODEL_NAME
 
     assert model_name_for("cpu-tiny", DEFAULT_MODEL_NAME) == CI_MODEL_NAME
     assert model_name_for("demo", DEFAULT_MODEL_NAME) == DEFAULT_MODEL_NAME

@@ -53,7 +53,7 @@ def test_run_logs_params_metrics_artifacts(store, tmp_path: Path) -> None:
     assert (store["home"] / "mlflow" / "mlflow.db").is_file()
     client = tracking.mlflow_client()
     r = client.get_run(run.info.run_id)
-    assert r.data.params["model.backbone"] == "resnet50" and r.data.params["steps"] == "7"
+    assert r.data.params["model.trunk"] == "resnet50" and r.data.params["steps"] == "7"
     assert r.data.params["data.train_shards"] == '["s-{000..003}.tar"]'
     assert params["jitter.shift"] == "0.1"
     assert r.data.metrics["all/iou_gt_0.9"] == 8.7
@@ -124,3 +124,23 @@ def test_experiments_open_on_the_numbers(store) -> None:
     r = client.get_run(run.info.run_id)
     assert r.data.metrics == {"val/eval/snapper/all/miou": 90.0, "miou": 90.0}
     assert r.data.tags[tracking.NOTE_TAG] == "**hello**" and r.data.tags["prefect.flow_run_id"] == "f1"
+
+
+def test_configure_never_edits_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store's locations go to MLflow as arguments: a new database's implicit Default
+    experiment still keeps its artifacts in the project, and ``os.environ`` is untouched."""
+    from snapper.mlops import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("_MLFLOW_SERVER_ARTIFACT_ROOT", raising=False)
+    monkeypatch.setenv("SNAPPER_HOME", str(tmp_path / "fresh"))
+    monkeypatch.chdir(tmp_path)
+    before = dict(os.environ)
+    try:
+        uri = tracking.configure()
+        default = tracking.mlflow_client().get_experiment("0")
+        assert dict(os.environ) == before
+        assert uri.endswith("/fresh/mlflow/mlflow.db") and str(tmp_path / "fresh") in default.artifact_location
+        assert not (tmp_path / "mlruns").exists()
+    finally:
+        tracking.mlflow.set_tracking_uri(None)

@@ -8,7 +8,7 @@ from snapper.config import ModelConfig
 from snapper.models.checkpoint import load_checkpoint, save_checkpoint
 from snapper.models.net import build_model
 
-TINY = dict(backbone="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
+TINY = dict(trunk="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -75,3 +75,33 @@ def test_empty_truncated_and_foreign_weights_are_named(tmp_path):
         load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_checkpoints_saved_with_backbone_load_as_trunk(tmp_path):
+    path = _saved(tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["backbone"] = meta["model"].pop("trunk")  # what checkpoints before the rename hold
+    (path / "config.json").write_text(json.dumps(meta))
+    _, cfg, _ = load_checkpoint(path)
+    assert cfg == ModelConfig(**TINY)
+
+
+def test_an_absurd_model_config_is_refused_naming_the_file(tmp_path):
+    import pytest
+
+    from snapper.errors import BadModelError
+    from snapper.models.checkpoint import CheckpointError, ModelNotFoundError
+
+    path = _saved(tmp_path)
+    meta = json.loads((path / "config.json").read_text())
+    meta["model"]["fpn_channels"] = 200_000  # would allocate gigabytes before failing
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value) == f"{path / 'config.json'}: model.fpn_channels must be a whole number in [1, 4096], got 200000"
+    assert isinstance(e.value, BadModelError) and isinstance(e.value, ValueError)
+    (path / "model.pt").unlink()
+    meta["model"]["fpn_channels"] = TINY["fpn_channels"]
+    (path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelNotFoundError, match="checkpoint has no model.pt"):
+        load_checkpoint(path)

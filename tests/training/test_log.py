@@ -1,4 +1,4 @@
-"""history.jsonl, the step line the flow's progress bar reads, and the loss window."""
+"""history.jsonl, the step line, progress as data (not parsed from the log), and the loss window."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from snapper.training.log import (
     LossWindow,
     append_history,
     fmt_duration,
-    progress_of,
     read_history,
     write_history,
 )
+from snapper.training.progress import Progress
 
 
 def test_history_rewrite_then_append(tmp_path):
@@ -24,11 +24,12 @@ def test_history_rewrite_then_append(tmp_path):
     assert read_history(path) == []
 
 
-def test_progress_is_read_from_the_step_line():
+def test_progress_is_data_not_a_log_line():
     line = STEP_LINE % (50, 200, 0.5, 1e-3, 10.0, fmt_duration(3725))
-    assert progress_of(line) == 25.0
-    assert progress_of("snapper.training.loop: " + STEP_LINE % (200, 200, 0.1, 0.0, 1.0, "0:00:00")) == 100.0
-    assert progress_of("step 3 validation: score 50") is None
+    assert line.startswith("step 50/200 loss 0.5000")  # for people; programs read Progress
+    assert Progress(step=50, steps=200).percent == 25.0
+    assert Progress(step=200, steps=200).percent == 100.0
+    assert Progress(step=3, steps=0).percent == 100.0  # never a division by zero
     assert fmt_duration(3725) == "1:02:05" and fmt_duration(-4) == "0:00:00"
 
 

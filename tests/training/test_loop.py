@@ -22,6 +22,8 @@ from snapper.config import TrainConfig
 from snapper.models.checkpoint import load_checkpoint
 from snapper.overrides import load_yaml, to_dict
 from snapper.training.loop import train
+from snapper.training.progress import read_progress
+from snapper.training.publish import evaluate_and_register
 from snapper.training.schedule import lr_at
 from snapper.training.state import STATE_FILE, load_state
 from tests.helpers import make_tiny_shards, tiny_train_config
@@ -48,9 +50,10 @@ def test_train_writes_checkpoints_state_and_mlflow(shards, tmp_path, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("SNAPPER_HOME", str(tmp_path))
     out = tmp_path / "run"
-    cfg = tiny_train_config(shards, out, steps=4, ckpt_every=2, eval_every=2, mlflow=True,
-                            registered_model="tiny-test", experiment="test-train")
-    res = train(cfg)
+    cfg = tiny_train_config(shards, out, steps=4, ckpt_every=2, eval_every=2,
+                            tracking={"enabled": True, "registered_model": "tiny-test", "experiment": "test-train"})
+    reported = []
+    res = train(cfg, on_progress=reported.append)
 
     assert res.steps == 4
     for d in (res.last_checkpoint, res.best_checkpoint):
@@ -66,14 +69,23 @@ def test_train_writes_checkpoints_state_and_mlflow(shards, tmp_path, monkeypatch
     assert res.final_metrics["best/score"] == pytest.approx(res.best_score)
 
     run = mlflow.MlflowClient().get_run(res.mlflow_run_id)
-    assert run.data.params["model.backbone"] == "resnet18"
+    assert run.data.params["model.trunk"] == "resnet18"
     assert {"train/loss", "train/lr", "val/score", "val/best/score"} <= set(run.data.metrics)  # grouped (train_tracker)
-    assert res.registered_version is not None
+    # Training registers nothing; the one registration path comes after evaluation.
+    assert not mlflow.MlflowClient().search_model_versions("name='tiny-test'")
+    registered = evaluate_and_register(cfg, res.best_checkpoint, res.mlflow_run_id, res.steps)
+    assert registered is not None and registered["version"] is not None
+    # Progress as data: the file (any process can read it) and the callback agree.
+    assert reported[0].step == 0 and reported[0].status == "running"
+    assert sorted({p.step for p in reported if p.loss is not None}) == [1, 2, 3, 4]
+    assert reported[-1].status == "finished" and reported[-1].percent == 100.0
+    assert read_progress(out) == reported[-1] and read_progress(out).best_score == res.best_score
 
     # A finished run re-run does nothing and reports the same result.
     mtime = (out / STATE_FILE).stat().st_mtime_ns
     again = train(cfg)
-    assert again.steps == 4 and again.registered_version == res.registered_version
+    again_registered = evaluate_and_register(cfg, again.best_checkpoint, again.mlflow_run_id, again.steps)
+    assert again.steps == 4 and again_registered["version"] == registered["version"]
     assert again.weights_digest == res.weights_digest
     assert (out / STATE_FILE).stat().st_mtime_ns == mtime
 

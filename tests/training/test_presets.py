@@ -21,8 +21,8 @@ def test_presets_and_override_order(tmp_path):
     for name in PRESETS:
         assert isinstance(preset_config(name), TrainConfig)
     gpu, cpu = preset_config("gpu"), preset_config("cpu")
-    assert (gpu.model.backbone, gpu.model.weights, gpu.trunk_lr_mult) == ("resnet50", "imagenet", 0.1)
-    assert (cpu.model.backbone, cpu.model.weights) == ("efficientnet_lite0", "imagenet") and cpu.batch_size == 32
+    assert (gpu.model.trunk, gpu.model.weights, gpu.trunk_lr_mult) == ("resnet50", "imagenet", 0.1)
+    assert (cpu.model.trunk, cpu.model.weights) == ("efficientnet_lite0", "imagenet") and cpu.batch_size == 32
     assert cpu.freeze_trunk_bn and cpu.trunk_lr_mult < 1
     assert preset_config("demo").model.weights is None  # the demo stays offline and fast
     f = tmp_path / "c.yaml"
@@ -60,11 +60,11 @@ def test_unknown_preset_and_bad_yaml_are_refused(tmp_path):
 
 
 def test_deep_merge_keeps_the_rest_of_a_section():
-    base = {"model": {"backbone": "resnet18", "input_size": 48}, "steps": 4}
+    base = {"model": {"trunk": "resnet18", "input_size": 48}, "steps": 4}
     merged = deep_merge(base, {"model": {"input_size": 32}, "lr": 1.0})
-    assert merged == {"model": {"backbone": "resnet18", "input_size": 32}, "steps": 4, "lr": 1.0}
+    assert merged == {"model": {"trunk": "resnet18", "input_size": 32}, "steps": 4, "lr": 1.0}
     assert base["model"]["input_size"] == 48  # the preset itself is not modified
-    assert preset_config("cpu-tiny", {"model": {"input_size": 32}}).model.backbone == "resnet18"
+    assert preset_config("cpu-tiny", {"model": {"input_size": 32}}).model.trunk == "resnet18"
 
 
 def test_the_regression_baseline_keeps_the_run_but_its_head_and_rate():
@@ -72,5 +72,5 @@ def test_the_regression_baseline_keeps_the_run_but_its_head_and_rate():
     reg = regression_baseline(base)
     assert reg.model.head == "regression" and not reg.model.zoom
     assert reg.lr == base.lr * REGRESSION_LR_SCALE < base.lr
-    assert (reg.model.backbone, reg.steps, reg.batch_size, reg.data) == (base.model.backbone, base.steps,
+    assert (reg.model.trunk, reg.steps, reg.batch_size, reg.data) == (base.model.trunk, base.steps,
                                                                          base.batch_size, base.data)

@@ -47,7 +47,7 @@ def test_a_pretrained_trunk_learns_at_a_fraction_of_the_rate():
     from snapper.config import ModelConfig, TrainConfig
     from snapper.models.net import build_model
 
-    net = build_model(ModelConfig(backbone="resnet18", input_size=32, fpn_channels=8, decoder_channels=8,
+    net = build_model(ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8,
                                   decoder_layers=1))
     cfg = TrainConfig(lr=1e-3, trunk_lr_mult=0.1, warmup_steps=0, steps=10)
     opt, _ = build_optimizer(net, cfg, torch.device("cpu"))

@@ -108,3 +108,12 @@ def test_best_on_disk_wins_when_newer(tmp_path):
     (tmp_path / BEST_DIR / "config.json").write_text(json.dumps({"metrics": {"score": 7.0}}))
     assert best_on_disk(tmp_path, 3.0) == 7.0 and best_on_disk(tmp_path, None) == 7.0
     assert best_on_disk(tmp_path, 9.0) == 9.0
+
+
+def test_a_run_saved_with_backbone_resumes_with_trunk(tmp_path):
+    cfg = TrainConfig(model=ModelConfig(trunk="resnet18"))
+    saved = _state(cfg)
+    saved.config["model"]["backbone"] = saved.config["model"].pop("trunk")  # saved before the rename
+    check_resumable(cfg, saved, tmp_path / STATE_FILE)
+    with pytest.raises(ValueError, match="different model config"):
+        check_resumable(TrainConfig(model=ModelConfig(trunk="resnet34")), saved, tmp_path / STATE_FILE)

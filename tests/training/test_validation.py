@@ -13,7 +13,7 @@ def test_validation_config_follows_the_run():
                       data=DataConfig(val_shards=["v-000000.tar"], val_max_boxes=64, seed=5))
     ev = validation_config(cfg)
     assert ev.shards == ["v-000000.tar"] and ev.max_boxes == 64 and ev.jitter.shift == 0.3
-    assert ev.batch_size == 32 and ev.workers == 0 and ev.device == "cpu"
+    assert ev.snap.batch_size == 32 and ev.workers == 0 and ev.snap.device == "cpu"
     assert ev.seed == 0  # the same boxes at every evaluation, whatever the data seed
 
 

@@ -1,0 +1,235 @@
+"""A trained model's life once it has been evaluated: register it, challenge the champion,
+describe both in MLflow. The one registration path: the ``train-snapper`` flow calls it after
+its evaluation, ``snapper train`` through :func:`snapper.training.publish.evaluate_and_register`.
+
+* **Register** under the production name, or under :data:`snapper.mlops.registry.CI_MODEL_NAME`
+  for smoke presets (:func:`snapper.mlops.registry.model_name_for`); a re-run of the same
+  MLflow run reuses its version.
+* **Champion**: the current champion was evaluated on the same boxes as the new model
+  (method :data:`CHAMPION_METHOD` of the evaluation), so the comparison is like for like;
+  :func:`snapper.mlops.registry.decide_champion` decides, the version's tags record it, and only a
+  win moves the alias.
+* **Describe**: the version and the MLflow run get a markdown description (data, preset,
+  steps, Table 1 row, champion check) with links to each other and to the Prefect flow run.
+
+``ctx`` (:func:`run_context`) and ``ev`` (an evaluation summary: ``metrics``, ``scores`` per
+method, Table 1 ``rows``, ``table_md``, ``parquet``) are small JSON, so flows pass them
+between tasks as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from snapper.errors import SnapperError
+from snapper.evaluation.evaluate import IDENTITY
+from snapper.mlops import tracking
+from snapper.mlops.registry import (
+    CHAMPION_ALIAS,
+    alias_version,
+    decide_champion,
+    describe_version,
+    record_champion_check,
+    register_checkpoint,
+    resolve_registered,
+    version_of_run,
+)
+
+log = logging.getLogger(__name__)
+
+CHAMPION_METHOD = "champion"  # the method name of the current champion in the evaluation
+
+
+def run_context(name: str, data: str, preset: str | None, steps: int | None, best_checkpoint: str | None,
+                mlflow_run_id: str | None, flow_run_id: str | None = None,
+                flow_run_url: str | None = None) -> dict[str, Any]:
+    """What descriptions and reports say about a run (small, JSON)."""
+    return {"name": name, "data": data, "preset": preset or "-", "steps": steps,
+            "best_checkpoint": best_checkpoint, "mlflow_run_id": mlflow_run_id,
+            "flow_run_id": flow_run_id, "flow_run_url": flow_run_url}
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def find_champion(name: str, run_id: str | None) -> dict[str, Any] | None:
+    """The current champion of ``name`` and its checkpoint (to evaluate it on the same boxes);
+    None when there is none. A champion made by this very run is not evaluated twice."""
+    mv = alias_version(name, CHAMPION_ALIAS)
+    if mv is None:
+        return None
+    info: dict[str, Any] = {"version": int(mv.version), "run_id": mv.run_id}
+    if mv.run_id and mv.run_id == run_id:
+        return info
+    try:
+        info["checkpoint"] = str(resolve_registered(f"models:/{name}/{mv.version}"))
+    except (SnapperError, OSError, ValueError, LookupError) as e:  # what a broken version raises
+        log.warning("champion %s version %s cannot be loaded (%s): it will not be challenged", name, mv.version, e)
+        info["error"] = str(e)
+    return info
+
+
+def register_version(run_id: str, checkpoint: str, name: str, tags: dict[str, str]) -> int:
+    """:func:`snapper.mlops.registry.register_checkpoint`; a re-run of the same MLflow run
+    reuses its version."""
+    existing = version_of_run(name, run_id)
+    if existing is not None:
+        log.info("run %s is already registered as %s version %d", run_id, name, existing)
+        return existing
+    return register_checkpoint(run_id, checkpoint, name, tags=tags)
+
+
+def challenge_champion(name: str, version: int, scores: dict[str, float | None], champion: dict[str, Any] | None,
+                       eval_set: str) -> dict[str, Any]:
+    """Decide and record whether ``version`` takes the champion alias (see the module doc)."""
+    champ_version = champion["version"] if champion else None
+    check = decide_champion(name, version, float(scores["snapper"] or 0.0), eval_set, champ_version,
+                            scores.get(CHAMPION_METHOD), float(scores[IDENTITY] or 0.0))
+    record_champion_check(check)
+    log.info("%s", check.line())
+    return dataclasses.asdict(check)
+
+
+def version_tags(metrics: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
+    """The model's scores (``snapper.all.*``) and provenance as model-version tags."""
+    tags = {k.replace("/", "."): f"{v:.4g}" for k, v in metrics.items()
+            if k.startswith("snapper/all/") and isinstance(v, (int, float))}
+    tags.update({"dataset": ctx["data"], "preset": ctx["preset"], "steps": str(ctx["steps"])})
+    tags.update({k: v for k, v in (("prefect.flow_run_id", ctx.get("flow_run_id")),
+                                   (tracking.PREFECT_LINK_TAG, ctx.get("flow_run_url"))) if v})
+    return tags
+
+
+def eval_set_name(ev: dict[str, Any], ctx: dict[str, Any]) -> str:
+    boxes = next((r["boxes"] for r in ev["rows"] if r["method"] == IDENTITY and r["size"] == "all"), "?")
+    return f"{ctx['data']} held-out split ({boxes} boxes)"
+
+
+def register_evaluated(ctx: dict[str, Any], ev: dict[str, Any], champion: dict[str, Any] | None,
+                       model_name: str | None, ui: str | None = None) -> dict[str, Any]:
+    """Register the evaluated run's best checkpoint as a version of ``model_name`` (None: do
+    not register), challenge the champion, describe run and version. Returns ``registered``
+    (name, version, champion, champion_check; None when nothing was registered) and
+    ``check`` (the champion check as JSON, or None)."""
+    run_id = ctx["mlflow_run_id"]
+    registered = check = None
+    if model_name and run_id:
+        version = register_version(run_id, ctx["best_checkpoint"], model_name, version_tags(ev["metrics"], ctx))
+        check = challenge_champion(model_name, version, ev["scores"], champion, eval_set_name(ev, ctx))
+        registered = {"name": model_name, "version": version, "champion": check["holds"],
+                      "champion_check": check["reason"]}
+        log.info("registered model: %s version %d (%s)", model_name, version,
+                 "the champion" if check["holds"] else f"not champion: {check['reason']}")
+    elif model_name:
+        log.warning("MLflow tracking is off for this run (tracking.enabled=false): nothing to register")
+    if run_id:
+        describe(ctx, ev, check, ui)
+    return {"registered": registered, "check": check}
+
+
+# ---------------------------------------------------------------------------- descriptions
+
+
+def _row_text(row: dict[str, Any] | None) -> str:
+    if not row:
+        return "-"
+    return ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("method", "size") and v is not None)
+
+
+def _table1_row(ev: dict[str, Any], method: str) -> dict[str, Any] | None:
+    return next((r for r in ev["rows"] if r["method"] == method and r["size"] == "all"), None)
+
+
+def champion_text(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "not registered"
+    verdict = "**became champion**" if check["promoted"] else "**the champion**" if check["holds"] else "not promoted"
+    return f"`{check['name']}` version {check['version']}: {verdict} ({check['reason']})"
+
+
+def _prefect_text(ctx: dict[str, Any]) -> str | None:
+    return f"[{ctx['flow_run_id']}]({ctx['flow_run_url']})" if ctx.get("flow_run_url") else ctx.get("flow_run_id")
+
+
+def version_description(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str, Any] | None,
+                        ui: str | None = None) -> str:
+    """The model version's description: where it came from, its Table 1 row, the champion check."""
+    run_id = ctx["mlflow_run_id"]
+    mlflow_link = tracking.run_link(run_id, ui)
+    return "\n".join([
+        f"Trained by train-snapper `{ctx['name']}`: data `{ctx['data']}`, preset `{ctx['preset']}`, "
+        f"{ctx['steps']} steps.",
+        "",
+        f"Table 1 on the held-out split: {_row_text(_table1_row(ev, 'snapper'))}",
+        f"(rough boxes: {_row_text(_table1_row(ev, IDENTITY))}).",
+        "",
+        f"Champion check: {champion_text(check)}.",
+        "",
+        f"MLflow run: {f'[{run_id}]({mlflow_link})' if mlflow_link else f'`{run_id}`'}; "
+        f"Prefect flow run: {_prefect_text(ctx) or 'none'}.",
+    ])
+
+
+def run_description(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str, Any] | None) -> str:
+    """The MLflow run's description: the same facts, with the registered version."""
+    return "\n".join([
+        f"train-snapper `{ctx['name']}`: data `{ctx['data']}`, preset `{ctx['preset']}`, {ctx['steps']} steps.",
+        "",
+        f"Held-out Table 1: {_row_text(_table1_row(ev, 'snapper'))}.",
+        "",
+        f"Registered: {champion_text(check)}.",
+        "",
+        f"Prefect flow run: {_prefect_text(ctx) or 'none (run outside Prefect)'}.",
+    ])
+
+
+def describe(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str, Any] | None, ui: str | None = None) -> None:
+    """Descriptions and links on the MLflow run and the model version."""
+    tags = {k: v for k, v in (("prefect.flow_run_id", ctx.get("flow_run_id")),
+                              (tracking.PREFECT_LINK_TAG, ctx.get("flow_run_url"))) if v}
+    tracking.describe_run(ctx["mlflow_run_id"], run_description(ctx, ev, check), tags)
+    if check:
+        describe_version(check["name"], check["version"], version_description(ctx, ev, check, ui))
+
+
+def report_markdown(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str, Any] | None,
+                    ui: str | None = None) -> str:
+    """The run's report: where it is tracked, what was registered, Table 1."""
+    run_id = ctx.get("mlflow_run_id")
+    link = tracking.run_link(run_id, ui)
+    if not run_id:
+        where = "not tracked"
+    elif link:
+        where = f"[{run_id}]({link})"
+    else:
+        where = f"`{run_id}` in the local store: `make mlflow-ui`, then open the `snapper` experiment"
+    return "\n".join([
+        f"# train-snapper: {ctx['name']}",
+        "",
+        f"- MLflow run: {where}",
+        f"- registered model: {champion_text(check)}",
+        f"- data `{ctx['data']}`, preset `{ctx['preset']}`, {ctx['steps']} steps; best checkpoint "
+        f"`{ctx.get('best_checkpoint')}`",
+        f"- per-box table: `{ev['parquet']}`",
+        "",
+        ev["table_md"],
+    ])
+
+
+def where_next(res: dict[str, Any]) -> str:
+    """Where to look after a run: the MLflow run, the per-box Parquet, the registered version."""
+    lines = ["Where to look next:", f"  per-box table (Parquet): {res['eval']['parquet']}"]
+    if res.get("mlflow_run_url"):
+        lines.append(f"  MLflow run:    {res['mlflow_run_url']}")
+        lines.append(f"  all runs:      {res.get('mlflow_runs_url')}")
+    elif res.get("mlflow_run_id"):
+        lines.append(f"  MLflow run:    {res['mlflow_run_id']} in the local store; `make mlflow-ui`, then open "
+                     "http://127.0.0.1:5000 (experiment 'snapper', view 'Table 1')")
+    reg = res.get("registered")
+    if reg:
+        verdict = ("now the champion: `make serve` serves it" if reg["champion"]
+                   else f"not champion ({reg['champion_check']})")
+        lines.append(f"  registered:    models:/{reg['name']}/{reg['version']}, {verdict}")
+    return "\n".join(lines)
