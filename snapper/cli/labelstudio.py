@@ -20,9 +20,16 @@ import socket
 import torch
 from werkzeug.serving import run_simple
 
-from snapper.cli.common import add_buffer_ratio_option, add_flip_option, positive_int, run, setup_logging
+from snapper.cli.common import add_buffer_ratio_option, add_flip_option, positive_float, positive_int, run, setup_logging
 from snapper.errors import BadOptionError
-from snapper.integrations.labelstudio import DEFAULT_PORT, DEVICE_ENV, MODEL_ENV, create_app, load_backend
+from snapper.integrations.labelstudio import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_PORT,
+    DEVICE_ENV,
+    MODEL_ENV,
+    create_app,
+    load_backend,
+)
 from snapper.models.reference import DEFAULT_MODEL
 
 PROG = "snapper label-studio"
@@ -41,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=int, choices=(1, 2), default=1,
                    help="2: add the zoom-in pass (models trained with model.zoom); default 1")
     add_flip_option(p)
+    p.add_argument("--max-body-mb", type=positive_float, default=DEFAULT_MAX_BODY / (1 << 20),
+                   help="largest request body accepted, in MiB (default %(default)g); larger ones get HTTP 413")
     return p
 
 
@@ -55,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         backend = load_backend(args.model, args.device, args.buffer_ratio, args.passes, args.flip)
-        app = create_app(backend)
+        app = create_app(backend, int(args.max_body_mb * (1 << 20)))
         print(f"{PROG}: {backend.model_version} on {backend.snapper.device}\n  Label Studio -> project Settings -> "
               f"Model -> Connect Model: http://{args.host}:{args.port} (interactive preannotations on); "
               "Ctrl-C stops it", flush=True)

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MODEL_ENV = "SNAPPER_MODEL"  # model reference (default: the champion)
 DEVICE_ENV = "SNAPPER_DEVICE"  # default cpu
 DEFAULT_PORT = 9090
+DEFAULT_MAX_BODY = 16 << 20  # task JSON with a data: URI image at most; image files are fetched, not posted
 RECT_TYPES = ("rectanglelabels", "rectangle")
 
 
@@ -341,11 +342,13 @@ def _routes(app: Flask, backend: SnapperBackend) -> None:
         return jsonify({})
 
 
-def create_app(backend: SnapperBackend | None = None) -> Flask:
+def create_app(backend: SnapperBackend | None = None, max_body_bytes: int = DEFAULT_MAX_BODY) -> Flask:
     """The backend's WSGI app (``gunicorn 'snapper.integrations.labelstudio:create_app()'`` works too);
-    refusals answer ``{"status": "error", "error": "<one line>"}`` with their 4xx status."""
+    refusals answer ``{"status": "error", "error": "<one line>"}`` with their 4xx status, a body
+    over ``max_body_bytes`` with 413 before it is read (Label Studio sends task JSON, not images)."""
     backend = backend or load_backend()
     app = Flask("snapper.integrations.labelstudio")
+    app.config["MAX_CONTENT_LENGTH"] = int(max_body_bytes)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # edges stay left, top, right, bottom
     app.before_request(_check_auth)
     _routes(app, backend)
@@ -354,5 +357,12 @@ def create_app(backend: SnapperBackend | None = None) -> Flask:
     def refused(e: LabelStudioRequestError) -> Any:
         log.warning("refused: %s", e)  # Label Studio shows only "400 Client Error": the reason is here
         return jsonify({"status": "error", "error": str(e)}), e.status
+
+    @app.errorhandler(413)
+    def too_large(e: Exception) -> Any:
+        error = (f"request body over this backend's limit of {int(max_body_bytes)} bytes "
+                 "(snapper label-studio --max-body-mb)")
+        log.warning("refused: %s", error)
+        return jsonify({"status": "error", "error": error}), 413
 
     return app

@@ -49,3 +49,20 @@ def test_model_names_are_checked_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli(["evaluate", "--shards", "x.tar", "--no-identity"])
     assert e.value.code == 2 and "give at least one --model" in capsys.readouterr().err
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_one_line(tmp_path, capsys):
+    """Before: refused, but with a ShardError traceback and exit 1."""
+    samples = rect_samples(2, boxes=1, w=2 * TINY.input_size, h=2 * TINY.input_size)
+    src = write_coco_folder(tmp_path / "coco", samples)
+    shards = tmp_path / "shards"
+    m = shard_dataset(src / "annotations.json", src / "images", shards, split="val", shard_size=2)
+    ckpt = tiny_checkpoint(tmp_path / "ck")
+    for evil in ("../../../etc/passwd", "/etc/passwd"):
+        data = json.loads(m.path.read_text())
+        data["shards"][0]["file"] = evil
+        m.path.write_text(json.dumps(data))
+        assert cli(["evaluate", "--shards", str(shards), "--model", str(ckpt), "--device", "cpu", "--no-plots",
+                    "--out-dir", str(tmp_path / "eval")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "refusing shard file name" in err[0] and evil in err[0], err

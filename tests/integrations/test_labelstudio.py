@@ -312,3 +312,11 @@ def test_a_huge_rectangle_is_clipped_and_answered_in_bounded_memory(client) -> N
     [res] = r.get_json()["results"][0]["result"]
     assert 0 <= res["value"]["x"] and res["value"]["x"] + res["value"]["width"] <= 100 + 1e-6
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB: under 1 GiB more
+
+
+def test_a_body_over_the_limit_is_a_413_before_it_is_read(backend, client) -> None:
+    """Before: a 200 MB body was read (+0.9 GB of memory) and answered."""
+    client = create_app(backend, max_body_bytes=1 << 20).test_client()  # the fixture set the image folder up
+    r = client.post("/predict", data=b"{" + b" " * (2 << 20) + b"}", content_type="application/json")
+    assert r.status_code == 413 and "over this backend's limit of 1048576 bytes" in r.get_json()["error"]
+    assert client.post("/predict", json=_body({"result": [NEW]})).status_code == 200  # under it: answered
