@@ -17,6 +17,7 @@ from prefect.artifacts import (
 )
 
 from flows.common import artifact_key, flow_run_link, mlflow_ui
+from snapper.lineage import shard_lineage
 from snapper.mlops import lifecycle, tracking
 
 TABLE_KEY = "snapper-table1"
@@ -61,8 +62,18 @@ def report_task(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str, Any] |
     return md
 
 
-def flow_context(name: str, data: str, preset: str, edges: dict[str, Any]) -> dict[str, Any]:
-    """:func:`snapper.mlops.lifecycle.run_context` of this flow run."""
+def flow_context(name: str, data: str, preset: str, edges: dict[str, Any],
+                 shards: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """:func:`snapper.mlops.lifecycle.run_context` of this flow run, with the lineage of its
+    ``shards`` (:func:`snapper.lineage.shard_lineage`)."""
     flow_run_id, flow_run_url = flow_run_link()
+    lineage = shard_lineage(shards["train"], shards["val"], data) if shards else None
     return lifecycle.run_context(name, data, preset, edges.get("steps"), edges.get("best_checkpoint"),
-                                 edges.get("mlflow_run_id"), flow_run_id, flow_run_url)
+                                 edges.get("mlflow_run_id"), flow_run_id, flow_run_url, lineage)
+
+
+def nest_baseline(edges: dict[str, Any], regression: dict[str, Any] | None) -> None:
+    """The regression baseline's MLflow run as a child of its model's run (one row per training)."""
+    parent, child = edges.get("mlflow_run_id"), (regression or {}).get("mlflow_run_id")
+    if parent and child and parent != child:
+        tracking.nest_run(child, parent)

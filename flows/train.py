@@ -45,6 +45,7 @@ from flows.lifecycle import (
     CHAMPION_METHOD,
     champion_task,
     flow_context,
+    nest_baseline,
     register_task,
     report_task,
 )
@@ -198,6 +199,7 @@ def train_snapper(
     base = _base_config(preset, overrides, shards, gpus)
     edges_cfg, reg_cfg = _run_configs(base, runs, name, regression_overrides, regression_baseline)
     edges, regression = _train_both(edges_cfg, reg_cfg, gpus)
+    nest_baseline(edges, regression)
     checkpoints = {"snapper": edges["best_checkpoint"], **({"regression": regression["best_checkpoint"]}
                                                            if regression is not None else {})}
 
@@ -216,7 +218,7 @@ def train_snapper(
 
     # 4. registration, champion check, descriptions and the report
     data = synthetic_name(num_images, seed) if dataset == SYNTHETIC and not (ann_file or train_shards) else dataset
-    ctx = flow_context(name, data, preset, edges)
+    ctx = flow_context(name, data, preset, edges, shards)
     out = register_task(ctx, ev, champion, model_name)
     report_task(ctx, ev, out["check"])
     registered, link = out["registered"], tracking.run_link(run_id, mlflow_ui())

@@ -19,6 +19,7 @@ from snapper.cli.common import (
     positive_int,
     run,
     unit_float,
+    warn_synthetic,
 )
 from snapper.cli.settings import add_snap_options, apply_options, given, snap_options
 from snapper.config import BatchConfig
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         plan = plan_batch(args.rough, args.images_dir, args.out_dir, args.model, cfg, args.format,
                           args.label_attribute, args.truth)
+        warn_synthetic(plan.checkpoint)
         failed = [f"{u['file']}: {u['error']}" for u in plan.report.get("unreadable", [])]
         for job in plan.jobs:
             try:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from snapper.config import MAX_BUFFER_RATIO
 from snapper.errors import ConfigError, UserInputError
+from snapper.lineage import synthetic_warning
 from snapper.overrides import apply_overrides
 
 T = TypeVar("T")
@@ -75,6 +77,13 @@ def run(prog: str, body: Callable[[], int | None]) -> int:
         return int(body() or 0)
     except USER_ERRORS as e:
         return fail(prog, e)
+
+
+def warn_synthetic(checkpoint: str | os.PathLike[str]) -> None:
+    """One line on stderr when the model has only seen generated shapes (:mod:`snapper.lineage`)."""
+    warning = synthetic_warning(checkpoint)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

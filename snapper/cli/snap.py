@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from snapper.cli.common import add_model_option, fail, run
+from snapper.cli.common import add_model_option, fail, run, warn_synthetic
 from snapper.cli.settings import add_snap_options, apply_options, snap_options
 from snapper.config import SNAP_MIN_BOX_SIZE, SnapSettings
 from snapper.errors import file_error
@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, f"--out {args.out}: {problem}")
 
     def body() -> int:
-        result = Snapper.from_checkpoint(resolve_model(args.model), settings).snap(args.image, args.box)
+        checkpoint = resolve_model(args.model)
+        warn_synthetic(checkpoint)
+        result = Snapper.from_checkpoint(checkpoint, settings).snap(args.image, args.box)
         print(json.dumps({"image": args.image, "boxes": result.to_json()}, indent=2))
         if args.out:
             draw_overlay(args.image, result, args.out)

@@ -46,6 +46,7 @@ from flask import Flask, Response, jsonify, request
 from snapper.geometry import EDGE_NAMES
 from snapper.imageio import LoadedImage
 from snapper.inference.snap import Snapper
+from snapper.lineage import synthetic_warning
 from snapper.models.reference import DEFAULT_MODEL, pin_model_ref, resolve_model
 from snapper.integrations.labelstudio_images import LabelStudioRequestError, load_task_image
 from snapper.zoom import check_passes
@@ -283,6 +284,9 @@ def load_backend(ref: str | None = None, device: str | None = None, buffer_ratio
     version = ref[len("models:/"):] if ref.startswith("models:/") else ref if not Path(ref).exists() \
         else f"{ckpt.parent.name}/{ckpt.name}"
     log.info("Label Studio backend: %s from %s on %s", version, ckpt, device)
+    warning = synthetic_warning(ckpt)
+    if warning:
+        log.warning("%s", warning)
     return SnapperBackend(Snapper.from_checkpoint(ckpt, device=device, flip=flip), version, buffer_ratio=buffer_ratio,
                           passes=passes)
 

@@ -11,6 +11,11 @@ its evaluation, ``snapper train`` through :func:`snapper.training.publish.evalua
   win moves the alias.
 * **Describe**: the version and the MLflow run get a markdown description (data, preset,
   steps, Table 1 row, champion check) with links to each other and to the Prefect flow run.
+* **Lineage** (:mod:`snapper.lineage`): the version's tags name its data (``data.name``,
+  ``data.kind`` synthetic|real, the manifests' sha256); ``lineage.json`` is written beside the
+  checkpoint before it is logged, so the registered model (and the folder) know it too. A
+  version carries only the tags a person reads; everything else is the run's JSON artifact
+  ``registration/version-<n>.json``.
 
 ``ctx`` (:func:`run_context`) and ``ev`` (an evaluation summary: ``metrics``, ``scores`` per
 method, Table 1 ``rows``, ``table_md``, ``parquet``) are small JSON, so flows pass them
@@ -23,6 +28,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from snapper import lineage as data_lineage
 from snapper.errors import SnapperError
 from snapper.evaluation.evaluate import IDENTITY
 from snapper.mlops import tracking
@@ -44,11 +50,13 @@ CHAMPION_METHOD = "champion"  # the method name of the current champion in the e
 
 def run_context(name: str, data: str, preset: str | None, steps: int | None, best_checkpoint: str | None,
                 mlflow_run_id: str | None, flow_run_id: str | None = None,
-                flow_run_url: str | None = None) -> dict[str, Any]:
-    """What descriptions and reports say about a run (small, JSON)."""
+                flow_run_url: str | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What descriptions and reports say about a run (small, JSON); ``lineage`` is
+    :func:`snapper.lineage.shard_lineage` of its shards."""
     return {"name": name, "data": data, "preset": preset or "-", "steps": steps,
             "best_checkpoint": best_checkpoint, "mlflow_run_id": mlflow_run_id,
-            "flow_run_id": flow_run_id, "flow_run_url": flow_run_url}
+            "flow_run_id": flow_run_id, "flow_run_url": flow_run_url,
+            "lineage": lineage or {"dataset": data, "kind": data_lineage.dataset_kind(data) or data_lineage.REAL}}
 
 
 # ---------------------------------------------------------------------------- registry
@@ -71,13 +79,16 @@ def find_champion(name: str, run_id: str | None) -> dict[str, Any] | None:
     return info
 
 
-def register_version(run_id: str, checkpoint: str, name: str, tags: dict[str, str]) -> int:
-    """:func:`snapper.mlops.registry.register_checkpoint`; a re-run of the same MLflow run
-    reuses its version."""
+def register_version(run_id: str, checkpoint: str, name: str, tags: dict[str, str],
+                     lineage: dict[str, Any] | None = None) -> int:
+    """:func:`snapper.mlops.registry.register_checkpoint` (with ``lineage.json`` written into
+    the checkpoint first); a re-run of the same MLflow run reuses its version."""
     existing = version_of_run(name, run_id)
     if existing is not None:
         log.info("run %s is already registered as %s version %d", run_id, name, existing)
         return existing
+    if lineage:
+        data_lineage.write_sidecar(checkpoint, lineage)
     return register_checkpoint(run_id, checkpoint, name, tags=tags)
 
 
@@ -93,13 +104,24 @@ def challenge_champion(name: str, version: int, scores: dict[str, float | None],
 
 
 def version_tags(metrics: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
-    """The model's scores (``snapper.all.*``) and provenance as model-version tags."""
-    tags = {k.replace("/", "."): f"{v:.4g}" for k, v in metrics.items()
-            if k.startswith("snapper/all/") and isinstance(v, (int, float))}
-    tags.update({"dataset": ctx["data"], "preset": ctx["preset"], "steps": str(ctx["steps"])})
-    tags.update({k: v for k, v in (("prefect.flow_run_id", ctx.get("flow_run_id")),
-                                   (tracking.PREFECT_LINK_TAG, ctx.get("flow_run_url"))) if v})
+    """The few tags a person reads on a version: its data (name, kind, manifest digests),
+    preset, mIoU and the Prefect link; the rest is in :func:`registration_record`."""
+    lin = ctx.get("lineage") or {}
+    miou = metrics.get("snapper/all/miou")
+    tags = {"data.name": str(lin.get("dataset") or ctx["data"]), "data.kind": str(lin.get("kind") or "-"),
+            "data.train_sha256": data_lineage.digest(lin, "train"), "data.val_sha256": data_lineage.digest(lin, "val"),
+            "preset": ctx["preset"]}
+    if isinstance(miou, (int, float)):
+        tags["miou"] = f"{miou:.2f}"
+    if ctx.get("flow_run_url"):
+        tags[tracking.PREFECT_LINK_TAG] = ctx["flow_run_url"]
     return tags
+
+
+def registration_record(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything about a registration that is too long for tags (the run's JSON artifact)."""
+    return {"context": ctx, "scores": ev.get("scores"), "table1": ev.get("rows"), "champion_check": check,
+            "metrics": {k: v for k, v in ev.get("metrics", {}).items() if k.startswith("snapper/")}}
 
 
 def eval_set_name(ev: dict[str, Any], ctx: dict[str, Any]) -> str:
@@ -116,8 +138,10 @@ def register_evaluated(ctx: dict[str, Any], ev: dict[str, Any], champion: dict[s
     run_id = ctx["mlflow_run_id"]
     registered = check = None
     if model_name and run_id:
-        version = register_version(run_id, ctx["best_checkpoint"], model_name, version_tags(ev["metrics"], ctx))
+        version = register_version(run_id, ctx["best_checkpoint"], model_name, version_tags(ev["metrics"], ctx),
+                                   ctx.get("lineage"))
         check = challenge_champion(model_name, version, ev["scores"], champion, eval_set_name(ev, ctx))
+        tracking.log_json(registration_record(ctx, ev, check), f"registration/version-{version}.json", run_id)
         registered = {"name": model_name, "version": version, "champion": check["holds"],
                       "champion_check": check["reason"]}
         log.info("registered model: %s version %d (%s)", model_name, version,
@@ -157,10 +181,12 @@ def version_description(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str
                         ui: str | None = None) -> str:
     """The model version's description: where it came from, its Table 1 row, the champion check."""
     run_id = ctx["mlflow_run_id"]
-    mlflow_link = tracking.run_link(run_id, ui)
+    mlflow_link = tracking.ui_run_link(run_id, ui)
     return "\n".join([
         f"Trained by train-snapper `{ctx['name']}`: data `{ctx['data']}`, preset `{ctx['preset']}`, "
         f"{ctx['steps']} steps.",
+        "",
+        data_text(ctx),
         "",
         f"Table 1 on the held-out split: {_row_text(_table1_row(ev, 'snapper'))}",
         f"(rough boxes: {_row_text(_table1_row(ev, IDENTITY))}).",
@@ -170,6 +196,18 @@ def version_description(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str
         f"MLflow run: {f'[{run_id}]({mlflow_link})' if mlflow_link else f'`{run_id}`'}; "
         f"Prefect flow run: {_prefect_text(ctx) or 'none'}.",
     ])
+
+
+def data_text(ctx: dict[str, Any]) -> str:
+    """The data line of a description: name, kind and the manifests (sha256) of each split."""
+    lin = ctx.get("lineage") or {}
+    parts = [f"{split} " + ", ".join(f"`{m['path']}` (sha256 `{(m['sha256'] or '?')[:12]}`)"
+                                     for m in (lin.get(split) or {}).get("manifests", []))
+             for split in ("train", "val") if (lin.get(split) or {}).get("manifests")]
+    line = f"Data: `{lin.get('dataset', ctx['data'])}` ({lin.get('kind', '-')})"
+    if lin.get("kind") == data_lineage.SYNTHETIC:
+        line += " - generated shapes only, not for real photos"
+    return line + (": " + "; ".join(parts) if parts else "") + "."
 
 
 def run_description(ctx: dict[str, Any], ev: dict[str, Any], check: dict[str, Any] | None) -> str:

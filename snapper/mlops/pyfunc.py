@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ from snapper.errors import UserInputError
 from snapper.geometry import EDGE_NAMES, box_problem
 from snapper.imageio import IMAGE_ROOT_ENV, ImageError, LoadedImage, image_root, load_image
 from snapper.inference.snap import Snapper
+from snapper.lineage import synthetic_warning
 from snapper.mlops.tracking import mlflow  # first: it sets MLflow's telemetry defaults before the import
 from snapper.zoom import check_passes
 
@@ -221,6 +223,9 @@ class SnapperPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self._snapper = Snapper.from_checkpoint(context.artifacts["checkpoint"])
         self._root = image_root()
+        warning = synthetic_warning(context.artifacts["checkpoint"])  # in the server's log, once
+        if warning:
+            logging.getLogger(__name__).warning("%s", warning)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         try:

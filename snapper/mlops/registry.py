@@ -9,9 +9,9 @@ signature: no inference, no network.
 **Champion, not latest.** Whatever serves or snaps in production uses :data:`snapper.models.reference.DEFAULT_MODEL`
 (``models:/snapper@champion``). A new version takes the alias only when it beats the current
 champion on the same evaluation boxes (:func:`decide_champion`, recorded on the version by
-:func:`record_champion_check`); smoke runs register under :data:`CI_MODEL_NAME` instead. A
-person promotes or rolls back with MLflow's own alias API (UI or
-``MlflowClient().set_registered_model_alias``).
+:func:`record_champion_check`); smoke runs register under :data:`CI_MODEL_NAME` and the
+synthetic demo under :data:`DEMO_MODEL_NAME` instead. A person promotes or rolls back with
+``snapper promote`` (:mod:`snapper.mlops.promote`: the same gate, every move recorded).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 CI_MODEL_NAME = "snapper-ci"  # where smoke runs register (never under the production name)
 SMOKE_PRESETS = frozenset({"cpu-tiny"})
+DEMO_MODEL_NAME = "snapper-demo"  # where the synthetic demo registers (`make demo`, train-snapper/demo)
+DEMO_PRESETS = frozenset({"demo"})
 MODEL_ARTIFACT = "model"  # name of the pyfunc model inside a run
 
 # Runtime packages a registered model needs (pinned to what logged it); listed, not inferred.
@@ -131,9 +133,7 @@ def pin_model_ref(ref: str) -> str:
             name, alias = body.split("@", 1)
             mv = alias_version(name, alias)
             if mv is None:
-                raise NotRegisteredError(f"{ref}: no version of {name!r} has the alias {alias!r} in {tracking_uri()} "
-                                  f"(a trained model takes '{CHAMPION_ALIAS}' when it beats the current one; "
-                                  "or set it by hand, README 'Model lifecycle')")
+                raise NotRegisteredError(missing_alias_message(ref, name, alias))
             return f"models:/{name}/{mv.version}"
         parts = body.rsplit("/", 1)
         if len(parts) == 1:  # models:/<logged model id> (MLflow 3) or models:/<name>
@@ -147,6 +147,17 @@ def pin_model_ref(ref: str) -> str:
             raise BadModelError(f"{ref}: version must be a number, 'latest' or '@alias' (stages are not used)")
         return f"models:/{name}/{int(version)}"
     return f"models:/{ref}/{latest_version(ref)}"
+
+
+def missing_alias_message(ref: str, name: str, alias: str) -> str:
+    """One line: what is missing and how to make it (the production champion has its own)."""
+    if name == MODEL_NAME and alias == CHAMPION_ALIAS:
+        return (f"{ref} does not exist yet in {tracking_uri()}: train a model on real photos (README 'Running on "
+                f"real COCO'), or try the synthetic demo model with --model models:/{DEMO_MODEL_NAME}@{CHAMPION_ALIAS} "
+                "(`make demo` makes it)")
+    return (f"{ref}: no version of {name!r} has the alias {alias!r} in {tracking_uri()} (a trained model takes "
+            f"'{CHAMPION_ALIAS}' when it beats the current one; or `snapper promote {name} VERSION`, README "
+            "'Model lifecycle')")
 
 
 def _local_dir(uri: str) -> Path | None:
@@ -219,9 +230,12 @@ def alias_version(name: str, alias: str = CHAMPION_ALIAS) -> "mlflow.entities.mo
 
 
 def model_name_for(preset: str | None, requested: str) -> str:
-    """Where a run of ``preset`` registers: smoke presets never under the production name."""
-    if preset in SMOKE_PRESETS and requested == MODEL_NAME:
+    """Where a run of ``preset`` registers: smoke and demo presets never under the production
+    name (the demo's synthetic model must not become what ``snapper snap`` uses on photos)."""
+    if requested == MODEL_NAME and preset in SMOKE_PRESETS:
         return CI_MODEL_NAME
+    if requested == MODEL_NAME and preset in DEMO_PRESETS:
+        return DEMO_MODEL_NAME
     return requested
 
 
@@ -275,7 +289,7 @@ def record_champion_check(check: ChampionCheck) -> None:
     tags = {"champion.check": "promoted" if check.promoted else "holds" if check.holds else "kept",
             "champion.rival": check.rival, "champion.score": f"{check.score:.4g}",
             "champion.rival_score": "" if check.rival_score is None else f"{check.rival_score:.4g}",
-            "champion.eval_set": check.eval_set, "champion.reason": check.reason}
+            "champion.reason": check.reason}  # the boxes it was scored on: in the reason
     for key, value in tags.items():
         client.set_model_version_tag(check.name, str(check.version), key, value)
     if check.promoted:

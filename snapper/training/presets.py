@@ -22,6 +22,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"workers": 0, "boxes_per_image": 4, "shuffle_buffer": 32, "val_max_boxes": 64},
         "batch_size": 8, "steps": 40, "warmup_steps": 5, "lr": 2e-3,
         "log_every": 5, "ckpt_every": 20, "eval_every": 20,
+        "tracking": {"experiment": "snapper-ci"},  # smoke runs stay out of the experiment people read
     },
     # The embedded demo (`make demo`, train-snapper/demo): synthetic scenes, ~3 min per model on
     # 2 cores, already far past the rough boxes (README "Results").

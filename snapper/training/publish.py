@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from snapper.config import EvalConfig, SnapSettings, TrainConfig
+from snapper.lineage import shard_lineage
 from snapper.evaluation.evaluate import IDENTITY, evaluate
 from snapper.evaluation.metrics import TABLE1_COLUMNS
 from snapper.mlops import tracking
@@ -127,5 +128,6 @@ def evaluate_and_register(cfg: TrainConfig, best_checkpoint: str | None, mlflow_
     ev = evaluate_models(checkpoints, registration_eval_config(cfg, cfg.data.val_shards), out / EVAL_DIR,
                          mlflow_run_id, metric_prefix="val/eval", method="snapper")
     data = Path(str(cfg.data.train_shards[0])).parent.name if cfg.data.train_shards else "-"
-    ctx = run_context(out.name, data, preset, steps, best_checkpoint, mlflow_run_id)
+    ctx = run_context(out.name, data, preset, steps, best_checkpoint, mlflow_run_id,
+                      lineage=shard_lineage(cfg.data.train_shards, cfg.data.val_shards, data))
     return register_evaluated(ctx, ev, champion, name, tracking.server_url())["registered"]

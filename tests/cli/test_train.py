@@ -15,7 +15,6 @@ from snapper.training.log import HISTORY_FILE, read_history
 from snapper.training.schedule import lr_at
 from tests.helpers import make_tiny_shards
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

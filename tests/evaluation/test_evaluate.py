@@ -23,7 +23,6 @@ from tests.helpers import TINY_MODEL, make_tiny_shards
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

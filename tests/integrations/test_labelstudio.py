@@ -72,7 +72,7 @@ def _body(context: dict | None, image: str = "/data/local-files/?d=images/photo.
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> SnapperBackend:
+def backend(tmp_path_factory: pytest.TempPathFactory) -> SnapperBackend:
     ckpt = tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
     return SnapperBackend(Snapper.from_checkpoint(ckpt, device="cpu"), "tiny/test")
 
@@ -238,7 +238,7 @@ def test_label_config_parsing() -> None:
         rect_controls("<View>")
 
 
-def test_load_backend_from_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_torch_thread) -> None:
+def test_load_backend_from_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = tiny_checkpoint(tmp_path / "runs" / "best")
     monkeypatch.setenv("SNAPPER_MODEL", str(ckpt))
     b = load_backend()

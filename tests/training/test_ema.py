@@ -11,7 +11,6 @@ from snapper.training.loop import train
 from snapper.training.state import STATE_FILE
 from tests.helpers import make_tiny_shards, tiny_train_config
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_average_follows_the_warmed_up_decay():

@@ -31,7 +31,6 @@ from tests.helpers import make_tiny_shards, tiny_train_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from snapper import cli
 from snapper.config import TrackingConfig, TrainConfig
 from snapper.training.publish import evaluate_and_register, headline, table_rows
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_headline_and_rows() -> None:

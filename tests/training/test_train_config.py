@@ -15,7 +15,6 @@ from snapper.training.presets import build_config
 from snapper.training.state import load_state
 from tests.helpers import make_tiny_shards, tiny_train_config
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("override, field", [
