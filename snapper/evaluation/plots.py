@@ -65,6 +65,25 @@ def deviance_histograms(df: pd.DataFrame, path: str | os.PathLike[str], max_px: 
     return _save(fig, path)
 
 
+def noise_histograms(pairs: pd.DataFrame, path: str | os.PathLike[str], max_frac: float = 0.5) -> Path:
+    """How far outward each edge of the rough boxes lies from the gold one, in % of the object's
+    size (``outward_<edge>`` of :func:`snapper.evaluation.noise.pair_boxes`), with the paper's
+    jitter range marked: where a person sees at once whether boxes are drawn loose or tight."""
+    fig = _figure(12, 3.2)
+    axes = fig.subplots(1, len(EDGE_NAMES), sharey=True)
+    bins = np.linspace(-100 * max_frac, 100 * max_frac, 51)
+    for ax, e in zip(axes, EDGE_NAMES):
+        v = 100 * np.clip(pairs[f"outward_{e}"].to_numpy(np.float64), -max_frac, max_frac)
+        ax.hist(v, bins=bins, color="tab:blue", alpha=0.8)
+        ax.axvline(0, color="black", linewidth=0.8)
+        for x in (-15, 15):  # an edge of the paper's jitter moves at most ~15% (shift 10% + scale 5%)
+            ax.axvline(x, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title(f"{e}: mean {np.mean(v):+.1f}%")
+        ax.set_xlabel("outward (% of size; last bins clipped)")
+    axes[0].set_ylabel("pairs")
+    return _save(fig, path)
+
+
 def confidence_calibration(report: Any, path: str | os.PathLike[str]) -> Path:
     """Left: mean edge deviance per confidence decile (0 = least confident). Right: share of
     bad edges (>= 3 px off) caught when flagging the least confident k% of edges, vs random."""
