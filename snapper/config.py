@@ -23,6 +23,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # see snapper.device
 # A Buffer Ratio above this reads a crop mostly of padding, and its window (and memory) grows with it.
 MAX_BUFFER_RATIO = 4.0
 SNAP_PASSES = (1, 2)  # 2: the zoom-in pass after the first (models trained with model.zoom)
+JITTER_MODES = ("paper", "empirical")  # the paper's protocol, or offsets drawn from measured pairs
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")  # what resolve_device accepts
 DEVICE_RULE = "auto, cpu, cuda, cuda:N or mps"
 BATCH_SNAP_BATCH = 128  # batch snapping gathers crops across images: larger forward passes
@@ -43,18 +44,27 @@ MAX_DECODE_PIXELS = 64_000_000
 
 @dataclass
 class JitterConfig:
-    """The paper's rough-box protocol: shift the centre, then rescale, then clip.
+    """How rough boxes are made from true ones, for training and evaluation.
 
-    Defaults are the published ones (+/-10% shift, one shared ratio in [0.9, 1.1]);
-    ``shift=0.4`` etc. gives noisier protocols such as OA-MIL's.
+    ``mode="paper"`` (default) is the paper's protocol: shift the centre, then rescale, then
+    clip. Defaults are the published ones (+/-10% shift, one shared ratio in [0.9, 1.1]);
+    ``shift=0.4`` etc. gives noisier protocols such as OA-MIL's. ``mode="empirical"`` draws each
+    rough box's four edge offsets jointly from measured pairs instead (``noise_file``: the
+    ``pairs.parquet`` of ``snapper noise-report``), so a model trains, and Table 1 is measured,
+    on boxes drawn the way the team's annotators draw them.
     """
 
     shift: float = 0.1
     scale_min: float = 0.9
     scale_max: float = 1.1
     shared_ratio: bool = True
+    mode: str = "paper"
+    noise_file: str | None = None
 
     def __post_init__(self) -> None:
+        one_of("jitter.mode", self.mode, JITTER_MODES)
+        check(self.mode != "empirical" or bool(self.noise_file), "jitter.noise_file",
+              "the pairs.parquet of snapper noise-report when jitter.mode=empirical", self.noise_file)
         non_negative("jitter.shift", self.shift)
         positive("jitter.scale_min", self.scale_min)
         check(self.scale_max >= self.scale_min and math.isfinite(self.scale_max), "jitter.scale_max",

@@ -1,4 +1,4 @@
-"""Box conventions, validation and the paper's jitter protocol.
+"""Box conventions, validation and the jitter protocols (the paper's, or measured noise).
 
 Conventions (one for the whole project):
 
@@ -12,12 +12,16 @@ Conventions (one for the whole project):
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from snapper.config import JitterConfig
-from snapper.errors import BadBoxError
+from snapper.errors import BadBoxError, ConfigError
 
 EDGE_NAMES = ("left", "top", "right", "bottom")  # order of the xyxy columns
 CORNER_NAMES = ("top_left", "top_right", "bottom_right", "bottom_left")
@@ -97,6 +101,11 @@ def jitter_boxes(
     cfg = cfg or JitterConfig()
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     n = len(b)
+    if cfg.mode == "empirical":
+        offsets = edge_offsets(cfg.noise_file)  # type: ignore[arg-type]
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        drawn = offsets[rng.integers(len(offsets), size=n)]  # four edges together: their correlation kept
+        return clip_boxes(b + drawn * np.stack([w, h, w, h], axis=1), width, height)
     w = b[:, 2] - b[:, 0]
     h = b[:, 3] - b[:, 1]
     cx = (b[:, 0] + b[:, 2]) / 2 + rng.uniform(-cfg.shift, cfg.shift, n) * w
@@ -105,6 +114,61 @@ def jitter_boxes(
     rh = rw if cfg.shared_ratio else rng.uniform(cfg.scale_min, cfg.scale_max, n)
     out = np.stack([cx - w * rw / 2, cy - h * rh / 2, cx + w * rw / 2, cy + h * rh / 2], axis=1)
     return clip_boxes(out, width, height)
+
+
+NOISE_COLUMNS = tuple(f"norm_{e}" for e in EDGE_NAMES)  # of snapper noise-report's pairs.parquet
+
+
+def edge_offsets(noise_file: str | os.PathLike[str]) -> np.ndarray:
+    """(N, 4) measured edge offsets in units of the true box's extent (left, top, right,
+    bottom; positive = right/down), read once per file version."""
+    p = Path(noise_file)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ConfigError(f"jitter.noise_file={noise_file}: {e.strerror or e}") from None
+    return _read_offsets(str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_offsets(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    try:
+        df = pd.read_parquet(path, columns=list(NOISE_COLUMNS))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds; all mean "not that file"
+        raise ConfigError(f"jitter.noise_file={path}: not a noise-report pairs.parquet with {', '.join(NOISE_COLUMNS)} "
+                          f"({type(e).__name__})") from None
+    offsets = df.to_numpy(np.float64)
+    offsets = offsets[np.isfinite(offsets).all(axis=1) & (1 + offsets[:, 2] - offsets[:, 0] > 0)
+                      & (1 + offsets[:, 3] - offsets[:, 1] > 0)]
+    if not len(offsets):
+        raise ConfigError(f"jitter.noise_file={path}: no usable pairs")
+    return offsets
+
+
+MIN_COVERAGE = 0.99  # share of measured boxes whose true box a crop should hold
+
+
+def _inside_crop(offsets: np.ndarray, context: float) -> np.ndarray:
+    """Per measured box: whether the true box lies inside the crop cut around the rough box
+    (``context`` x its extent). ``offsets`` are rough - true edges in units of the true extent."""
+    o = np.asarray(offsets, dtype=np.float64).reshape(-1, 4)
+    margin = (context - 1.0) / 2.0
+    rw, rh = 1.0 + o[:, 2] - o[:, 0], 1.0 + o[:, 3] - o[:, 1]  # rough extent / true extent
+    return ((o[:, 0] <= margin * rw) & (o[:, 2] >= -margin * rw)
+            & (o[:, 1] <= margin * rh) & (o[:, 3] >= -margin * rh))
+
+
+def crop_coverage(offsets: np.ndarray, context: float) -> float:
+    """Share of measured boxes whose true box a crop of ``context`` holds."""
+    return float(_inside_crop(offsets, context).mean())
+
+
+def context_for(offsets: np.ndarray, coverage: float = MIN_COVERAGE) -> float:
+    """The smallest context (in steps of 0.05) whose crops hold ``coverage`` of the true boxes."""
+    c = 1.0
+    while crop_coverage(offsets, c) < coverage and c < 4.0:
+        c = round(c + 0.05, 2)
+    return c
 
 
 def annotation_rng(annotation_id: int, seed: int = 0) -> np.random.Generator:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from snapper.cli.common import run
+from snapper.cli.common import positive_float, run
+from snapper.config import ModelConfig
 from snapper.evaluation.noise import format_report, noise_report, pair_boxes, write_noise_report
 
 PROG = "snapper noise-report"
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rough", help="COCO file of the rough (crowd) boxes")
     p.add_argument("gold", help="COCO file of the gold (corrected) boxes of the same images")
     p.add_argument("out_dir", nargs="?", default="noise-report", help="where the report goes (default: noise-report)")
+    p.add_argument("--context", type=positive_float, default=ModelConfig().context,
+                   help="crop extent / rough box of the model to check against (default %(default)g)")
     return p
 
 
@@ -29,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         pairs = pair_boxes(args.rough, args.gold)
-        files = write_noise_report(pairs, args.out_dir)
-        print(format_report(noise_report(pairs)))
+        files = write_noise_report(pairs, args.out_dir, args.context)
+        print(format_report(noise_report(pairs, args.context)))
         print(f"-> {files['report']}, {files['pairs']}, {files['plot']}")
         return 0
 

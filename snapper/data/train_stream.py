@@ -20,6 +20,7 @@ depend on that order.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -40,9 +41,11 @@ from snapper.data.reader import shard_samples
 from snapper.data.records import ImageRecord
 from snapper.data.samples import SampleError, decode, parsed, usable
 from snapper.errors import ConfigError
-from snapper.geometry import jitter_boxes, xywh_to_xyxy
+from snapper.geometry import MIN_COVERAGE, context_for, crop_coverage, edge_offsets, jitter_boxes, xywh_to_xyxy
 from snapper.imageio import ImageError, LoadedImage
 from snapper.zoom import training_strips
+
+log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 200  # a training stream that delivers nothing is broken, not unlucky
 
@@ -275,6 +278,12 @@ def _check(cfg: TrainConfig, rank: int, world_size: int) -> None:
         raise ValueError(f"rank {rank} is not in a world of size {world_size}")
     if not cfg.data.train_shards:
         raise ConfigError("data.train_shards is empty: give shard paths, globs or pipe: URLs")
+    if cfg.jitter.mode == "empirical":  # measured noise the crops cannot hold teaches edges the model cannot see
+        covered = crop_coverage(edge_offsets(cfg.jitter.noise_file), cfg.model.context)  # type: ignore[arg-type]
+        if covered < MIN_COVERAGE and rank == 0:
+            log.warning("jitter.noise_file: only %.1f%% of the measured boxes have the true box inside a crop of "
+                        "model.context=%g; a larger context (e.g. %.2f) keeps more of them", 100 * covered,
+                        cfg.model.context, context_for(edge_offsets(cfg.jitter.noise_file)))  # type: ignore[arg-type]
 
 
 def _epoch_crops(cfg: TrainConfig, urls: list[str]) -> int:

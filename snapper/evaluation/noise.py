@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 
 from snapper.atomic import atomic_write_json, atomic_write_parquet
+from snapper.config import ModelConfig
 from snapper.data.coco import read_coco_json
 from snapper.errors import BadFileError
 from snapper.evaluation.metrics import SIZE_BUCKETS, size_bucket
 from snapper.evaluation.plots import noise_histograms
-from snapper.geometry import EDGE_NAMES, paired_iou, xywh_to_xyxy
+from snapper.geometry import EDGE_NAMES, NOISE_COLUMNS, context_for, crop_coverage, paired_iou, xywh_to_xyxy
 
 MIN_MATCH_IOU = 0.3  # below it two boxes are not the same object
 PAPER_SHIFT = 0.1  # the paper's jitter: centre shift up to 10% of the size, scale in [0.9, 1.1]
@@ -137,9 +138,11 @@ def _stats(v: np.ndarray) -> dict[str, float]:
             **{f"q{int(q * 100):02d}": float(np.quantile(v, q)) for q in QUANTILES}}
 
 
-def noise_report(pairs: Pairs) -> dict[str, Any]:
-    """Per-edge statistics of the pairs (module doc), overall and in pixels by size bucket."""
+def noise_report(pairs: Pairs, context: float = ModelConfig().context) -> dict[str, Any]:
+    """Per-edge statistics of the pairs (module doc), overall and in pixels by size bucket, and
+    whether crops of ``context`` (the model's) hold the true boxes of such rough boxes."""
     df = pairs.table
+    offsets = df[list(NOISE_COLUMNS)].to_numpy(np.float64)
     outward = df[[f"outward_{e}" for e in EDGE_NAMES]].to_numpy()
     by_size = {}
     for s in SIZE_BUCKETS:
@@ -152,6 +155,8 @@ def noise_report(pairs: Pairs) -> dict[str, Any]:
         "unmatched_rough": pairs.unmatched_rough, "unmatched_gold": pairs.unmatched_gold,
         "mean_iou": float(df["iou"].mean()),
         "share_inside_paper_jitter": float(df["inside_paper_jitter"].mean()),
+        "context": context, "share_inside_crop": crop_coverage(offsets, context),
+        "context_for_99pct": context_for(offsets),
         "outward": {e: _stats(outward[:, k]) for k, e in enumerate(EDGE_NAMES)},
         "shift": {"x": _stats(df["shift_x"].to_numpy()), "y": _stats(df["shift_y"].to_numpy())},
         "scale": {"x": _stats(df["scale_x"].to_numpy()), "y": _stats(df["scale_y"].to_numpy())},
@@ -164,7 +169,9 @@ def format_report(report: dict[str, Any]) -> str:
     """What a person reads first: per edge, how far outward the rough boxes are, in % of size."""
     lines = [f"{report['n_pairs']} pairs (matched by {report['matched_by']}; unmatched: "
              f"{report['unmatched_rough']} rough, {report['unmatched_gold']} gold), mean IoU {report['mean_iou']:.3f}, "
-             f"{100 * report['share_inside_paper_jitter']:.1f}% inside the paper's jitter",
+             f"{100 * report['share_inside_paper_jitter']:.1f}% inside the paper's jitter; crops of context "
+             f"{report['context']:g} hold {100 * report['share_inside_crop']:.1f}% of the true boxes "
+             f"(99% need {report['context_for_99pct']:g})",
              f"{'edge':<7} {'outward mean':>12} {'std':>7} {'5%':>7} {'median':>7} {'95%':>7}   (% of the object's size)"]
     for e in EDGE_NAMES:
         s = report["outward"][e]
@@ -173,11 +180,13 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_noise_report(pairs: Pairs, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """``pairs.parquet``, ``noise.json`` and ``noise.png`` (histograms per edge) in ``out_dir``."""
+def write_noise_report(pairs: Pairs, out_dir: str | os.PathLike[str],
+                       context: float = ModelConfig().context) -> dict[str, Path]:
+    """``pairs.parquet`` (``jitter.noise_file`` for ``jitter.mode=empirical``), ``noise.json``
+    and ``noise.png`` (histograms per edge) in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = noise_report(pairs)
+    report = noise_report(pairs, context)
     return {"pairs": atomic_write_parquet(pairs.table, out / "pairs.parquet"),
             "report": atomic_write_json(out / "noise.json", json.loads(json.dumps(report)), indent=2),
             "plot": noise_histograms(pairs.table, out / "noise.png")}

@@ -70,3 +70,43 @@ def test_files_that_cannot_be_paired_are_one_line(tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{")
     assert cli(["noise-report", str(tmp_path / "bad.json"), str(tmp_path / "gold.json"), str(tmp_path / "o")]) == 2
     assert "bad.json" in capsys.readouterr().err
+
+
+def test_empirical_jitter_draws_the_measured_offsets_jointly(tmp_path):
+    """jitter.mode=empirical: rough boxes drawn from a noise report's pairs reproduce their
+    per-edge offsets and the coupling between edges (statistics over many draws)."""
+    from snapper.config import JitterConfig
+    from snapper.errors import ConfigError
+    from snapper.geometry import jitter_boxes, jitter_by_annotation
+
+    rng = np.random.default_rng(0)
+    gold, rough = [], []
+    for k in range(400):  # shifted right by 5% of the width, plus noise; left and right move together
+        x, y, w, h = 100 + k % 50, 80, 60 + k % 30, 40
+        s = 0.05 + 0.03 * rng.standard_normal()
+        gold.append([x, y, w, h])
+        rough.append([x + s * w, y - 0.02 * h, w, h * 1.02])
+    (tmp_path / "gold.json").write_text(json.dumps(_coco(gold, list(range(1, 401)))))
+    (tmp_path / "rough.json").write_text(json.dumps(_coco(rough, list(range(1, 401)))))
+    assert cli(["noise-report", str(tmp_path / "rough.json"), str(tmp_path / "gold.json"), str(tmp_path / "n")]) == 0
+    cfg = JitterConfig(mode="empirical", noise_file=str(tmp_path / "n" / "pairs.parquet"))
+    true = np.tile([[200.0, 100.0, 300.0, 150.0]], (4000, 1))  # w 100, h 50, far from the borders
+    drawn = jitter_boxes(true, 640, 480, np.random.default_rng(1), cfg)
+    off = (drawn - true) / np.array([100.0, 50.0, 100.0, 50.0])
+    assert off[:, 0].mean() == pytest.approx(0.05, abs=0.005) and off[:, 0].std() == pytest.approx(0.03, abs=0.005)
+    assert np.allclose(off[:, 0], off[:, 2])  # the two edges of one box moved together, as measured
+    assert off[:, 1].mean() == pytest.approx(-0.02, abs=1e-6) and off[:, 3].mean() == pytest.approx(0.0, abs=1e-6)
+    again = jitter_by_annotation(true[:5], [1, 2, 3, 4, 5], 640, 480, cfg)  # evaluation: fixed per annotation id
+    assert np.array_equal(again, jitter_by_annotation(true[:5], [1, 2, 3, 4, 5], 640, 480, cfg))
+    with pytest.raises(ConfigError, match="jitter.noise_file"):
+        JitterConfig(mode="empirical")
+    with pytest.raises(ConfigError, match="not a noise-report pairs.parquet"):
+        jitter_boxes(true[:1], 640, 480, rng, JitterConfig(mode="empirical", noise_file=str(tmp_path / "gold.json")))
+
+
+def test_the_report_says_which_context_holds_the_measured_boxes():
+    from snapper.geometry import context_for, crop_coverage
+
+    tight = np.array([[0.3, 0.0, -0.3, 0.0]] * 10)  # rough 30% inside the true box on both sides
+    assert crop_coverage(tight, 1.4) == 0.0  # the crop (20% of a 0.4-wide rough box) misses the truth
+    assert crop_coverage(tight, context_for(tight)) >= 0.99 and context_for(tight) > 2.0
