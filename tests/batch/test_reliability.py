@@ -187,3 +187,17 @@ def test_a_link_out_of_the_images_folder_is_not_opened_unless_allowed(rough, ckp
     assert cli(["batch-snap", str(ann), str(images), str(tmp_path / "out2"), "--model", str(ckpt), *ARGS,
                 "--follow-links"]) == 0
     assert _rows(tmp_path / "out2").loc[6060, "status"] == "snapped"
+
+
+def test_a_huge_box_is_clipped_and_snapped_in_bounded_memory(rough, ckpt, tmp_path):
+    """The same box that took 21 GiB in ``snapper snap``: batch-snap clips it to the image."""
+    import resource
+
+    ann, images, data = rough
+    data["annotations"].append({"id": 8001, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1e9, 1e9], "iscrowd": 0})
+    ann.write_text(json.dumps(data))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert cli(["batch-snap", str(ann), str(images), str(tmp_path / "out"), "--model", str(ckpt), *ARGS]) == 0
+    row = _rows(tmp_path / "out").loc[8001]
+    assert row["status"] == "snapped" and row["pred_x"] + row["pred_w"] <= 80 + 1e-6
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB: under 1 GiB more
