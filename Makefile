@@ -73,12 +73,13 @@ stack-status: venv
 # Without the job-execution consumers MLflow 3 starts for GenAI features (not used here).
 mlflow-ui: venv
 	@mkdir -p mlflow/artifacts
-	@echo "runs: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning (view 'Table 1' in the Views menu)"
+	@echo "MLflow: http://127.0.0.1:$(MLFLOW_PORT) -- click 'Model training' (top left) once, or MLflow 3.17 opens experiments in its GenAI view; then view 'Table 1' (Views menu). README 'MLflow UI'"
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlflow/artifacts
 
-# The champion (models:/snapper@champion) with MLflow's model server, on loopback; the stack's
+# The production champion (models:/snapper@champion; never the synthetic demo's by itself:
+# SERVE_ARGS='--model models:/snapper-demo@champion' serves that) on loopback; the stack's
 # MLflow when it is up, else the local store. See README "Serving".
 serve: venv
 	@eval "$$($(PY) -m flows.stack env)"; $(PY) -m snapper.cli serve --port $(SERVE_PORT) $(SERVE_ARGS)

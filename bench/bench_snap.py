@@ -17,10 +17,14 @@ once with two (``passes=2``: the zoom-in pass on every coarse edge):
 (d) ``two_pass_vs_one_pass``: time per box with the second pass over time per box without it,
     end to end and single-box (target <= 2);
 (e) ``flip_vs_one_pass``: the same for ``flip=True`` (each crop read again mirrored; its
-    limit is 2x, the model's time doubled).
+    limit is 2x, the model's time doubled);
+(f) ``--cold``: one box from a fresh ``snapper snap`` process next to the same box warm, and
+    where the cold process's time went (``bench/bench_startup.py``'s measurement, on this
+    benchmark's model and first box): a one-box command pays start-up, not the model.
 
     .venv/bin/python bench/bench_snap.py [--batch-size 64] [--workers 2] [--device auto] [--max-images N]
     .venv/bin/python bench/bench_snap.py --nchw   # the same without channels_last on CPU, for comparison
+    .venv/bin/python bench/bench_snap.py --cold   # also one box cold (fresh process) vs warm
 
 Crops are cut by the fast CPU kernel (``snapper.crop.cut_crops`` through ``CropGeometry.cut``)
 in the loader workers, as batch snapping does.
@@ -52,6 +56,9 @@ from snapper.inference.snap import Snapper  # noqa: E402
 from snapper.models.checkpoint import save_checkpoint  # noqa: E402
 from snapper.models.net import build_model  # noqa: E402
 from snapper.training.presets import PRESETS  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_startup import cold_and_warm  # noqa: E402  (the cold figure is measured there, once)
 
 DATA = ROOT.parent / "shared" / "data" / "coco128-train"
 
@@ -119,6 +126,14 @@ def latency(snapper: Snapper, data: dict, images_dir: Path, n: int, seed: int = 
             "file_p50_ms": ms(from_file, 0.5), "file_p95_ms": ms(from_file, 0.95)}
 
 
+def one_box_cold(ckpt: Path, data: dict, images_dir: Path, repeats: int) -> dict:
+    """:func:`bench_startup.cold_and_warm` on the first usable box of the data."""
+    ann = next(a for a in data["annotations"] if not a.get("iscrowd") and min(a["bbox"][2:]) >= 2)
+    name = next(im["file_name"] for im in data["images"] if im["id"] == ann["image_id"])
+    env = {**os.environ, "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(ROOT)}
+    return cold_and_warm(images_dir / name, [float(v) for v in ann["bbox"]], ckpt, max(repeats, 3), env)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -132,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-images", type=int, help="only the first N images of the data (a quick run)")
     ap.add_argument("--nchw", action="store_true",
                     help="the plain NCHW memory format (channels_last=false; snapping's default is NHWC), to compare")
+    ap.add_argument("--cold", action="store_true",
+                    help="also one box from a fresh `snapper snap` process next to the same box warm (bench_startup)")
     a = ap.parse_args(argv)
     ann_file, images_dir = a.data / "annotations.json", a.data / "images"
     if not ann_file.is_file():
@@ -161,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.latency_threads)  # one request, one core: what a snap server would give it
         lat = {p: latency(snapper, json.loads(rough.read_text()), images_dir, a.latency_boxes, passes=p) for p in (1, 2)}
         torch.set_num_threads(threads)
+        cold = one_box_cold(ckpt, json.loads(rough.read_text()), images_dir, a.repeats) if a.cold else None
     limit = max(limits)
     wall = {key: min(w for w, _ in runs[key]) for key in runs}
     summary = runs[1][0][1]
@@ -191,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                  "end_to_end_wall_s": [round(w, 2) for w, _ in runs["flip"]]},
         "flip_vs_one_pass": {"end_to_end_time_per_box": round(wall["flip"] / wall[1], 3), "limit": 2.0},
     }
+    if cold is not None:
+        report["single_box_cold_vs_warm"] = cold
     print(json.dumps(report, indent=1))
     return 0
 

@@ -399,7 +399,7 @@ def _print_urls(info: dict[str, Any]) -> None:
     print(
         f"""snapper stack is up (home {info['home']})
   Prefect UI   {info['prefect_ui']}
-  MLflow UI    {info['mlflow_ui']}  (runs: {info['mlflow_ui']}/#/experiments?workflowType=machine_learning)
+  MLflow UI    {info['mlflow_ui']}  (click 'Model training' top left once: MLflow 3.17 opens experiments in its GenAI view)
   work pool    {info['work_pool']} (process worker running)
 
 Use it from a shell:

@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run as current_flow_run
 
 from flows.common import (
     SYNTHETIC,
@@ -69,6 +71,7 @@ from snapper.training.presets import preset_config
 from snapper.training.presets import regression_baseline as regression_baseline_config
 from snapper.training.progress import watch_progress
 from snapper.training.publish import EVAL_DIR, evaluate_models, registration_eval_config
+from snapper.training.state import STATE_FILE, check_resumable, finished_conflicts, load_state
 
 PROGRESS_KEY = "snapper-train-progress"
 
@@ -126,7 +129,9 @@ def _train_both(edges_cfg: TrainConfig, reg_cfg: TrainConfig | None,
              if reg_cfg is not None else None)
     edges = edges_f.result()
     get_run_logger().info("model trained: %s steps, best checkpoint %s", edges["steps"], edges["best_checkpoint"])
-    return edges, (reg_f.result() if reg_f is not None else None)
+    regression = reg_f.result() if reg_f is not None else None
+    nest_baseline(edges, regression)  # one row per training in MLflow: the baseline under its model's run
+    return edges, regression
 
 
 def _base_config(preset: str, overrides: dict[str, Any] | None, shards: dict[str, list[str]], gpus: int) -> TrainConfig:
@@ -149,15 +154,58 @@ def _run_configs(base: TrainConfig, runs: Path, name: str, regression_overrides:
     edges_cfg = dataclasses.replace(base, out_dir=str(runs / name),
                                     tracking=dataclasses.replace(base.tracking, run_name=run_name))
     if not regression:
+        check_resume(edges_cfg)
         return edges_cfg, None
     reg_cfg = override(regression_baseline_config(edges_cfg), regression_overrides)
-    return edges_cfg, dataclasses.replace(reg_cfg, out_dir=str(runs / f"{name}-regression"),
-                                          tracking=dataclasses.replace(reg_cfg.tracking, run_name=f"{run_name}-regression"))
+    reg_cfg = dataclasses.replace(reg_cfg, out_dir=str(runs / f"{name}-regression"),
+                                  tracking=dataclasses.replace(reg_cfg.tracking, run_name=f"{run_name}-regression"))
+    check_resume(edges_cfg, reg_cfg)
+    return edges_cfg, reg_cfg
+
+
+def _run_folder(runs_dir: str, name: str | None, preset: str) -> tuple[Path, str]:
+    """``runs_dir`` (relative to the project home) and the run's name: ``name`` when given
+    (resume or reuse that run), else a fresh one (:func:`fresh_run_name`)."""
+    runs = resolve(runs_dir)
+    run = name or fresh_run_name(runs, preset)
+    get_run_logger().info("run folder: %s (%s)", runs / run,
+                          "as named" if name else f"a fresh run; resume or reuse it with name={run}")
+    return runs, run
+
+
+def fresh_run_name(runs: Path, preset: str) -> str:
+    """A run folder of its own for a flow run that names none: ``<preset>-<flow run name>``
+    (``demo-crafty-lemur``: the name the flow run has in Prefect's UI), with the flow run id's
+    start added when an earlier run took that name. A fixed default would make every later
+    run of a deployment resume (or silently reuse) the first one; resuming is explicit."""
+    stem = artifact_key(preset, current_flow_run.get_name() or time.strftime("%Y%m%d-%H%M%S"))
+    if not (runs / stem).exists() and not (runs / f"{stem}-regression").exists():
+        return stem
+    return artifact_key(stem, (current_flow_run.get_id() or f"{time.time_ns():x}")[:8])
+
+
+def check_resume(*cfgs: TrainConfig | None) -> None:
+    """Refuse, before anything trains, a run folder that cannot do what this flow run asks: a
+    saved run of another model, or a finished run asked for other settings (it would train
+    nothing and the flow run would end "Completed" all the same). One line, naming the keys."""
+    for cfg in cfgs:
+        state = load_state(cfg.out_dir) if cfg is not None else None
+        if cfg is None or state is None:
+            continue
+        try:
+            check_resumable(cfg, state, Path(cfg.out_dir) / STATE_FILE)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (leave out `name` for a fresh run)") from None
+        conflicts = finished_conflicts(cfg, state) if state.finished else {}
+        if conflicts:
+            asked = ", ".join(f"{k}={new!r} (the run has {old!r})" for k, (old, new) in conflicts.items())
+            raise ConfigError(f"{cfg.out_dir} finished at step {state.step}; this flow run asks for {asked}, and "
+                              "a finished run trains no further: leave out `name` for a fresh run, or give a new one")
 
 
 @flow(name="train-snapper", task_runner=task_runner_from_env())
 def train_snapper(
-    name: str = "demo",
+    name: str | None = None,
     preset: str = "demo",
     overrides: dict[str, Any] | None = None,
     dataset: str = SYNTHETIC,
@@ -183,8 +231,8 @@ def train_snapper(
 
     ``preset``: a :data:`snapper.training.presets.PRESETS` name; ``overrides``: TrainConfig keys (e.g.
     ``{"steps": 200, "model.trunk": "resnet50"}``), ``regression_overrides`` on top for the
-    baseline; ``eval_overrides``: EvalConfig keys. Outputs: ``<runs_dir>/<name>`` (relative to
-    the project home); re-running the same name resumes or reuses the finished training.
+    baseline; ``eval_overrides``: EvalConfig keys. Outputs: ``<runs_dir>/<name>`` (project home);
+    no ``name``: a fresh run; the name of an earlier run resumes it (or reuses it, finished).
     """
     logger = get_run_logger()
     if gpus < 0:
@@ -195,11 +243,10 @@ def train_snapper(
     logger.info("data: %d train shard(s), %d val shard(s)", len(shards["train"]), len(shards["val"]))
 
     # 2. training: the model and (optionally) the regression baseline
-    runs = resolve(runs_dir)
+    runs, name = _run_folder(runs_dir, name, preset)
     base = _base_config(preset, overrides, shards, gpus)
     edges_cfg, reg_cfg = _run_configs(base, runs, name, regression_overrides, regression_baseline)
     edges, regression = _train_both(edges_cfg, reg_cfg, gpus)
-    nest_baseline(edges, regression)
     checkpoints = {"snapper": edges["best_checkpoint"], **({"regression": regression["best_checkpoint"]}
                                                            if regression is not None else {})}
 
@@ -241,7 +288,8 @@ def train_snapper(
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m flows.train", description="Run the train-snapper flow once.")
-    ap.add_argument("--name", default="demo")
+    ap.add_argument("--name", help="the run folder runs/NAME: an earlier run's name resumes (or reuses) it; "
+                                    "default: a fresh run, <preset>-<flow run name>")
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="TrainConfig override (cast to the field's type), repeatable: --set steps=100")
@@ -271,12 +319,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--set {e}")
     except ValueError as e:  # an unknown preset
         ap.error(str(e))
-    res = train_snapper(name=args.name, preset=args.preset, overrides=overrides or None,
-                        regression_baseline=not args.no_regression, gpus=args.gpus, num_images=args.num_images,
-                        dataset=args.dataset, ann_file=args.ann_file, images_dir=args.images_dir,
-                        val_fraction=args.val_fraction)
+    try:
+        res = train_snapper(name=args.name, preset=args.preset, overrides=overrides or None,
+                            regression_baseline=not args.no_regression, gpus=args.gpus, num_images=args.num_images,
+                            dataset=args.dataset, ann_file=args.ann_file, images_dir=args.images_dir,
+                            val_fraction=args.val_fraction)
+    except ConfigError as e:  # a run folder that cannot do what was asked (check_resume): one line
+        ap.exit(2, f"{ap.prog}: {e}\n")
     print("\n" + res["eval"]["table_md"])
     print(where_next(res))
+    print(f"  run folder:    {res['train']['out_dir']} (resume or reuse it: --name {res['name']})")
     return 0
 
 

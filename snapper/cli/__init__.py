@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("snapper.cli.serve", "serve the champion model over HTTP (MLflow's model server)"),
     "label-studio": ("snapper.cli.labelstudio", "serve a model as a Label Studio ML backend (snap drawn boxes)"),
     "cvat-tighten": ("snapper.cli.cvat_tighten", "snap a CVAT task's rectangles; dry-run report, --apply patches them back"),
+    "noise-report": ("snapper.cli.noise_report", "measure the annotators' noise: rough vs gold boxes, per edge"),
+    "promote": ("snapper.cli.promote", "move @champion to a version only if it beats the champion (or --force --reason)"),
+    "models": ("snapper.cli.models", "list registered versions: scores, data, aliases"),
 }
 
 

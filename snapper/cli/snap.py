@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from snapper.cli.common import add_model_option, fail, run, warn_synthetic
 from snapper.cli.settings import add_snap_options, apply_options, snap_options
+from snapper.cli.timing import Phases
 from snapper.config import SNAP_MIN_BOX_SIZE, SnapSettings
 from snapper.errors import file_error
 from snapper.imageio import load_image
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                           f"models:/NAME@ALIAS; default {DEFAULT_MODEL})")
     add_snap_options(p, SnapSettings(), SNAP_OPTIONS)
     p.add_argument("--out", help="write a PNG with rough (red) and snapped (green) boxes")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print (stderr) where the time went: imports since the process started, model lookup "
+                        "and load, snapping")
     return p
 
 
@@ -83,6 +87,7 @@ def draw_overlay(image_path: str, result: SnapResult, out: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    phases = Phases("imports")  # the process so far: the interpreter, torch, this command's modules
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = apply_options(parser, SnapSettings(), [], snap_options(args, "", SNAP_OPTIONS))  # --device banana: exit 2
@@ -95,12 +100,20 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, f"--out {args.out}: {problem}")
 
     def body() -> int:
+        phases.mark("options")
         checkpoint = resolve_model(args.model)
         warn_synthetic(checkpoint)
-        result = Snapper.from_checkpoint(checkpoint, settings).snap(args.image, args.box)
+        phases.mark("model lookup")
+        snapper = Snapper.from_checkpoint(checkpoint, settings)
+        phases.mark("model load")
+        result = snapper.snap(args.image, args.box)
+        phases.mark(f"snapping {len(args.box)} box(es) (image decode included)")
         print(json.dumps({"image": args.image, "boxes": result.to_json()}, indent=2))
         if args.out:
             draw_overlay(args.image, result, args.out)
+        phases.mark("output")
+        if args.verbose:
+            phases.print(PROG)
         return 0
 
     return run(PROG, body)

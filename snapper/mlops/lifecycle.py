@@ -34,6 +34,7 @@ from snapper.evaluation.evaluate import IDENTITY
 from snapper.mlops import tracking
 from snapper.mlops.registry import (
     CHAMPION_ALIAS,
+    MODEL_NAME,
     alias_version,
     decide_champion,
     describe_version,
@@ -267,7 +268,8 @@ def where_next(res: dict[str, Any]) -> str:
                      "http://127.0.0.1:5000 (experiment 'snapper', view 'Table 1')")
     reg = res.get("registered")
     if reg:
-        verdict = ("now the champion: `make serve` serves it" if reg["champion"]
-                   else f"not champion ({reg['champion_check']})")
+        serves = ("`make serve` serves it" if reg["name"] == MODEL_NAME
+                  else f"snap with --model models:/{reg['name']}@{CHAMPION_ALIAS}")
+        verdict = f"now the champion: {serves}" if reg["champion"] else f"not champion ({reg['champion_check']})"
         lines.append(f"  registered:    models:/{reg['name']}/{reg['version']}, {verdict}")
     return "\n".join(lines)

@@ -140,6 +140,34 @@ def check_resumable(cfg: TrainConfig, state: TrainState, path: str | os.PathLike
                         Path(path).parent, key, getattr(cfg, key), saved[key])
 
 
+# What a finished run may be asked again with and still be the same run: where it lives, how it
+# is logged and watched, what computes it. A difference anywhere else asks for another training.
+SAME_RUN_KEYS = ("out_dir", "device", "compile", "log_every", "ckpt_every", "data.workers", "tracking.")
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def finished_conflicts(cfg: TrainConfig, state: TrainState) -> dict[str, tuple[Any, Any]]:
+    """Settings of ``cfg`` that differ from those of a finished run (key -> (saved, asked)).
+
+    A finished run trains no further, so asking it again for other settings would end having
+    done nothing: the caller refuses instead. Keys on one side only (renamed or added since the
+    run was saved) and inference-only model settings do not count."""
+    skip = {f"model.{name}" for name in inference_only_fields(ModelConfig)}
+    saved, asked = _flat(state.config), _flat(to_dict(cfg))
+    return {k: (saved[k], v) for k, v in sorted(asked.items())
+            if k in saved and saved[k] != v and k not in skip
+            and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in SAME_RUN_KEYS)}
+
+
 def best_on_disk(out_dir: str | os.PathLike[str], best_score: float | None) -> float | None:
     """A kill between writing ``best/`` and the state leaves a newer best on disk: keep it."""
     try:

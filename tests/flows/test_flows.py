@@ -175,7 +175,12 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     client = mlflow.MlflowClient()
     run = client.get_run(trained["mlflow_run_id"])
     metrics = set(run.data.metrics)
-    assert {"train/loss", "miou", "iou_gt_0.9", "score"} <= metrics  # curves, and the headline columns
+    # curves, and the headline columns: rounded, named in Table 1's order (issue 24)
+    assert {"train/loss", "table1/1_miou", "table1/2_iou_gt_0.9", "table1/7_score"} <= metrics
+    assert all(v == round(v, 2) for k, v in run.data.metrics.items() if k.startswith("table1/"))
+    assert client.get_experiment(run.info.experiment_id).name == "snapper-ci"  # smoke runs apart
+    baseline = client.get_run(trained["regression"]["mlflow_run_id"])
+    assert baseline.data.tags["mlflow.parentRunId"] == run.info.run_id  # one row per training
     assert any(k.startswith("val/eval/snapper/all/") for k in metrics)
     assert not any(k.startswith(("eval/", "best/", "last/")) for k in metrics)  # grouped after the curves
     assert "eval" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -190,6 +195,10 @@ def test_train_flow_trains_evaluates_registers_and_reports(trained: dict, home: 
     assert mv.tags["champion.rival"] == "identity" and mv.tags["champion.check"] in {"promoted", "kept"}
     assert (registry.alias_version("snapper-ci") is not None) == reg["champion"]
     assert "Table 1 on the held-out split: boxes" in mv.description and run.info.run_id in mv.description
+    assert f"(#/experiments/{run.info.experiment_id}/runs/{run.info.run_id})" in mv.description  # a working link
+    assert mv.tags["data.kind"] == "synthetic" and mv.tags["data.name"] == "synthetic-n14-s2"
+    assert len(mv.tags["data.train_sha256"]) == 64 and len(mv.tags["data.val_sha256"]) == 64
+    assert len(mv.tags) <= 14  # what a person reads; the rest is the run's registration JSON
     assert resolve_model(f"models:/snapper-ci/{reg['version']}").joinpath("model.pt").is_file()
 
     # progress from the runs' progress.json (the two trainings ran in processes of their own)
@@ -215,24 +224,60 @@ def test_train_flow_rerun_reuses_training_and_registration(trained: dict) -> Non
     assert again["mlflow_run_id"] == trained["mlflow_run_id"]  # finished run returned, not retrained
     assert again["registered"]["version"] == trained["registered"]["version"]  # same run -> same version
 
+    # Resuming a finished run for other settings would train nothing: the flow run fails, before
+    # any training, with one line naming what differs (issue 24), never "Completed".
+    state = train_snapper(name="tiny", preset="cpu-tiny", overrides={**TINY, "steps": 6}, num_images=14,
+                          val_fraction=0.25, shard_size=6, seed=2, regression_baseline=False, return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "steps=6 (the run has 4)" in message and "fresh run" in message and "\n" not in message
+
+
+def test_a_run_without_a_name_trains_afresh(trained: dict, home: Path) -> None:
+    """What `prefect deployment run 'train-snapper/demo' --param overrides='{"steps": 10}'` does
+    after an earlier run: a new run folder named after the flow run, trained to the new steps,
+    never the earlier run reused (issue 24). A taken name gets the flow run id's start."""
+    from prefect import flow
+
+    from flows.train import fresh_run_name, train_snapper
+
+    res = train_snapper(preset="cpu-tiny", overrides={**TINY, "steps": 2}, num_images=14, val_fraction=0.25,
+                        shard_size=6, seed=2, regression_baseline=False, register_model=False)
+    assert res["name"].startswith("cpu-tiny-") and res["name"] != trained["name"]
+    assert res["train"]["steps"] == 2 and res["mlflow_run_id"] != trained["mlflow_run_id"]
+    assert Path(res["train"]["out_dir"]) == home / "runs" / res["name"]
+
+    @flow(flow_run_name="same-name")
+    def pick() -> str:
+        return fresh_run_name(home / "runs", "cpu-tiny")
+
+    assert pick() == "cpu-tiny-same-name"
+    (home / "runs" / "cpu-tiny-same-name").mkdir()
+    taken = pick()
+    assert taken.startswith("cpu-tiny-same-name-") and len(taken) == len("cpu-tiny-same-name-") + 8
+
 
 def test_a_new_model_challenges_the_champion_on_the_same_boxes(trained: dict, home: Path) -> None:
     """With a champion in place, the flow evaluates it next to the new model and moves the
-    alias only if the new one scores higher; the comparison is on the version."""
+    alias only if the new one scores higher; the comparison is on the version. The ``demo``
+    preset (what `make demo` and train-snapper/demo run) registers under ``snapper-demo``, with
+    its own champion, never under the production name (issue 24)."""
     from flows.train import train_snapper
     from snapper.mlops import registry, tracking
 
     with tracking.start_run("unit-flows", run_name="old champion") as run:
-        old = registry.register_checkpoint(run.info.run_id, trained["regression"]["best_checkpoint"], "unit-prod")
-    tracking.mlflow_client().set_registered_model_alias("unit-prod", "champion", str(old))
-    res = train_snapper(name="tiny", preset="cpu-tiny", overrides=TINY, num_images=14, val_fraction=0.25,
-                        shard_size=6, seed=2, regression_baseline=False, registered_model="unit-prod")
+        old = registry.register_checkpoint(run.info.run_id, trained["regression"]["best_checkpoint"], "snapper-demo")
+    tracking.mlflow_client().set_registered_model_alias("snapper-demo", "champion", str(old))
+    res = train_snapper(name="tiny-demo", preset="demo", num_images=14, val_fraction=0.25, shard_size=6, seed=2,
+                        overrides={**TINY, "model.input_size": 48, "data.workers": 0}, regression_baseline=False)
+    assert res["registered"]["name"] == "snapper-demo"
+    assert not tracking.mlflow_client().search_registered_models("name='snapper'")
     assert "champion" in set(pd.read_parquet(res["eval"]["parquet"])["method"])  # same boxes, same table
-    mv = tracking.mlflow_client().get_model_version("unit-prod", str(res["registered"]["version"]))
-    assert mv.tags["champion.rival"] == f"version {old}"
+    mv = tracking.mlflow_client().get_model_version("snapper-demo", str(res["registered"]["version"]))
+    assert mv.tags["champion.rival"] == f"version {old}" and mv.tags["preset"] == "demo"
     won = float(mv.tags["champion.score"]) > float(mv.tags["champion.rival_score"])
     assert res["registered"]["champion"] == won
-    assert int(registry.alias_version("unit-prod").version) == (res["registered"]["version"] if won else old)
+    assert int(registry.alias_version("snapper-demo").version) == (res["registered"]["version"] if won else old)
 
 
 def test_evaluate_flow_on_registered_model(trained: dict, home: Path) -> None:

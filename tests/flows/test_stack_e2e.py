@@ -119,9 +119,9 @@ def test_deployment_run_through_the_stack(stack: dict) -> None:
 
     # MLflow (through the stack's server): the run, its metrics, the per-box Parquet, the model.
     exps = _http("POST", f"{mlflow_url}/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
-    exp_ids = [e["experiment_id"] for e in exps if e["name"] == "snapper"]
+    exp_ids = [e["experiment_id"] for e in exps if e["name"] == "snapper-ci"]  # smoke runs: their own experiment
     assert exp_ids, exps
-    exp_tags = {t["key"]: t["value"] for e in exps if e["name"] == "snapper" for t in e.get("tags", [])}
+    exp_tags = {t["key"]: t["value"] for e in exps if e["name"] == "snapper-ci" for t in e.get("tags", [])}
     assert exp_tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs, not GenAI
     runs = _http("POST", f"{mlflow_url}/api/2.0/mlflow/runs/search",
                  {"experiment_ids": exp_ids, "filter": "tags.`mlflow.runName` = 'e2e'"})["runs"]
@@ -130,7 +130,7 @@ def test_deployment_run_through_the_stack(stack: dict) -> None:
     assert mrun["info"]["status"] == "FINISHED"
     assert mrun["info"]["run_id"] in arts[0]["data"]
     metrics = {m["key"] for m in mrun["data"].get("metrics", [])}
-    assert {"train/loss", "miou"} <= metrics and any(k.startswith("val/eval/snapper/") for k in metrics), sorted(metrics)
+    assert {"train/loss", "table1/1_miou"} <= metrics and any(k.startswith("val/eval/snapper/") for k in metrics), sorted(metrics)
     listing = _http("GET", f"{mlflow_url}/api/2.0/mlflow/artifacts/list?run_id={mrun['info']['run_id']}&path=eval")
     assert "eval/boxes.parquet" in {f["path"] for f in listing.get("files", [])}
     assert "prefect.flow_run_url" in {t["key"] for t in mrun["data"]["tags"]}  # a link back to Prefect

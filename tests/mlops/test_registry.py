@@ -136,5 +136,8 @@ def test_smoke_presets_never_register_under_the_production_name() -> None:
     from snapper.models.reference import MODEL_NAME as DEFAULT_MODEL_NAME
 
     assert model_name_for("cpu-tiny", DEFAULT_MODEL_NAME) == CI_MODEL_NAME
-    assert model_name_for("demo", DEFAULT_MODEL_NAME) == DEFAULT_MODEL_NAME
+    # issue 24: the synthetic demo has its own name (and champion), never the production one
+    assert model_name_for("demo", DEFAULT_MODEL_NAME) == "snapper-demo"
+    assert model_name_for("demo", "my-experiments") == "my-experiments"
+    assert model_name_for("cpu", DEFAULT_MODEL_NAME) == DEFAULT_MODEL_NAME
     assert model_name_for("cpu-tiny", "my-experiments") == "my-experiments"

@@ -113,16 +113,22 @@ def test_experiments_open_on_the_numbers(store) -> None:
 
     tracking = store["tracking"]
     with tracking.start_run("unit-view", run_name="r") as run:
-        tracking.log_evaluation({"snapper/all/miou": 90.0}, [], prefix="val/eval", headline={"miou": 90.0})
+        tracking.log_evaluation({"snapper/all/miou": 90.0}, [], prefix="val/eval",
+                                headline={"miou": 90.0361, "iou_gt_0.9": 36.10294117, "score": 50.0})
     tracking.describe_run(run.info.run_id, "**hello**", {"prefect.flow_run_id": "f1"})
     client = tracking.mlflow_client()
     tags = client.get_experiment_by_name("unit-view").tags
     assert tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
     view = json.loads(tags[tracking.SAVED_VIEW_PREFIX + tracking.TABLE1_VIEW])
     columns = json.loads(view["state"])["selectedColumns"]
-    assert view["name"] == "Table 1" and "metrics.`iou_gt_0.9`" in columns
+    assert view["name"] == "Table 1" and "metrics.`table1/2_iou_gt_0.9`" in columns
+    assert columns.index("metrics.`table1/1_miou`") < columns.index("metrics.`table1/2_iou_gt_0.9`")
     r = client.get_run(run.info.run_id)
-    assert r.data.metrics == {"val/eval/snapper/all/miou": 90.0, "miou": 90.0}
+    # headline numbers rounded to 0.01, named to sort in Table 1's order (issue 24)
+    assert r.data.metrics == {"val/eval/snapper/all/miou": 90.0, "table1/1_miou": 90.04,
+                              "table1/2_iou_gt_0.9": 36.1, "table1/7_score": 50.0}
+    assert sorted(tracking.table1_name(m) for m in tracking.HEADLINE_METRICS) == \
+        [tracking.table1_name(m) for m in tracking.HEADLINE_METRICS]
     assert r.data.tags[tracking.NOTE_TAG] == "**hello**" and r.data.tags["prefect.flow_run_id"] == "f1"
 
 

@@ -59,3 +59,18 @@ def test_cli_train_registers_after_evaluating(tmp_path, monkeypatch, capsys) -> 
 
     mv = tracking.mlflow_client().get_model_version(reg["name"], str(reg["version"]))
     assert mv.run_id == result["mlflow_run_id"] and mv.tags["champion.rival"] == "identity"
+    # lineage (issue 24): the data it was trained on, on the version and beside the checkpoint
+    import hashlib
+    from pathlib import Path
+
+    manifest = Path(shards["dir"]) / "train-manifest.json"
+    assert mv.tags["data.train_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert mv.tags["data.kind"] == "real" and mv.tags["data.name"] == Path(shards["dir"]).name
+    assert not any(k.startswith("snapper.all.") for k in mv.tags)  # the rest is a JSON artifact
+    client = tracking.mlflow_client()
+    assert f"registration/version-{reg['version']}.json" in {
+        a.path for a in client.list_artifacts(mv.run_id, "registration")}
+    assert json.loads((out / "best" / "lineage.json").read_text())["val"]["shards"] == shards["val"]
+    assert "#/experiments/" in mv.description  # a working link to the run inside MLflow's UI
+    # a smoke preset is tracked in its own experiment
+    assert client.get_experiment(client.get_run(mv.run_id).info.experiment_id).name == "snapper-ci"

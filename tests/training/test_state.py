@@ -19,6 +19,7 @@ from snapper.training.state import (
     TrainState,
     best_on_disk,
     check_resumable,
+    finished_conflicts,
     load_state,
     rng_state,
     set_rng_state,
@@ -117,3 +118,18 @@ def test_a_run_saved_with_backbone_resumes_with_trunk(tmp_path):
     check_resumable(cfg, saved, tmp_path / STATE_FILE)
     with pytest.raises(ValueError, match="different model config"):
         check_resumable(TrainConfig(model=ModelConfig(trunk="resnet34")), saved, tmp_path / STATE_FILE)
+
+
+def test_a_finished_run_names_what_it_was_not_asked_for(tmp_path):
+    """Asking a finished run again for other settings would train nothing: the differences are
+    named; where it lives, how it is logged and inference-only settings are the same run."""
+    cfg = TrainConfig(steps=500, out_dir="runs/a")
+    saved = _state(cfg, finished=True)
+    same = dataclasses.replace(cfg, out_dir="/abs/runs/a", device="cpu", log_every=7, compile=True,
+                               model=ModelConfig(confidence_px=5.0),
+                               tracking=dataclasses.replace(cfg.tracking, run_name="x", registered_model=None))
+    assert finished_conflicts(same, saved) == {}
+    other = dataclasses.replace(cfg, steps=10, lr=0.5)
+    assert finished_conflicts(other, saved) == {"lr": (cfg.lr, 0.5), "steps": (500, 10)}
+    saved.config["model"]["backbone"] = saved.config["model"].pop("trunk")  # a key of an earlier version
+    assert finished_conflicts(cfg, saved) == {}
