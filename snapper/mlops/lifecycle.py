@@ -90,7 +90,18 @@ def register_version(run_id: str, checkpoint: str, name: str, tags: dict[str, st
         return existing
     if lineage:
         data_lineage.write_sidecar(checkpoint, lineage)
+        tracking.log_datasets(run_id, dataset_inputs(lineage))
     return register_checkpoint(run_id, checkpoint, name, tags=tags)
+
+
+def dataset_inputs(lineage: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The run's datasets: each split's shard manifests (name ``<dataset>/<split>``, digest =
+    the manifest's sha256, source = its path), training for train and validation for val."""
+    out = []
+    for split, context in (("train", "training"), ("val", "validation")):
+        for m in (lineage.get(split) or {}).get("manifests", []):
+            out.append((f"{lineage.get('dataset', '-')}/{split}", m.get("sha256") or "-", m["path"], context))
+    return out
 
 
 def challenge_champion(name: str, version: int, scores: dict[str, float | None], champion: dict[str, Any] | None,

@@ -48,7 +48,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")  # MLflow itself only honours "true";
 
 import mlflow  # noqa: E402  (after the telemetry defaults on purpose)
 import mlflow.pyfunc  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param  # noqa: E402
 
 from snapper.evaluation.metrics import metric_key  # noqa: E402
 from snapper.home import home  # noqa: E402
@@ -363,6 +363,18 @@ def nest_run(child_run_id: str, parent_run_id: str) -> None:
     tag, what ``start_run(nested=True)`` sets): the regression baseline, trained in a process
     of its own at the same time, shows under its model's run, one row per training."""
     mlflow_client().set_tag(child_run_id, "mlflow.parentRunId", parent_run_id)
+
+
+DATASET_CONTEXT_TAG = "mlflow.data.context"  # what MLflow's UI groups a run's datasets by
+
+
+def log_datasets(run_id: str, datasets: "list[tuple[str, str, str, str]]") -> None:
+    """Record ``(name, digest, source, context)`` datasets as the run's inputs (MLflow's
+    "Datasets" on the run page): metadata only, nothing is read or uploaded."""
+    inputs = [DatasetInput(Dataset(name=name, digest=digest[:36], source_type="local", source=json.dumps({"uri": source})),
+                           [InputTag(DATASET_CONTEXT_TAG, context)]) for name, digest, source, context in datasets]
+    if inputs:
+        mlflow_client().log_inputs(run_id, datasets=inputs)
 
 
 def log_json(obj: Any, artifact_file: str, run_id: str) -> None:

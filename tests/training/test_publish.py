@@ -71,6 +71,11 @@ def test_cli_train_registers_after_evaluating(tmp_path, monkeypatch, capsys) -> 
     assert f"registration/version-{reg['version']}.json" in {
         a.path for a in client.list_artifacts(mv.run_id, "registration")}
     assert json.loads((out / "best" / "lineage.json").read_text())["val"]["shards"] == shards["val"]
+    inputs = {(d.dataset.name, d.dataset.digest, {t.key: t.value for t in d.tags}["mlflow.data.context"])
+              for d in client.get_run(mv.run_id).inputs.dataset_inputs}  # the run page's "Datasets"
+    name = Path(shards["dir"]).name
+    assert (f"{name}/train", hashlib.sha256(manifest.read_bytes()).hexdigest()[:36], "training") in inputs
+    assert any(n == f"{name}/val" and c == "validation" for n, _, c in inputs)
     assert "#/experiments/" in mv.description  # a working link to the run inside MLflow's UI
     # a smoke preset is tracked in its own experiment
     assert client.get_experiment(client.get_run(mv.run_id).info.experiment_id).name == "snapper-ci"
