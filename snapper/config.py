@@ -206,6 +206,9 @@ class TrainConfig:
     jitter: JitterConfig = field(default_factory=JitterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     out_dir: str = "runs/default"
+    # Fine-tune from this model (a checkpoint folder or models:/NAME@ALIAS|VERSION): its
+    # architecture and weights start the run (snapper.training.init_from); None: from scratch.
+    init_from: str | None = None
     steps: int = 20000
     batch_size: int = 32
     lr: float = 2e-3

@@ -21,8 +21,8 @@ from snapper.config import TrainConfig
 from snapper.errors import ConfigError
 from snapper.overrides import dump_yaml
 from snapper.training.loop import check_config, train
-from snapper.training.publish import evaluate_and_register
 from snapper.training.presets import PRESETS, build_config
+from snapper.training.publish import evaluate_and_register
 
 PROG = "snapper train"
 
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with (part of) a TrainConfig")
     add_set_option(p, "TrainConfig")
     p.add_argument("--out-dir", help="where the run lives (wins over the config's out_dir)")
+    p.add_argument("--init-from", help="fine-tune from this model: a checkpoint folder or models:/NAME@ALIAS|VERSION "
+                                       "(its architecture and weights; e.g. with --preset finetune)")
     p.add_argument("--max-steps-this-run", type=positive_int, help="stop after this many steps (resumable)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     return p
@@ -45,6 +47,8 @@ def resolve_config(p: argparse.ArgumentParser, args: argparse.Namespace) -> Trai
     """preset -> --config -> --set -> --out-dir; a bad --set exits 2 naming the key."""
     cfg = build_config(args.preset, args.config)
     cfg = apply_sets(p, cfg, args.overrides)
+    if args.init_from:
+        cfg = dataclasses.replace(cfg, init_from=args.init_from)
     return dataclasses.replace(cfg, out_dir=args.out_dir) if args.out_dir else cfg
 
 

@@ -123,6 +123,8 @@ def version_tags(metrics: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]
     tags = {"data.name": str(lin.get("dataset") or ctx["data"]), "data.kind": str(lin.get("kind") or "-"),
             "data.train_sha256": data_lineage.digest(lin, "train"), "data.val_sha256": data_lineage.digest(lin, "val"),
             "preset": ctx["preset"]}
+    if lin.get("parent"):  # fine-tuned from this model (TrainConfig.init_from)
+        tags["parent"] = str(lin["parent"])
     if isinstance(miou, (int, float)):
         tags["miou"] = f"{miou:.2f}"
     if ctx.get("flow_run_url"):

@@ -70,6 +70,7 @@ from snapper.training.distributed import (
     weights_digest,
 )
 from snapper.training.ema import build_ema
+from snapper.training.init_from import load_parent_weights, with_parent_model
 from snapper.training.log import HISTORY_FILE, STEP_LINE, LossWindow, append_history, fmt_duration, write_history
 from snapper.training.progress import FAILED, FINISHED, RUNNING, STOPPED, Progress, ProgressCallback, write_progress
 from snapper.training.schedule import build_optimizer
@@ -134,6 +135,7 @@ def train(
     to ``<out_dir>/progress.json``.
     """
     check_config(cfg, loader_factory is not None)
+    cfg = with_parent_model(cfg)  # the parent's architecture, before a resume is compared with it
     info = init_distributed(resolve_device(cfg.device).type)
     try:
         device = resolve_device(cfg.device, info.local_rank)
@@ -212,6 +214,8 @@ class _Loop:
         if state is not None:  # a state of an older architecture version is refused by name
             check_weights_match(net, state.model, str(Path(cfg.out_dir) / "train_state.pt"))
             net.load_state_dict(state.model)
+        elif cfg.init_from:  # a fresh fine-tuning run starts from its parent's weights
+            load_parent_weights(net, cfg)
         net.to(device)
         if cfg.channels_last and use_channels_last(device):
             net = net.to(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ from typing import Any
 
 from snapper.config import TrainConfig
 from snapper.overrides import apply_overrides, from_dict, read_yaml
+from snapper.training.init_from import with_parent_model
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds on a laptop: smoke tests, CI, demos of the pipeline (not of accuracy).
@@ -45,6 +46,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 32, "steps": 1500, "warmup_steps": 100, "lr": 2e-3, "trunk_lr_mult": 0.1,
         "freeze_trunk_bn": True, "log_every": 20, "ckpt_every": 100, "eval_every": 250,
     },
+    # Fine-tuning a model onto a user's own boxes (with init_from): its architecture and weights
+    # come from that model; a short schedule at a quarter of the training rate, warmed up, the
+    # trunk at a tenth of that with its BatchNorm statistics kept.
+    "finetune": {
+        "data": {"workers": 2, "val_max_boxes": 500},
+        "batch_size": 32, "steps": 300, "warmup_steps": 30, "lr": 5e-4, "trunk_lr_mult": 0.1,
+        "freeze_trunk_bn": True, "log_every": 20, "ckpt_every": 100, "eval_every": 100,
+    },
     # The published design: ImageNet ResNet-50 (torchvision's download) at the ModelConfig
     # defaults, fine-tuned at a tenth of the head's rate; AMP + channels_last on CUDA.
     "gpu": {
@@ -67,7 +76,11 @@ REGRESSION_LR_SCALE = 0.125
 
 def regression_baseline(cfg: TrainConfig) -> TrainConfig:
     """The regression baseline of a run: the same trunk, crops, data and steps, the regression
-    head (no zoom decoder), at :data:`REGRESSION_LR_SCALE` times its learning rate."""
+    head (no zoom decoder), at :data:`REGRESSION_LR_SCALE` times its learning rate. A
+    fine-tuning run's baseline has its parent's architecture but no parent (there is no
+    regression model to start from): it shows what the same data teaches a detection head."""
+    if cfg.init_from:
+        cfg = dataclasses.replace(with_parent_model(cfg), init_from=None)
     model = dataclasses.replace(cfg.model, head="regression", zoom=False)
     return dataclasses.replace(cfg, model=model, lr=cfg.lr * REGRESSION_LR_SCALE)
 

@@ -129,5 +129,6 @@ def evaluate_and_register(cfg: TrainConfig, best_checkpoint: str | None, mlflow_
                          mlflow_run_id, metric_prefix="val/eval", method="snapper")
     data = Path(str(cfg.data.train_shards[0])).parent.name if cfg.data.train_shards else "-"
     ctx = run_context(out.name, data, preset, steps, best_checkpoint, mlflow_run_id,
-                      lineage=shard_lineage(cfg.data.train_shards, cfg.data.val_shards, data))
+                      lineage={**shard_lineage(cfg.data.train_shards, cfg.data.val_shards, data),
+                               "parent": cfg.init_from})
     return register_evaluated(ctx, ev, champion, name, tracking.server_url())["registered"]
