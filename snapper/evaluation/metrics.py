@@ -19,7 +19,7 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from snapper.geometry import CORNER_NAMES, EDGE_NAMES, paired_iou, xyxy_to_xywh
+from snapper.geometry import CORNER_NAMES, EDGE_NAMES, paired_iou, xywh_to_xyxy, xyxy_to_xywh
 
 # COCO's size buckets (pycocotools areaRng): small < 32^2 <= medium < 96^2 <= large.
 SMALL_MAX_AREA = 32.0**2
@@ -44,6 +44,10 @@ TABLE1_COLUMNS = {
     "corner_lt_1px": "corner <1px",
     "corner_lt_3px": "corner <3px",
 }
+# Printed after Table 1: the share of boxes the method made worse than their rough box by more
+# than 0.1 IoU with the truth (a model can raise the averages and still break some boxes).
+WORSE_BY = 0.1
+HARM_COLUMNS = {"worse_gt_0.1": "worse >0.1 IoU"}
 EXTRA_COLUMNS = {
     "edge_dev_mean_px": "edge dev mean px",
     "edge_dev_median_px": "edge dev median px",
@@ -183,7 +187,19 @@ def _summary_row(g: pd.DataFrame) -> dict[str, float]:
     }
     for j, e in enumerate(EDGE_NAMES):
         row[f"{e}_lt_1px"] = 100.0 * (edges[:, j] < 1.0).mean()
+    row["worse_gt_0.1"] = _worse_share(g, iou)
     return row
+
+
+def _worse_share(g: pd.DataFrame, iou: np.ndarray) -> float:
+    """Percent of boxes whose IoU with the truth is more than :data:`WORSE_BY` below their rough
+    box's; NaN when the table has no rough boxes."""
+    rough = g[["rough_x", "rough_y", "rough_w", "rough_h"]].to_numpy(np.float64) if "rough_x" in g else None
+    if rough is None or not np.isfinite(rough).all():
+        return float("nan")
+    true = g[["true_x", "true_y", "true_w", "true_h"]].to_numpy(np.float64)
+    rough_iou = paired_iou(xywh_to_xyxy(rough), xywh_to_xyxy(true))
+    return 100.0 * float((rough_iou - iou > WORSE_BY).mean())
 
 
 def summarize(df: pd.DataFrame, by: Iterable[str] = ("method",), buckets: bool = True) -> pd.DataFrame:
@@ -211,7 +227,7 @@ def summarize(df: pd.DataFrame, by: Iterable[str] = ("method",), buckets: bool =
                 sub = g[g["size"] == bucket]
                 if len(sub):
                     rows.append({**base, "size": bucket, **_summary_row(sub)})
-    columns = by + ["size", "n_boxes", *TABLE1_COLUMNS, *EXTRA_COLUMNS]
+    columns = by + ["size", "n_boxes", *TABLE1_COLUMNS, *HARM_COLUMNS, *EXTRA_COLUMNS]
     out = pd.DataFrame(rows, columns=columns)
     out["n_boxes"] = out["n_boxes"].astype("int64")
     return out
@@ -219,9 +235,9 @@ def summarize(df: pd.DataFrame, by: Iterable[str] = ("method",), buckets: bool =
 
 def format_table(summary: pd.DataFrame, digits: int = 1, extra: bool = False) -> str:
     """A markdown table with the paper's headers (for README, reports and Prefect artifacts)."""
-    value_cols = {**TABLE1_COLUMNS, **(EXTRA_COLUMNS if extra else {})}
+    value_cols = {**TABLE1_COLUMNS, **HARM_COLUMNS, **(EXTRA_COLUMNS if extra else {})}
     key_cols = [c for c in summary.columns if c not in value_cols and c not in EXTRA_COLUMNS
-                and c != "n_boxes"]
+                and c not in HARM_COLUMNS and c != "n_boxes"]
     headers = key_cols + ["boxes"] + list(value_cols.values())
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for _, r in summary.iterrows():
@@ -259,7 +275,7 @@ def summary_metrics(summary: "pd.Series | pd.DataFrame", prefix: str | None = No
     non-size group values (``"snapper/large/miou"``) so no two rows collide.
     """
     rows = [summary] if isinstance(summary, pd.Series) else [r for _, r in summary.iterrows()]
-    value_cols = ["n_boxes", *TABLE1_COLUMNS, *EXTRA_COLUMNS]
+    value_cols = ["n_boxes", *TABLE1_COLUMNS, *HARM_COLUMNS, *EXTRA_COLUMNS]
     out: dict[str, float] = {}
     for r in rows:
         keys = [] if isinstance(summary, pd.Series) else [

@@ -141,3 +141,20 @@ def test_confidence_report() -> None:
     # constant confidence is no better than random flagging
     for k in (5.0, 10.0, 20.0, 30.0):
         assert abs(fl.loc[("const", k), "caught_pct"] - k) < 6
+
+
+def test_the_share_made_worse_than_the_rough_box_is_reported():
+    """A method that raises the averages can still break some boxes: Table 1 shows how many
+    lost more than 0.1 IoU against their rough box."""
+    from snapper.evaluation.metrics import box_table, format_table, summarize
+
+    true = np.array([[0, 0, 100, 100]] * 4, float)
+    rough = np.array([[0, 0, 100, 110]] * 4, float)  # IoU 0.91 with the truth
+    pred = np.array([[0, 0, 100, 100], [0, 0, 100, 100], [0, 0, 100, 100], [0, 0, 100, 30]], float)  # one broken
+    df = pd.concat([box_table(pred, true, rough_xyxy=rough, annotation_id=[1, 2, 3, 4]),
+                    box_table(rough, true, rough_xyxy=rough, annotation_id=[1, 2, 3, 4], method="identity")])
+    s = summarize(df, buckets=False).set_index("method")
+    assert s.loc["snapper", "worse_gt_0.1"] == 25.0 and s.loc["identity", "worse_gt_0.1"] == 0.0
+    assert "worse >0.1 IoU" in format_table(summarize(df, buckets=False)).splitlines()[0]
+    no_rough = summarize(box_table(pred, true), buckets=False)
+    assert np.isnan(no_rough.loc[0, "worse_gt_0.1"])
