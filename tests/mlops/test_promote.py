@@ -91,12 +91,13 @@ def test_forced_promotion_needs_a_reason_and_is_recorded_on_both_versions(store,
 
 
 def test_models_lists_versions_with_aliases_and_data(store, versions, capsys) -> None:
+    store["tracking"].mlflow_client().set_registered_model_alias("unit-promote", "champion", str(versions["v2"]))
     assert cli(["models", "unit-promote"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:4] == ["name", "version", "aliases", "score"]
     rows = {int(line.split()[1]): line for line in lines[1:]}
     assert set(rows) == {versions["v1"], versions["v2"]}
-    assert "@champion" in rows[versions["v2"]] and "@champion" not in rows[versions["v1"]]  # after the forced move
+    assert "@champion" in rows[versions["v2"]] and "@champion" not in rows[versions["v1"]]
     assert "tiny-real" in rows[versions["v1"]]
     assert cli(["models", "no-such-model"]) == 2
     assert "no-such-model" in _err_lines(capsys)[0]
