@@ -45,6 +45,9 @@ from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")  # MLflow itself only honours "true"; the line above is what counts
+# Registered models are small folders resolved in place or fetched once: a progress bar per
+# fetch only buries the lines a user reads (read by MLflow at each download; set it to override)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402  (after the telemetry defaults on purpose)
 import mlflow.pyfunc  # noqa: E402
