@@ -278,7 +278,7 @@ def where_next(res: dict[str, Any]) -> str:
         lines.append(f"  all runs:      {res.get('mlflow_runs_url')}")
     elif res.get("mlflow_run_id"):
         lines.append(f"  MLflow run:    {res['mlflow_run_id']} in the local store; `make mlflow-ui`, then open "
-                     "http://127.0.0.1:5000 (experiment 'snapper', view 'Table 1')")
+                     "http://127.0.0.1:5000 ('Model training', then the run's experiment, view 'Table 1')")
     reg = res.get("registered")
     if reg:
         serves = ("`make serve` serves it" if reg["name"] == MODEL_NAME
