@@ -66,7 +66,7 @@ def temp_store(home: Path, preset: str) -> str:
     torch.manual_seed(0)
     cfg = preset_config(preset).model
     ck = save_checkpoint(home / "ckpt", build_model(cfg), cfg)
-    code = ("from snapper import registry, tracking\n"
+    code = ("from snapper.mlops import registry, tracking\n"
             "with tracking.start_run('bench-serve'):\n"
             f"    registry.register_checkpoint(None, {str(ck)!r}, 'bench')\n")
     env = {**os.environ, "SNAPPER_HOME": str(home)}

@@ -61,7 +61,7 @@ def _register_champion(home: Path) -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1)
     ck = save_checkpoint(home / "ck", build_model(cfg), cfg)
-    code = ("from snapper import registry, tracking\n"
+    code = ("from snapper.mlops import registry, tracking\n"
             "with tracking.start_run('serve-test') as run:\n"
             f"    v = registry.register_checkpoint(None, {str(ck)!r}, 'snapper')\n"
             "registry.mlflow_client().set_registered_model_alias('snapper', 'champion', str(v))\n")
