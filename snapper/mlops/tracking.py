@@ -402,31 +402,29 @@ def server_url() -> str | None:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
 
+def _run_route(run_id: str) -> str:
+    """MLflow UI's route to a run (``#/experiments/<id>/runs/<run_id>``; without the experiment
+    when the run cannot be read: a missing link must not fail a report)."""
+    try:
+        exp_id = mlflow_client().get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001
+        return f"#/runs/{run_id}"
+    return f"#/experiments/{exp_id}/runs/{run_id}"
+
+
 def run_link(run_id: str | None, base: str | None = None) -> str | None:
     """A browser link to the run in MLflow's model-training view, on ``base`` (a UI serving
     this store) or the tracking server; None when neither is known."""
     base = (base or server_url() or "").rstrip("/")
     if not run_id or not base:
         return None
-    try:
-        exp_id = mlflow_client().get_run(run_id).info.experiment_id
-    except Exception:  # noqa: BLE001 - a missing link must not fail the report
-        return f"{base}/#/runs/{run_id}?{ML_VIEW}"
-    return f"{base}/#/experiments/{exp_id}/runs/{run_id}?{ML_VIEW}"
+    return f"{base}/{_run_route(run_id)}?{ML_VIEW}"
 
 
 def ui_run_link(run_id: str, base: str | None = None) -> str:
     """A link for markdown shown inside MLflow's own UI (descriptions): absolute when a UI is
-    known, else the UI's relative route ``#/experiments/<id>/runs/<run_id>``, which works on
-    whatever host serves the page."""
-    absolute = run_link(run_id, base)
-    if absolute:
-        return absolute
-    try:
-        exp_id = mlflow_client().get_run(run_id).info.experiment_id
-    except Exception:  # noqa: BLE001 - a missing link must not fail the description
-        return f"#/runs/{run_id}"
-    return f"#/experiments/{exp_id}/runs/{run_id}"
+    known, else the UI's relative route, which works on whatever host serves the page."""
+    return run_link(run_id, base) or _run_route(run_id)
 
 
 def experiment_link(experiment_id: str, base: str | None = None) -> str | None:
