@@ -22,6 +22,7 @@ INFERENCE_ONLY = {"inference_only": True}
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # see snapper.device
 # A Buffer Ratio above this reads a crop mostly of padding, and its window (and memory) grows with it.
 MAX_BUFFER_RATIO = 4.0
+MAX_EDGE_MOVE = 4.0  # SnapSettings.max_edge_move: a fraction of the rough box's extent
 SNAP_PASSES = (1, 2)  # 2: the zoom-in pass after the first (models trained with model.zoom)
 JITTER_MODES = ("paper", "empirical")  # the paper's protocol, or offsets drawn from measured pairs
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")  # what resolve_device accepts
@@ -271,7 +272,10 @@ class SnapSettings:
     pass (models trained with ``model.zoom``). ``flip``: test-time augmentation, each crop also
     read mirrored (2x the model time). ``channels_last``: NHWC where :mod:`snapper.device` picks
     it (faster there); false: plain NCHW, same boxes. ``precision``: one of
-    :data:`PRECISION_CHOICES` (auto: bf16/fp16 autocast on CUDA, fp32 on CPU).
+    :data:`PRECISION_CHOICES` (auto: bf16/fp16 autocast on CUDA, fp32 on CPU). ``guard``: the
+    broken-box guard (:mod:`snapper.inference.guard`): a collapsed or crossed box is given back as
+    its rough box, an edge that moved more than ``max_edge_move`` x the rough box's extent on its
+    axis keeps its rough position (0.35: twice the farthest the paper's jitter moves an edge).
     """
 
     device: str = "auto"
@@ -281,9 +285,11 @@ class SnapSettings:
     passes: int = 1
     flip: bool = False
     channels_last: bool = True
+    guard: bool = True
+    max_edge_move: float = 0.35
 
     # The fields a loaded model can change without being moved or reloaded.
-    READ_OUT: ClassVar[tuple[str, ...]] = ("batch_size", "buffer_ratio", "passes", "flip")
+    READ_OUT: ClassVar[tuple[str, ...]] = ("batch_size", "buffer_ratio", "passes", "flip", "guard", "max_edge_move")
 
     def __post_init__(self) -> None:
         # a device string is checked here, before any work; whether this machine has it, when used
@@ -293,6 +299,8 @@ class SnapSettings:
         check(_finite_in(self.buffer_ratio, 0.0, MAX_BUFFER_RATIO), "snap.buffer_ratio",
               f"a number in (0, {MAX_BUFFER_RATIO:g}]", self.buffer_ratio)
         one_of("snap.passes", self.passes, SNAP_PASSES)
+        check(_finite_in(self.max_edge_move, 0.0, MAX_EDGE_MOVE), "snap.max_edge_move",
+              f"a number in (0, {MAX_EDGE_MOVE:g}]", self.max_edge_move)
 
 
 @dataclass

@@ -129,7 +129,7 @@ def _zoom_checkpoint(tmp_path) -> str:
 
 
 def test_snap_with_two_passes_changes_only_coarse_edges(tmp_path):
-    s = Snapper.from_checkpoint(_zoom_checkpoint(tmp_path), device="cpu")
+    s = Snapper.from_checkpoint(_zoom_checkpoint(tmp_path), device="cpu", guard=False)
     rng = np.random.default_rng(0)
     photo = Image.fromarray((rng.random((240, 320, 3)) * 255).astype(np.uint8))
     boxes = [[50, 40, 200, 20], [10, 10, 16, 16]]  # wide: its x edges are coarse; small: nothing is
@@ -174,7 +174,7 @@ def test_batch_snap_with_two_passes_accounts_for_every_box_and_matches_the_api(t
     a, b = pd.read_parquet(one.boxes), pd.read_parquet(two.boxes)
     assert a["annotation_id"].tolist() == b["annotation_id"].tolist()
     assert (a["status"] == b["status"]).all()
-    res = Snapper.from_checkpoint(ckpt, device="cpu").snap(images / "a.jpg", [data["annotations"][0]["bbox"]], passes=2)
+    res = Snapper.from_checkpoint(ckpt, device="cpu", guard=False).snap(images / "a.jpg", [data["annotations"][0]["bbox"]], passes=2)
     row = b.set_index("annotation_id").loc[data["annotations"][0]["id"]]
     np.testing.assert_allclose(row[B.PRED_COLS].to_numpy(dtype=float), res.boxes[0], atol=1e-3)
     names = {p.name for p in (tmp_path / "one" / "chunks").glob("*.parquet")}
@@ -217,7 +217,7 @@ def test_flip_averaging_makes_snapping_mirror_symmetric(tmp_path, passes):
         return b, r.confidence[:, [2, 1, 0, 3]]
 
     for flip in (True, False):
-        s = Snapper.from_checkpoint(ckpt, device="cpu", flip=flip)
+        s = Snapper.from_checkpoint(ckpt, device="cpu", flip=flip, guard=False)
         a = s.snap(Image.fromarray(arr), boxes, passes=passes)
         b, conf = unmirror(s.snap(Image.fromarray(arr[:, ::-1].copy()), mirrored, passes=passes))
         if flip:
@@ -232,10 +232,10 @@ def test_batch_snap_and_the_cli_with_flip_match_the_api(tmp_path, rough_zoom, ca
     ckpt = _zoom_checkpoint(tmp_path)
     r = B.batch_snap(ann, images, tmp_path / "flip", ckpt, fast_config(passes=2, flip=True))
     got = pd.read_parquet(r.boxes).set_index("annotation_id").loc[11, B.PRED_COLS].to_numpy(dtype=float)
-    res = Snapper.from_checkpoint(ckpt, device="cpu", flip=True).snap(images / "a.jpg", [data["annotations"][0]["bbox"]],
+    res = Snapper.from_checkpoint(ckpt, device="cpu", flip=True, guard=False).snap(images / "a.jpg", [data["annotations"][0]["bbox"]],
                                                                       passes=2)
     np.testing.assert_allclose(got, res.boxes[0], atol=1e-3)
     assert cli(["snap", str(images / "a.jpg"), "--box", "55,35,230,170", "--model", ckpt, "--device", "cpu",
-                "--passes", "2", "--flip"]) == 0
+                "--passes", "2", "--flip", "--no-guard"]) == 0
     out = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose(out["boxes"][0]["bbox"], res.boxes[0], atol=1e-3)

@@ -16,7 +16,8 @@ Output, in ``out_dir``:
        "rough_bbox": [x, y, w, h] (the input bbox as given) | null,
        "confidence": {"left", "top", "right", "bottom"} | null,
        "needs_review": bool, "review": [reasons], "moved_px": float | null,
-       "moved_frac": float | null, "iou_with_rough": float | null}
+       "moved_frac": float | null, "iou_with_rough": float | null,
+       "guard": null | {"reason": "collapsed" | "moved", "edges": [...]}}
 
   A *kept* annotation is byte-for-byte the input one (its ``bbox`` unchanged, non-finite
   numbers written back as Python's ``NaN``/``Infinity``, which ``json`` and pycocotools read)
@@ -29,7 +30,10 @@ Output, in ``out_dir``:
   ``image_missing``, ``image_corrupt``, ``image_too_large`` (it would decode to more than
   ``BatchConfig.max_pixels``, after JPEG draft reduction: never decoded),
   ``image_size_mismatch`` (the JSON's width/height differ from the file's, or are beyond any
-  image's: the boxes' frame is then unknown), ``snap_failed`` (non-finite model output).
+  image's: the boxes' frame is then unknown), ``snap_failed`` (non-finite model output),
+  ``guard_collapsed`` (the snapped box collapsed or its edges crossed: the broken-box guard,
+  :mod:`snapper.inference.guard`, kept the rough box; an edge it kept at its rough position
+  leaves the box snapped, with ``guarded:<edge>`` on its review list).
   Annotation ids must be integers that fit 64 bits (results are accounted by id): anything
   else refuses the file, naming the entry. An image id beyond 64 bits makes its annotations
   ``unknown_image`` (the detail says why). ``needs_review`` is set when any edge confidence is below ``review_threshold``

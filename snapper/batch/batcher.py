@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from snapper.batch.schema import CONF_COLS, PRED_COLS, make_row
+from snapper.batch.schema import CONF_COLS, GUARD_COLLAPSED, PRED_COLS, make_row
 from snapper.crop import CropGeometry
 from snapper.geometry import paired_iou, xyxy_to_xywh
+from snapper.inference.guard import Guard
 from snapper.inference.snap import Snapper
 
 
@@ -39,6 +40,7 @@ class Batcher:
             return
         n = len(item["crops"])
         item["boxes"], item["conf"], item["done"] = np.zeros((n, 4)), np.zeros((n, 4)), 0
+        item["guard"] = Guard.none(n)
         self.items.append(item)
         self.queue.append((len(self.items) - 1, item["crops"]))
         self.queued += n
@@ -79,14 +81,18 @@ class Batcher:
         owner = np.repeat(np.arange(len(items)), counts)
         if self.snapper.device.type == "cuda":
             batch = batch.pin_memory()
+        rough = np.concatenate([it["rough_xyxy"][start : start + k] for it, (_, start, k) in zip(items, owners)])
         t = time.perf_counter()
-        boxes, conf = self.snapper.read_out(batch, geo, size[:, 0], size[:, 1], [it.get("source") for it in items],
-                                            owner)
+        out = self.snapper.read_out(batch, geo, size[:, 0], size[:, 1], [it.get("source") for it in items], owner,
+                                    rough=rough)
         self.forward_s += time.perf_counter() - t
         self.queued -= n
         off = 0
         for item, (idx, start, k) in zip(items, owners):
-            item["boxes"][start : start + k], item["conf"][start : start + k] = boxes[off : off + k], conf[off : off + k]
+            span = slice(start, start + k)
+            item["boxes"][span], item["conf"][span] = out.boxes[off : off + k], out.confidence[off : off + k]
+            part = out.guard[off : off + k]
+            item["guard"].collapsed[span], item["guard"].edges[span] = part.collapsed, part.edges
             item["done"] += k
             off += k
             if item["done"] == len(item["crops"]):
@@ -100,14 +106,18 @@ class Batcher:
         delta = np.abs(snapped - rough_c)
         extent = np.maximum(rough_c[:, [2, 3, 2, 3]] - rough_c[:, [0, 1, 0, 1]], 1e-9)
         xywh = xyxy_to_xywh(snapped)
+        guard: Guard = item["guard"]
         for j, ann_id in enumerate(item["ann_ids"]):
             ok = np.isfinite(snapped[j]).all()
-            r = make_row(ann_id, item["image_id"], None if ok else "snap_failed", item["rough"][j],
-                         None if ok else "non-finite model output", (w, h))
-            if ok:
+            reason, detail = (None, None) if ok else ("snap_failed", "non-finite model output")
+            if ok and guard.collapsed[j]:
+                reason, detail = GUARD_COLLAPSED, "the snapped box collapsed or its edges crossed: rough box kept"
+            r = make_row(ann_id, item["image_id"], reason, item["rough"][j], detail, (w, h))
+            if reason is None:
                 r.update(zip(PRED_COLS, xywh[j].tolist()))
                 r["moved_px"] = float(delta[j].max())
                 r["moved_frac"] = float((delta[j] / extent[j]).max())
                 r["iou_with_rough"] = float(iou[j])
+                r["guarded_edges"] = ",".join(guard.edge_names(j)) or None
             r.update(zip(CONF_COLS, item["conf"][j].tolist()))
             self.rows.append(r)

@@ -84,12 +84,14 @@ def chunk_result_path(chunk: Chunk, out_dir: str | os.PathLike[str], model_fp: s
                       images_fp: str) -> Path:
     """Where a chunk's result lives; the name changes with anything that changes the result
     (input file, images folder, image ids, the images' contents as ``images_fp``, weights,
-    buffer ratio, size limit, decode scale, precision, pixel budget, passes, flip)."""
+    buffer ratio, size limit, decode scale, precision, pixel budget, passes, flip, the broken-box
+    guard)."""
     snap = cfg.snap
     key = [chunk.key, images_fp, model_fp, snap.buffer_ratio, cfg.min_box_size, cfg.draft_decode, snap.precision,
            cfg.max_pixels]
     if snap.passes != 1 or snap.flip:  # plain results keep the names they had before these options existed
         key += [snap.passes, bool(snap.flip)]
+    key += [["guard", snap.max_edge_move] if snap.guard else "no-guard"]  # results before the guard: snapped again
     h = hashlib.sha256(json.dumps(key).encode())
     return Path(out_dir) / CHUNKS_DIR / f"chunk-{chunk.index:05d}-{h.hexdigest()[:12]}.parquet"
 

@@ -22,6 +22,7 @@ from snapper.batch.rough import RoughInput, is_int, is_int64, load_rough, rough_
 from snapper.batch.schema import (
     BOXES_PARQUET,
     CONF_COLS,
+    GUARD_COLLAPSED,
     KEPT,
     OUTPUT_JSON,
     PRED_COLS,
@@ -39,6 +40,7 @@ from snapper.batch.truth import truth_table
 from snapper.config import BatchConfig
 from snapper.data.coco import short
 from snapper.geometry import EDGE_NAMES
+from snapper.inference.guard import COLLAPSED, MOVED
 from snapper.overrides import to_dict
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -79,21 +81,24 @@ def collect_rows(inp: RoughInput, chunk_results: Iterable[str | os.PathLike[str]
 
 
 def review(df: pd.DataFrame, cfg: BatchConfig) -> pd.DataFrame:
-    """``needs_review`` and its reasons (``low_confidence:<edge>``, ``moved``, ``kept``)."""
+    """``needs_review`` and its reasons (``low_confidence:<edge>``, ``moved``, ``guarded:<edge>``
+    (an edge the broken-box guard kept at its rough position), ``kept``)."""
     conf = df[CONF_COLS].to_numpy(dtype=np.float64)
     snapped = (df["status"] == SNAPPED).to_numpy()
     with np.errstate(invalid="ignore"):
         low = snapped & (conf < cfg.review_threshold).any(axis=1)
         moved = snapped & (df["moved_frac"].to_numpy() > cfg.review_moved_frac)
     kept = (~snapped) & (df["reason"] != "crowd").to_numpy()
+    guarded = [_edges(g) if s else [] for g, s in zip(_guarded_column(df), snapped)]
     reasons = []
-    for lo, mo, ke, c in zip(low, moved, kept, conf):
+    for lo, mo, ke, c, ge in zip(low, moved, kept, conf, guarded):
         r = [f"low_confidence:{e}" for e, v in zip(EDGE_NAMES, c) if lo and v < cfg.review_threshold]
         r += ["moved"] if mo else []
+        r += [f"guarded:{e}" for e in ge if e]
         r += ["kept"] if ke else []
         reasons.append(";".join(r))
     df = df.copy()
-    df["needs_review"] = low | moved | kept
+    df["needs_review"] = low | moved | kept | np.array([any(ge) for ge in guarded], dtype=bool)
     df["review"] = reasons
     return df
 
@@ -121,9 +126,38 @@ def output_annotations(inp: RoughInput, df: pd.DataFrame) -> list[dict[str, Any]
             "confidence": ({e: num(c) for e, c in zip(EDGE_NAMES, conf)} if r.status == SNAPPED else None),
             "needs_review": bool(r.needs_review), "review": [x for x in r.review.split(";") if x],
             "moved_px": num(r.moved_px, 3), "moved_frac": num(r.moved_frac), "iou_with_rough": num(r.iou_with_rough),
+            "guard": _guard(r.status, r.reason, getattr(r, "guarded_edges", None)),
         }
         anns.append(new)
     return anns
+
+
+def _guarded_column(df: pd.DataFrame) -> list[Any]:
+    """The rows' ``guarded_edges`` (rows of results written before the guard have none)."""
+    return df["guarded_edges"].tolist() if "guarded_edges" in df else [None] * len(df)
+
+
+def _edges(guarded_edges: Any) -> list[str]:
+    """``"left,bottom"`` -> ``["left", "bottom"]``; None or NaN -> []."""
+    return [e for e in guarded_edges.split(",") if e] if isinstance(guarded_edges, str) else []
+
+
+def _guard(status: str, reason: str | None, guarded_edges: str | None) -> dict[str, Any] | None:
+    """The broken-box guard's verdict as ``snapper snap`` prints it: None, or ``{"reason":
+    "collapsed"|"moved", "edges": [...]}``."""
+    if status != SNAPPED and reason == GUARD_COLLAPSED:
+        return {"reason": COLLAPSED, "edges": list(EDGE_NAMES)}
+    edges = _edges(guarded_edges) if status == SNAPPED else []
+    return {"reason": MOVED, "edges": edges} if edges else None
+
+
+def guard_counts(df: pd.DataFrame) -> dict[str, Any]:
+    """Boxes the broken-box guard gave back rough: whole (``collapsed``, kept), or some edges
+    (``moved``, still snapped) and how often each edge."""
+    per_box = [_edges(g) for g, s in zip(_guarded_column(df), df["status"] == SNAPPED) if s]
+    edges = [e for box in per_box for e in box]
+    return {"collapsed": int((df["reason"] == GUARD_COLLAPSED).sum()), "moved": sum(bool(b) for b in per_box),
+            "edges": {e: edges.count(e) for e in EDGE_NAMES}}
 
 
 def quantiles(v: np.ndarray) -> dict[str, float | None]:
@@ -147,6 +181,7 @@ def build_summary(inp: RoughInput, df: pd.DataFrame, cfg: BatchConfig, fused: li
         "reasons": {k: int(v) for k, v in Counter(df["reason"].dropna()).most_common()},
         "needs_review": int(df["needs_review"].sum()),
         "review_reasons": dict(review_reasons),
+        "guard": guard_counts(df),
         "confidence": {**{e: quantiles(df[c]) for e, c in zip(EDGE_NAMES, CONF_COLS)},
                        "min_edge": quantiles(df[CONF_COLS].min(axis=1, skipna=False))},
         "moved": {"moved_px": quantiles(df["moved_px"]), "moved_frac": quantiles(df["moved_frac"]),

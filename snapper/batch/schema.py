@@ -18,19 +18,22 @@ from snapper.errors import BadFileError, SnapperError
 from snapper.geometry import EDGE_NAMES
 
 SNAPPED, KEPT = "snapped", "kept"
+GUARD_COLLAPSED = "guard_collapsed"  # the snapped box collapsed or crossed (snapper.inference.guard): rough kept
 # Kept reasons in the order they are checked (the first that applies is reported).
 REASONS = (
     "missing_bbox", "malformed_bbox", "non_finite", "out_of_range", "crowd", "degenerate", "unknown_image",
     "outside_image", "too_small", "image_path_invalid", "outside_images_dir", "image_missing", "image_corrupt", "image_too_large",
-    "image_size_mismatch", "snap_failed",
+    "image_size_mismatch", "snap_failed", "guard_collapsed",
 )
 CONF_COLS = [f"conf_{e}" for e in EDGE_NAMES]
 ROUGH_COLS = ["rough_x", "rough_y", "rough_w", "rough_h"]
 PRED_COLS = ["pred_x", "pred_y", "pred_w", "pred_h"]
 ROW_COLUMNS = ["annotation_id", "image_id", "status", "reason", "detail", *ROUGH_COLS, *PRED_COLS, *CONF_COLS,
-               "moved_px", "moved_frac", "iou_with_rough", "width", "height"]
-_TEXT_COLUMNS = ("status", "reason", "detail")
-_FLOAT_COLUMNS = ROW_COLUMNS[5:]
+               "moved_px", "moved_frac", "iou_with_rough", "width", "height", "guarded_edges"]
+# guarded_edges: the edges of a snapped box the broken-box guard gave back at their rough position
+# ("left,bottom"; None: none), snapper.inference.guard
+_TEXT_COLUMNS = ("status", "reason", "detail", "guarded_edges")
+_FLOAT_COLUMNS = ROW_COLUMNS[5:-1]
 
 OUTPUT_JSON = "snapped.json"
 BOXES_PARQUET = "boxes.parquet"

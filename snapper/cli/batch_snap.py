@@ -32,7 +32,7 @@ PROG = "snapper batch-snap"
 # Options that set a BatchConfig field directly (the defaults are BatchConfig's); the read-out
 # options (--batch-size, --device, --buffer-ratio, --passes, --flip) set BatchConfig.snap.
 FIELD_OPTIONS = {n: n for n in ("chunk_images", "review_threshold", "workers", "max_pixels", "follow_links")}
-SNAP_OPTIONS = ("batch_size", "device", "buffer_ratio", "passes", "flip")
+SNAP_OPTIONS = ("batch_size", "device", "buffer_ratio", "passes", "flip", "guard")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--passes", type=int, choices=(1, 2), default=1,
                    help="2 adds the zoom-in pass (models trained with model.zoom)")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="turn the broken-box guard off (snap.guard=false): collapsed boxes and far-moved edges "
+                        "are sent as the model decoded them instead of keeping the rough box/edge")
     p.add_argument("--report", default=None, metavar="FILE",
                    help="report file, .csv or .json (default cvat-task-ID.csv)")
     p.add_argument("--apply", action="store_true",
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         client = cvat.connect(args.host, **creds)
         with client:
             cvat.open_task(client, args.task)  # a missing task or refused credentials before the model loads
-            cfg = BatchConfig(snap=SnapSettings(device=args.device, passes=args.passes))
+            cfg = BatchConfig(snap=SnapSettings(device=args.device, passes=args.passes, guard=args.guard))
             snapper = Snapper.from_checkpoint(resolve_model(args.model), cfg.snap)
             report = cvat.tighten_task(client, args.task, snapper, cfg, apply=args.apply)
         cvat.write_report(report, report_path)

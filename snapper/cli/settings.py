@@ -18,11 +18,11 @@ from snapper.overrides import apply_overrides
 
 T = TypeVar("T")
 
-SNAP_OPTIONS = ("device", "precision", "batch_size", "buffer_ratio", "passes", "flip")
+SNAP_OPTIONS = ("device", "precision", "batch_size", "buffer_ratio", "passes", "flip", "guard")
 
 
 def add_snap_options(p: argparse.ArgumentParser, defaults: SnapSettings, names: tuple[str, ...] = SNAP_OPTIONS) -> None:
-    """``--device``, ``--precision``, ``--batch-size``, ``--buffer-ratio``, ``--passes``, ``--flip``
+    """``--device``, ``--precision``, ``--batch-size``, ``--buffer-ratio``, ``--passes``, ``--flip``, ``--no-guard``
     (those of ``names``), unset by default; ``defaults`` are the ones the help shows."""
     d = defaults
     if "device" in names:
@@ -39,6 +39,11 @@ def add_snap_options(p: argparse.ArgumentParser, defaults: SnapSettings, names: 
                        help=f"2 adds the zoom-in pass (models trained with model.zoom) (default {d.passes})")
     if "flip" in names:
         add_flip_option(p, None)
+    if "guard" in names:
+        p.add_argument("--no-guard", dest="guard", action="store_false", default=None,
+                       help="turn the broken-box guard off (snap.guard=false): a collapsed or crossed box, or an "
+                            f"edge moved more than snap.max_edge_move ({d.max_edge_move:g}) of the rough box, is "
+                            "reported as the model decoded it instead of falling back to the rough box/edge")
 
 
 def given(args: argparse.Namespace, keys: dict[str, str]) -> dict[str, tuple[str, Any]]:

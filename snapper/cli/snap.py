@@ -19,7 +19,7 @@ from snapper.inference.snap import Snapper, SnapResult
 from snapper.models.reference import DEFAULT_MODEL, resolve_model
 
 PROG = "snapper snap"
-SNAP_OPTIONS = ("device", "precision", "buffer_ratio", "passes", "flip")  # read-out options (snapper.cli.settings)
+SNAP_OPTIONS = ("device", "precision", "buffer_ratio", "passes", "flip", "guard")  # read-out options (snapper.cli.settings)
 
 
 def parse_box(text: str) -> list[float]:

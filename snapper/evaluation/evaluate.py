@@ -40,6 +40,7 @@ from snapper.data.eval_stream import EvalStream, eval_batches
 from snapper.evaluation import plots as P
 from snapper.evaluation.metrics import box_table, confidence_report, format_table, summarize, summary_metrics
 from snapper.geometry import xywh_to_xyxy
+from snapper.inference.guard import COLLAPSED, MOVED
 from snapper.inference.snap import Snapper
 from snapper.models.checkpoint import load_checkpoint
 from snapper.models.reference import resolve_model
@@ -117,12 +118,14 @@ def evaluate_model(
         windows, sizes = _numpy(batch, "window"), _numpy(batch, "image_size")
         geo = CropGeometry(windows, model_cfg.input_size)
         sources, owner = _sources(batch["source"]) if "source" in batch else (None, None)
-        pred, conf = snapper.read_out(batch["image"], geo, sizes[:, 0], sizes[:, 1], sources, owner)
         true, rough = _numpy(batch, "true"), _numpy(batch, "rough")
+        out = snapper.read_out(batch["image"], geo, sizes[:, 0], sizes[:, 1], sources, owner, rough=rough)
+        pred, conf = out.boxes, out.confidence
         df = box_table(pred, true, image_id=_numpy(batch, "image_id"), annotation_id=_numpy(batch, "annotation_id"),
                        category_id=_numpy(batch, "category_id"), rough_xyxy=rough, confidence=conf,
                        area=_numpy(batch, "area"), method=method,
-                       extra={"file_name": np.asarray(batch.get("file_name", [""] * len(pred)), dtype=object)})
+                       extra={"file_name": np.asarray(batch.get("file_name", [""] * len(pred)), dtype=object),
+                              "guard": np.asarray([out.guard.label(i) for i in range(len(pred))], dtype=object)})
         tables.append(df)
         if examples is not None and n_examples > 0:
             ann_ids = _numpy(batch, "annotation_id")
@@ -254,6 +257,21 @@ def method_metrics(summary: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def guard_metrics(df: pd.DataFrame) -> dict[str, float]:
+    """``{"<method>/guard/collapsed": n, "<method>/guard/moved": n}``: the boxes each model's
+    read-out gave back rough (whole, or some edges) under the broken-box guard."""
+    if "guard" not in df:
+        return {}
+    out: dict[str, float] = {}
+    for method, labels in df.groupby("method", sort=False)["guard"]:
+        if method == IDENTITY:
+            continue
+        reasons = labels.fillna("").astype(str).str.split(":").str[0]
+        out[f"{method}/guard/collapsed"] = float((reasons == COLLAPSED).sum())
+        out[f"{method}/guard/moved"] = float((reasons == MOVED).sum())
+    return out
+
+
 def evaluate(
     checkpoints: dict[str, str | os.PathLike[str]],
     cfg: EvalConfig,
@@ -322,6 +340,7 @@ def evaluate(
             plot_paths["examples"] = str(P.example_grid(ex[:n_examples], out / "examples.png"))
 
     metrics = method_metrics(summary)
+    metrics.update(guard_metrics(df))
     for method, s in stream_stats.items():
         metrics[f"{method}/stream/skipped_images"] = float(sum(s.get("skipped_images", {}).values()))
         metrics[f"{method}/stream/skipped_boxes"] = float(sum(s.get("skipped_boxes", {}).values()))

@@ -4,6 +4,7 @@
     result = snapper.snap("photo.jpg", [[x, y, w, h], ...], buffer_ratio=1.0)
     result.boxes        # (N, 4) COCO xywh in original pixels
     result.confidence   # (N, 4) left, top, right, bottom in [0, 1]
+    result.guard        # which boxes/edges the broken-box guard gave back rough (snapper.inference.guard)
 
 All boxes of an image are cropped from one decode and run as one batch.
 """
@@ -27,6 +28,7 @@ from snapper.device import autocast, autocast_dtype, resolve_device, use_channel
 from snapper.errors import BadBoxError
 from snapper.geometry import EDGE_NAMES, box_problem, clip_boxes, xywh_to_xyxy, xyxy_to_xywh
 from snapper.imageio import LoadedImage, load_image
+from snapper.inference.guard import Guard, guard_boxes
 from snapper.models.checkpoint import load_checkpoint
 from snapper.zoom import StripGeometry, check_passes, zoom_edges
 
@@ -50,19 +52,37 @@ def _mean_distribution(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class ReadOut:
+    """What :meth:`Snapper.read_out` gives: boxes (B, 4) xyxy in original pixels, confidence
+    (B, 4) and the broken-box guard's verdict (nothing guarded when no rough boxes were given or
+    ``SnapSettings.guard`` is off)."""
+
+    boxes: np.ndarray
+    confidence: np.ndarray
+    guard: Guard
+
+
+@dataclass
 class SnapResult:
     boxes: np.ndarray  # (N, 4) COCO xywh, original pixels
     confidence: np.ndarray  # (N, 4) per edge (left, top, right, bottom); NaN for the regression baseline
     rough: np.ndarray  # (N, 4) the input boxes, COCO xywh
+    guard: Guard | None = None  # boxes/edges given back rough by the broken-box guard; None: nothing guarded
+
+    def __post_init__(self) -> None:
+        if self.guard is None:
+            self.guard = Guard.none(len(self.boxes))
 
     def to_json(self) -> list[dict]:
+        guard = self.guard if self.guard is not None else Guard.none(len(self.boxes))
         return [
             {
                 "rough": [round(float(v), 3) for v in r],
                 "bbox": [round(float(v), 3) for v in b],
                 "confidence": {n: (None if np.isnan(c) else round(float(c), 4)) for n, c in zip(EDGE_NAMES, conf)},
+                "guard": guard.describe(i),
             }
-            for r, b, conf in zip(self.rough, self.boxes, self.confidence)
+            for i, (r, b, conf) in enumerate(zip(self.rough, self.boxes, self.confidence))
         ]
 
 
@@ -196,20 +216,25 @@ class Snapper:
 
     def read_out(self, crops: torch.Tensor, geometry: CropGeometry, width: "float | np.ndarray",
                  height: "float | np.ndarray", sources: "list[tuple[torch.Tensor, tuple[float, float]]] | None" = None,
-                 owner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 owner: np.ndarray | None = None, rough: np.ndarray | None = None) -> ReadOut:
         """Crops (B, 3, S, S) cut at ``geometry`` -> boxes (B, 4) xyxy in original pixels, tidied
         to their image (``width``/``height``: one number, or one per crop), and confidence (B, 4);
         with ``passes=2`` the zoom-in pass follows, cutting strips from ``sources[owner[i]]`` (crop
-        i's decoded image and its scale; ``owner`` defaults to one image). The one read-out:
-        snapping, batch jobs and evaluation all go through here."""
+        i's decoded image and its scale; ``owner`` defaults to one image). Then, given ``rough``
+        (B, 4) xyxy, the crops' rough boxes clipped to their image, the broken-box guard
+        (:mod:`snapper.inference.guard`, ``SnapSettings.guard``). The one read-out: snapping,
+        batch jobs and evaluation all go through here, so every entry point shares the guard."""
         pos, conf = self.predict_crops(crops, geometry)
         boxes = geometry.to_original(pos, width, height)
-        if self.settings.passes == 1:
-            return boxes, conf
-        if sources is None:
-            raise ValueError("passes=2 needs the crops' source images for the zoom-in strips")
-        owner = np.zeros(len(boxes), dtype=np.int64) if owner is None else owner
-        return self.second_pass(boxes, conf, geometry, sources, owner, width, height)
+        if self.settings.passes == 2:
+            if sources is None:
+                raise ValueError("passes=2 needs the crops' source images for the zoom-in strips")
+            owner = np.zeros(len(boxes), dtype=np.int64) if owner is None else owner
+            boxes, conf = self.second_pass(boxes, conf, geometry, sources, owner, width, height)
+        if rough is None or not self.settings.guard:
+            return ReadOut(boxes, conf, Guard.none(len(boxes)))
+        boxes, guard = guard_boxes(boxes, rough, self.settings.max_edge_move)
+        return ReadOut(boxes, conf, guard)
 
     def snap(
         self,
@@ -241,5 +266,5 @@ class Snapper:
         rough_xyxy = clip_boxes(xywh_to_xyxy(rough), image.width, image.height)
         geo = CropGeometry.around(rough_xyxy, self.cfg.input_size, self.cfg.context, self.settings.buffer_ratio)
         crops = to_uint8(geo.cut(image.tensor, image.scale))
-        snapped, conf = self.read_out(crops, geo, image.width, image.height, [(image.tensor, image.scale)])
-        return SnapResult(boxes=xyxy_to_xywh(snapped), confidence=conf, rough=rough)
+        out = self.read_out(crops, geo, image.width, image.height, [(image.tensor, image.scale)], rough=rough_xyxy)
+        return SnapResult(boxes=xyxy_to_xywh(out.boxes), confidence=out.confidence, rough=rough, guard=out.guard)

@@ -45,6 +45,7 @@ from flask import Flask, Response, jsonify, request
 
 from snapper.geometry import EDGE_NAMES
 from snapper.imageio import LoadedImage
+from snapper.inference.guard import Guard
 from snapper.inference.snap import Snapper
 from snapper.lineage import synthetic_warning
 from snapper.models.reference import DEFAULT_MODEL, pin_model_ref, resolve_model
@@ -184,20 +185,24 @@ def _confidence(conf: np.ndarray) -> tuple[dict[str, float | None], float | None
 
 
 def region_result(region: dict[str, Any], control: RectControl, box: np.ndarray, conf: np.ndarray,
-                  image: LoadedImage, model_version: str) -> dict[str, Any]:
+                  image: LoadedImage, model_version: str, guard: dict[str, Any] | None = None) -> dict[str, Any]:
     """One snapped region in Label Studio's result format (percent, labels kept, new id);
-    ``score`` is the weakest edge's confidence, ``meta`` holds all four."""
+    ``score`` is the weakest edge's confidence, ``meta`` holds all four and ``guard``, what the
+    broken-box guard gave back rough (None, or ``{"reason", "edges"}`` as ``snapper snap`` says)."""
     value = xywh_to_percent(box, image.width, image.height)
     if control.type == "rectanglelabels":
         value["rectanglelabels"] = list((region.get("value") or {}).get("rectanglelabels") or [])
     edges, score = _confidence(conf)
     text = "snapper edge confidence: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}" for k, v in edges.items())
+    if guard is not None:
+        text += f"; rough {'box' if guard['reason'] == 'collapsed' else ', '.join(guard['edges'])} kept ({guard['reason']})"
     out: dict[str, Any] = {
         "id": uuid.uuid4().hex[:10], "from_name": control.from_name, "to_name": control.to_name, "type": control.type,
         "original_width": int(region.get("original_width") or image.width),
         "original_height": int(region.get("original_height") or image.height),
         "image_rotation": 0, "value": value,
-        "meta": {"text": [text], "confidence": edges, "rough_id": region.get("id"), "model_version": model_version},
+        "meta": {"text": [text], "confidence": edges, "rough_id": region.get("id"), "model_version": model_version,
+                 "guard": guard},
     }
     if score is not None:
         out["score"] = score
@@ -268,8 +273,9 @@ class SnapperBackend:
                 res = self.snapper.snap(image, boxes)
         except ValueError as e:  # an unusable box (outside the image, too small, ...)
             raise LabelStudioRequestError(f"task {tid}: {e}") from None
-        return [region_result(r, control, b, c, image, self.model_version)
-                for r, b, c in zip(regions, res.boxes, res.confidence)]
+        guard = res.guard if res.guard is not None else Guard.none(len(regions))
+        return [region_result(r, control, b, c, image, self.model_version, guard.describe(i))
+                for i, (r, b, c) in enumerate(zip(regions, res.boxes, res.confidence))]
 
 
 @functools.lru_cache(maxsize=4)

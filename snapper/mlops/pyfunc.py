@@ -21,8 +21,10 @@ Request params (``"params"`` next to the dataframe): ``buffer_ratio`` (default 1
 model time; default ``false``).
 
 Rows of one image are snapped together (the image is decoded once). The answer has one row
-per request row: snapped ``x, y, w, h`` and ``conf_left, conf_top, conf_right, conf_bottom``
-(probability that the edge is within the model's confidence radius).
+per request row: snapped ``x, y, w, h``, ``conf_left, conf_top, conf_right, conf_bottom``
+(probability that the edge is within the model's confidence radius) and ``guard``: ``""``, or
+what the broken-box guard (:mod:`snapper.inference.guard`) gave back rough, ``"collapsed"`` (the
+whole rough box) or ``"moved:left,bottom"`` (those edges at their rough position).
 
 A bad request is refused as a whole with :class:`SnapRequestError`, an MLflow
 ``INVALID_PARAMETER_VALUE`` error: the server answers HTTP 400 with JSON whose ``cause`` is one
@@ -54,7 +56,8 @@ from snapper.zoom import check_passes
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402, I001  (maps to HTTP 400)
 
 BOX_COLUMNS = ("x", "y", "w", "h")
-OUTPUT_COLUMNS = (*BOX_COLUMNS, *(f"conf_{e}" for e in EDGE_NAMES))
+NUMBER_COLUMNS = (*BOX_COLUMNS, *(f"conf_{e}" for e in EDGE_NAMES))
+OUTPUT_COLUMNS = (*NUMBER_COLUMNS, "guard")
 
 
 class SnapRequestError(mlflow.exceptions.MlflowException, UserInputError):
@@ -195,7 +198,8 @@ def snap_rows(snapper: Snapper, model_input: pd.DataFrame, params: Mapping[str, 
     snapper = snapper.with_settings(flip=_flip(params))
     ratios = _ratios(df, params)
     sources = image_sources(df, root)
-    out = np.full((len(df), 8), np.nan)
+    out = np.full((len(df), len(NUMBER_COLUMNS)), np.nan)
+    guard = [""] * len(df)
     groups: dict[tuple[Any, float], list[int]] = {}
     for row, (src, r) in enumerate(zip(sources, ratios)):
         groups.setdefault((src, float(r)), []).append(row)
@@ -211,7 +215,11 @@ def snap_rows(snapper: Snapper, model_input: pd.DataFrame, params: Mapping[str, 
                                             f"{image.width}x{image.height}")
         res = snapper.snap(image, boxes[rows], buffer_ratio=ratio, passes=passes)
         out[rows, :4], out[rows, 4:] = res.boxes, res.confidence
-    return pd.DataFrame(out, columns=list(OUTPUT_COLUMNS))
+        for i, row in enumerate(rows):
+            guard[row] = res.guard.label(i) if res.guard is not None else ""
+    answer = pd.DataFrame(out, columns=list(NUMBER_COLUMNS))
+    answer["guard"] = guard
+    return answer
 
 
 # ------------------------------------------------------------------------------- the model
@@ -243,7 +251,7 @@ def signature() -> "mlflow.models.ModelSignature":
     inputs = Schema([ColSpec("string", "image_b64", required=False), ColSpec("string", "image_path", required=False),
                      *[ColSpec("double", c, required=False) for c in BOX_COLUMNS],  # a missing one: our 400, one line
                      ColSpec("double", "buffer_ratio", required=False)])
-    outputs = Schema([ColSpec("double", c) for c in OUTPUT_COLUMNS])
+    outputs = Schema([*[ColSpec("double", c) for c in NUMBER_COLUMNS], ColSpec("string", "guard")])
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("buffer_ratio", "double", 1.0),
                                                                          ParamSpec("passes", "long", 1),
                                                                          ParamSpec("flip", "boolean", False)]))

@@ -16,7 +16,7 @@ from snapper.config import BatchConfig
 from snapper.overrides import from_dict
 from tests.batchdata import EXPECTED, make_rough
 
-FAST = {"workers": 0, "snap": {"batch_size": 8, "device": "cpu"}}
+FAST = {"workers": 0, "snap": {"batch_size": 8, "device": "cpu", "guard": False}}  # untrained tiny model: raw boxes
 
 
 @pytest.fixture(scope="module")

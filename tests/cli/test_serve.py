@@ -111,7 +111,9 @@ def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[f
         status, body = _post(url, request_json(encode_image(image), [box]))
         assert status == 200, body
         (pred,) = body["predictions"]
-        assert set(pred) == {"x", "y", "w", "h", "conf_left", "conf_top", "conf_right", "conf_bottom"}
+        assert set(pred) == {"x", "y", "w", "h", "conf_left", "conf_top", "conf_right", "conf_bottom", "guard"}
+        guard = pred.pop("guard")  # the broken-box guard's verdict: "", "collapsed" or "moved:<edges>"
+        assert guard == "" or guard.split(":")[0] in ("collapsed", "moved")
         assert all(np.isfinite(v) for v in pred.values()) and pred["w"] >= 1 and 0 <= pred["conf_left"] <= 1
         bad = request_json(encode_image(image), [box, [1e6, 1e6, 5, 5]])
         status, body = _post(url, bad)
@@ -121,9 +123,12 @@ def test_serves_the_champion_over_http(tmp_path: Path, photo: tuple[Path, list[f
         assert status == 400 and body["cause"].startswith("params.passes=2: the served model supports passes=1"), body
         status, body = _post(url, request_json(encode_image(image), [box], flip=True))  # a boolean request param
         assert status == 200, body
-        flipped = Snapper.from_checkpoint(home / "ck", device="cpu", flip=True).snap(image, [box]).boxes[0]
-        np.testing.assert_allclose([body["predictions"][0][k] for k in "xywh"], flipped, atol=1e-3)
-        assert not np.allclose(flipped, [pred[k] for k in "xywh"], atol=1e-3)  # the param did reach the model
+        flipped = Snapper.from_checkpoint(home / "ck", device="cpu", flip=True).snap(image, [box])
+        np.testing.assert_allclose([body["predictions"][0][k] for k in "xywh"], flipped.boxes[0], atol=1e-3)
+        conf = [f"conf_{e}" for e in ("left", "top", "right", "bottom")]
+        np.testing.assert_allclose([body["predictions"][0][k] for k in conf], flipped.confidence[0], rtol=1e-4, atol=1e-6)
+        # the param did reach the model (confidence: the broken-box guard may give both the rough box back)
+        assert not np.allclose(flipped.confidence[0], [pred[k] for k in conf], rtol=1e-3, atol=1e-6)
         _refusals_carry_one_line(url, encode_image(image), box)
         proc.send_signal(signal.SIGTERM)  # the command's own pid, as `kill` would: nothing may survive it
         assert proc.wait(timeout=60) is not None
@@ -151,7 +156,8 @@ def _refusals_carry_one_line(url: str, image_b64: str, box: list[float]) -> None
     assert status == 400 and body["cause"].startswith("params.buffer_ratio=1e+300: must be a number in (0, 4]"), body
     for huge in ([-1e308, -1e308, 1.7e308, 1.7e308], [0, 0, 1e9, 1e9]):  # before: a stack trace; OOM-killed
         status, body = _post(url, request_json(image_b64, [huge]))
-        assert status == 200 and all(np.isfinite(v) for v in body["predictions"][0].values()), body
+        numbers = {k: v for k, v in body["predictions"][0].items() if k != "guard"}  # guard: a string column
+        assert status == 200 and all(np.isfinite(v) for v in numbers.values()), body
 
 
 def test_no_champion_is_one_line_and_exit_2(store, capsys) -> None:

@@ -24,7 +24,8 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def _args(ckpt: Path) -> list[str]:
-    return ["--model", str(ckpt), "--chunk-images", "2", "--workers", "0", "--device", "cpu", "--batch-size", "8"]
+    return ["--model", str(ckpt), "--chunk-images", "2", "--workers", "0", "--device", "cpu", "--batch-size", "8",
+            "--no-guard"]  # an untrained tiny model: its raw boxes, not the broken-box guard's
 
 
 def test_ground_truth_five_workers_per_object(tmp_path, ckpt, capsys):

@@ -184,7 +184,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def snapper_model(checkpoint: Path) -> Snapper:
-    return Snapper.from_checkpoint(checkpoint, device="cpu")
+    return Snapper.from_checkpoint(checkpoint, device="cpu", guard=False)  # untrained: its raw boxes, not the guard's
 
 
 @pytest.fixture
@@ -315,7 +315,7 @@ def test_cli_dry_run_then_apply(server: FakeCvat, checkpoint: Path, tmp_path: Pa
     monkeypatch.setenv("MY_CVAT_TOKEN", TOKEN)
     out = tmp_path / "r.json"
     argv = ["--task", str(TASK), "--host", HOST, "--token-env", "MY_CVAT_TOKEN", "--model", str(checkpoint),
-            "--device", "cpu", "--report", str(out)]
+            "--device", "cpu", "--no-guard", "--report", str(out)]  # --no-guard: untrained, its raw boxes
     assert cvat_tighten.main(argv) == 0
     assert "dry run, nothing sent" in capsys.readouterr().out and not server.of("PATCH")
     doc = json.loads(out.read_text())

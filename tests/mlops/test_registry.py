@@ -85,7 +85,7 @@ def test_pyfunc_serves_a_real_checkpoint(store, tmp_path: Path) -> None:
     rows = pd.DataFrame({"image_b64": [b64] * 2, "x": [18.0, 5.0], "y": [9.0, 5.0],
                          "w": [33.0, 20.0], "h": [30.0, 20.0]})
     out = loaded.predict(rows)
-    assert list(out.columns) == ["x", "y", "w", "h", "conf_left", "conf_top", "conf_right", "conf_bottom"]
+    assert list(out.columns) == ["x", "y", "w", "h", "conf_left", "conf_top", "conf_right", "conf_bottom", "guard"]
     assert len(out) == 2 and np.isfinite(out[["x", "y", "w", "h"]].to_numpy()).all()
     assert (out["w"] >= 1).all() and (out["x"] + out["w"] <= 80 + 1e-6).all()
     wider = loaded.predict(rows, params={"buffer_ratio": 1.5})
