@@ -90,28 +90,24 @@ def _object_box(obj: ET.Element) -> Any:
 
 def _read_file(b: CocoBuilder, f: Path) -> None:
     """One file's image and objects, added to ``b`` only when the whole file reads (a file that
-    fails half-way adds nothing)."""
-    probe = CocoBuilder()
-    _parse_into(probe, f)
-    _parse_into(b, f)
-
-
-def _parse_into(b: CocoBuilder, f: Path) -> None:
+    fails half-way adds nothing): parsed and checked first, then added."""
     root = parse_xml(f)
     if root.tag != "annotation":
         raise FormatError(f"{f}: root element is <{root.tag}>, a Pascal VOC file has <annotation>")
     filename = (root.findtext("filename") or "").strip()
     if not filename:
         raise FormatError(f"{f}: no <filename>: the image of these boxes is unknown")
-    image_id = b.image(filename, root.findtext("size/width"), root.findtext("size/height"))
+    objects = []
     for j, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
         if not name:
             raise FormatError(f"{f}: object {j + 1} has no <name>")
         extra = {k: v.strip() for k in ("difficult", "truncated", "occluded", "pose")
                  if (v := obj.findtext(k)) is not None and v.strip()}
-        b.annotation(image_id, _object_box(obj), name, {"file": f.name, "object": j},
-                     **({"voc": extra} if extra else {}))
+        objects.append((_object_box(obj), name, {"file": f.name, "object": j}, {"voc": extra} if extra else {}))
+    image_id = b.image(filename, root.findtext("size/width"), root.findtext("size/height"))
+    for box, name, record, extra_fields in objects:
+        b.annotation(image_id, box, name, record, **extra_fields)
 
 
 def read(path: str | Path, images_dir: str | Path | None = None, **_: Any) -> tuple[dict[str, Any], Sidecar]:
