@@ -315,6 +315,10 @@ class EvalConfig:
     max_boxes: int | None = None
     workers: int = 0
     verify_shards: bool = True  # as DataConfig.verify_shards
+    # A COCO file holding the rough box of each true box under the same annotation id (the
+    # annotators' real boxes, e.g. `snapper adapt --rough`): used instead of jittering; true
+    # boxes without one are counted as excluded (no_rough_box).
+    rough_file: str | None = None
 
     def __post_init__(self) -> None:
         optional_positive("max_boxes", self.max_boxes)
@@ -359,3 +363,40 @@ class BatchConfig:
         check(0.0 <= self.review_threshold <= 1.0, "review_threshold", "in [0, 1]", self.review_threshold)
         non_negative("review_moved_frac", self.review_moved_frac)
         optional_positive("max_pixels", self.max_pixels)
+
+
+ADAPT_NOISE = ("auto", "measured", "paper")  # AdaptConfig.noise: auto = measured when rough boxes are given
+MIN_ADAPT_TRAIN_IMAGES = 3  # `snapper adapt`: fewer gold images left to train on is refused
+
+
+@dataclass
+class AdaptConfig:
+    """``snapper adapt`` / the ``adapt-snapper`` flow (:mod:`snapper.training.adapt`): the gold
+    is split by image into train / selection / report (the report split scores every row and
+    decides the champion; nothing trains or selects on it). ``base``: the model fine-tuned from
+    (default: the production champion). ``steps`` / ``overrides``: on the ``finetune`` preset."""
+
+    gold: str = ""
+    images: str = ""
+    name: str = ""
+    rough: str | None = None
+    base: str = "models:/snapper@champion"
+    out_dir: str | None = None  # default runs/adapt/<name>
+    select_fraction: float = 0.15
+    report_fraction: float = 0.3
+    seed: int = 0
+    steps: int | None = None  # None: the finetune preset's
+    noise: str = "auto"
+    gold_only: bool = True  # also train the base's architecture on the gold alone (the "gold-only" row)
+    register: bool = True
+    device: str = "auto"
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        open_unit("select_fraction", self.select_fraction)
+        open_unit("report_fraction", self.report_fraction)
+        check(self.select_fraction + self.report_fraction < 0.9, "select_fraction + report_fraction",
+              "below 0.9 (the rest is trained on)", self.select_fraction + self.report_fraction)
+        optional_positive("steps", self.steps)
+        one_of("noise", self.noise, ADAPT_NOISE)
+        check(bool(DEVICE_PATTERN.fullmatch(self.device)), "device", DEVICE_RULE, self.device)

@@ -8,6 +8,7 @@ evaluated model sees the pixels it would see in use.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -18,15 +19,15 @@ from torch.utils.data import DataLoader, IterableDataset
 from snapper.config import JitterConfig, ModelConfig
 from snapper.crop import CropGeometry, to_uint8
 from snapper.data.accounting import StreamStats, Tally
+from snapper.data.coco import CocoFormatError, read_coco_json
 from snapper.data.iterators import batched, worker_slot
 from snapper.data.manifest import expand_urls
 from snapper.data.reader import shard_samples
 from snapper.data.records import ImageRecord
 from snapper.data.samples import SampleError, decode, parsed, usable
 from snapper.errors import ConfigError
-from snapper.geometry import jitter_by_annotation, xywh_to_xyxy
+from snapper.geometry import clip_boxes, jitter_by_annotation, xywh_to_xyxy
 from snapper.imageio import ImageError
-
 
 LIST_KEYS = ("file_name", "source")  # per box, not stacked: names and (image, scale) references
 
@@ -42,8 +43,9 @@ def _collate_eval(items: list[dict[str, Any]]) -> dict[str, Any]:
 class _EvalDataset(IterableDataset):
     def __init__(self, urls: list[str], model_cfg: ModelConfig, jitter: JitterConfig, seed: int,
                  buffer_ratio: float, batch_size: int, draft_decode: bool, verify_shards: bool = True,
-                 keep_images: bool = False):
+                 keep_images: bool = False, rough: dict[int, np.ndarray] | None = None):
         super().__init__()
+        self.rough = rough
         self.keep_images = keep_images
         self.verify_shards = verify_shards
         self.urls = urls
@@ -58,7 +60,10 @@ class _EvalDataset(IterableDataset):
              idx: np.ndarray) -> tuple[np.ndarray, CropGeometry, torch.Tensor, np.ndarray, tuple[Any, ...] | None]:
         """(rough boxes, their crop geometry, uint8 crops, float32 targets, the decoded image and
         its scale when ``keep_images``) of one image."""
-        rough = jitter_by_annotation(true, rec.annotation_ids[idx], rec.width, rec.height, self.jitter, self.seed)
+        if self.rough is not None:
+            rough = clip_boxes(np.stack([self.rough[int(a)] for a in rec.annotation_ids[idx]]), rec.width, rec.height)
+        else:
+            rough = jitter_by_annotation(true, rec.annotation_ids[idx], rec.width, rec.height, self.jitter, self.seed)
         geometry = CropGeometry.around(rough, self.model_cfg.input_size, self.model_cfg.context, self.buffer_ratio)
         # a second pass reads ~1 original px per input px: no draft decode for it
         li, scale = decode(rec, geometry, self.draft_decode and not self.keep_images)
@@ -69,6 +74,10 @@ class _EvalDataset(IterableDataset):
     def _items(self, records: Iterable[ImageRecord], tally: Tally) -> Iterator[dict[str, Any]]:
         for rec in records:
             idx = usable(rec, tally)
+            if self.rough is not None and len(idx):
+                given = np.array([int(rec.annotation_ids[i]) in self.rough for i in idx], dtype=bool)
+                tally.excluded("no_rough_box", int((~given).sum()))
+                idx = idx[given]
             if len(idx) == 0:
                 tally.delivered(0)
                 continue
@@ -162,6 +171,7 @@ def eval_batches(
     draft_decode: bool = True,
     verify_shards: bool = True,
     keep_images: bool = False,
+    rough: dict[int, np.ndarray] | None = None,
 ) -> EvalStream:
     """Every non-crowd box of the shards exactly once, jittered per annotation id (seed),
     cropped with ``buffer_ratio * context``; no shuffling or augmentation. With ``workers`` > 0
@@ -170,7 +180,8 @@ def eval_batches(
     ``verify_shards``: check each local shard against its manifest's sha256 before reading it
     (:func:`snapper.data.reader.shard_samples`); broken shards are counted in ``stats``.
     ``keep_images``: batches also carry "source", each box's decoded image and its
-    decoded/original scale (full resolution), for a second pass."""
+    decoded/original scale (full resolution), for a second pass. ``rough``: the rough box
+    (x1, y1, x2, y2) of each annotation id, used instead of the jitter (:func:`load_rough_boxes`)."""
     if batch_size < 1:
         raise ConfigError("batch_size must be >= 1")
     if max_boxes is not None and max_boxes < 0:
@@ -178,5 +189,19 @@ def eval_batches(
     if not np.isfinite(buffer_ratio) or buffer_ratio <= 0:
         raise ConfigError(f"buffer_ratio must be a positive number, got {buffer_ratio!r}")
     dataset = _EvalDataset(expand_urls(urls), model_cfg, jitter, seed, buffer_ratio, batch_size, draft_decode,
-                           verify_shards, keep_images)
+                           verify_shards, keep_images, rough)
     return EvalStream(dataset, max(0, workers), max_boxes)
+
+
+def load_rough_boxes(path: str | os.PathLike[str]) -> dict[int, np.ndarray]:
+    """Annotation id -> rough box (x1, y1, x2, y2) of a COCO file (``EvalConfig.rough_file``);
+    a box that is not four finite numbers with positive size is refused, naming it."""
+    _, data = read_coco_json(path)
+    out: dict[int, np.ndarray] = {}
+    for a in data["annotations"]:
+        b = a.get("bbox")
+        if (not isinstance(b, list) or len(b) != 4 or not all(isinstance(v, (int, float)) for v in b)
+                or not np.all(np.isfinite(b)) or b[2] <= 0 or b[3] <= 0):
+            raise CocoFormatError(f"{path}: annotation {a.get('id')!r} has no usable bbox ({b!r})")
+        out[int(a["id"])] = xywh_to_xyxy(np.asarray(b, dtype=np.float64)[None])[0]
+    return out

@@ -36,7 +36,7 @@ import torch
 from snapper.atomic import atomic_write_csv, atomic_write_json, atomic_write_parquet, atomic_write_text
 from snapper.config import EvalConfig, ModelConfig
 from snapper.crop import CropGeometry
-from snapper.data.eval_stream import EvalStream, eval_batches
+from snapper.data.eval_stream import EvalStream, eval_batches, load_rough_boxes
 from snapper.evaluation import plots as P
 from snapper.evaluation.metrics import box_table, confidence_report, format_table, summarize, summary_metrics
 from snapper.geometry import xywh_to_xyxy
@@ -91,7 +91,8 @@ def _stream(cfg: EvalConfig, model_cfg: ModelConfig) -> EvalStream:
         raise ValueError("EvalConfig.shards is empty: give the held-out shard URLs/globs")
     return eval_batches(cfg.shards, model_cfg, cfg.jitter, seed=cfg.seed, buffer_ratio=cfg.snap.buffer_ratio,
                         batch_size=cfg.snap.batch_size, max_boxes=cfg.max_boxes, workers=cfg.workers,
-                        verify_shards=cfg.verify_shards, keep_images=cfg.snap.passes == 2)
+                        verify_shards=cfg.verify_shards, keep_images=cfg.snap.passes == 2,
+                        rough=load_rough_boxes(cfg.rough_file) if cfg.rough_file else None)
 
 
 def evaluate_model(

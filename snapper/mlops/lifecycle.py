@@ -35,6 +35,7 @@ from snapper.mlops import tracking
 from snapper.mlops.registry import (
     CHAMPION_ALIAS,
     MODEL_NAME,
+    ChampionCheck,
     alias_version,
     decide_champion,
     describe_version,
@@ -286,3 +287,50 @@ def where_next(res: dict[str, Any]) -> str:
         verdict = f"now the champion: {serves}" if reg["champion"] else f"not champion ({reg['champion_check']})"
         lines.append(f"  registered:    models:/{reg['name']}/{reg['version']}, {verdict}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- adapted models
+
+
+def challenge_rivals(name: str, version: int, scores: dict[str, float | None], method: str,
+                     rivals: dict[str, str], eval_set: str) -> ChampionCheck:
+    """``method`` takes ``name``'s champion alias only when it scores strictly above every rival
+    (method -> label) on the same boxes; a rival that could not be scored blocks the move."""
+    score = float(scores[method] or 0.0)
+    current = alias_version(name, CHAMPION_ALIAS)
+    if current is not None and int(current.version) == version:
+        return ChampionCheck(name, version, score, "-", None, eval_set, False, "it already is the champion", holds=True)
+    missing = [label for m, label in rivals.items() if scores.get(m) is None]
+    if missing:
+        return ChampionCheck(name, version, score, missing[0], None, eval_set, False,
+                             f"{missing[0]} could not be scored on {eval_set}; promote by hand")
+    best = max(rivals, key=lambda m: float(scores[m]))  # type: ignore[arg-type]
+    rival_score = float(scores[best])  # type: ignore[arg-type]
+    better = score > rival_score
+    reason = (f"score {score:.2f} vs {rival_score:.2f} for {rivals[best]} on {eval_set}"
+              + "".join(f"; {label} {float(scores[m]):.2f}" for m, label in rivals.items() if m != best))  # type: ignore[arg-type]
+    return ChampionCheck(name, version, score, rivals[best], rival_score, eval_set, better, reason, holds=better)
+
+
+def register_adapted(name: str, run_id: str | None, checkpoint: str, ev: dict[str, Any], rivals: dict[str, str],
+                     lineage: dict[str, Any], method: str, champion: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Register an adapted model (``snapper adapt``) under ``name`` and let it challenge its
+    rivals (the base it was fine-tuned from; ``name``'s champion) on the report split. The
+    comparison is kept on the version (tags ``champion.*``, description, run artifact)."""
+    if not run_id:
+        log.warning("MLflow tracking is off for this run: the adapted model is not registered")
+        return None
+    metrics = {"snapper/all/miou": ev["metrics"].get(f"{method}/all/miou")}
+    ctx = {"data": lineage.get("dataset", "-"), "preset": "finetune", "lineage": lineage}
+    version = register_version(run_id, checkpoint, name, version_tags(metrics, ctx), lineage)
+    boxes = next((r["boxes"] for r in ev["rows"] if r["method"] == IDENTITY and r["size"] == "all"), "?")
+    check = challenge_rivals(name, version, ev["scores"], method, rivals, f"the gold report split ({boxes} boxes)")
+    record_champion_check(check)
+    log.info("%s", check.line())
+    text = (f"Adapted from `{lineage.get('parent')}` on `{lineage.get('dataset')}` (`snapper adapt`).\n\n"
+            f"**Champion check**: {check.line()}\n\n" + ev["table_md"])
+    describe_version(name, version, text)
+    tracking.log_json({"champion_check": dataclasses.asdict(check), "scores": ev["scores"], "table1": ev["rows"],
+                       "lineage": lineage, "previous_champion": champion},
+                      f"registration/version-{version}.json", run_id)
+    return {"name": name, "version": version, "champion": check.holds, "champion_check": check.reason}

@@ -331,3 +331,28 @@ def test_torchrun_path_on_cpu(harness: None, home: Path, synth: Path) -> None:
     assert (home / "runs" / "ddp" / "flow-train-config.yaml").is_file()
     progress = read_progress(home / "runs" / "ddp")  # written by torchrun's rank 0, read by the flow
     assert progress is not None and progress.status == "finished" and progress.step == TINY["steps"]
+
+
+def test_adapt_flow_fine_tunes_a_registered_model_and_publishes(trained: dict, home: Path) -> None:
+    from prefect.artifacts import Artifact
+
+    from flows.adapt import adapt_snapper
+    from flows.common import artifact_key
+
+    gold = home / "data" / "synthetic-n14-s2" / "annotations.json"
+    d = json.loads(gold.read_text())
+    for a in d["annotations"]:  # the annotators draw every box 10% wider
+        a["bbox"] = [a["bbox"][0] - 0.05 * a["bbox"][2], a["bbox"][1], 1.1 * a["bbox"][2], a["bbox"][3]]
+    (home / "rough-adapt.json").write_text(json.dumps(d))
+    base = f"models:/snapper-ci/{trained['registered']['version']}"
+    res = adapt_snapper(gold="data/synthetic-n14-s2/annotations.json", images="data/synthetic-n14-s2/images",
+                        name="snapper-ci-adapted", rough="rough-adapt.json", base=base, gold_only=False,
+                        overrides={"steps": 1, "batch_size": 4, "eval_every": 1, "warmup_steps": 1,
+                                   "data": {"workers": 0}})
+    assert res["base"] == base and {r["method"] for r in res["rows"]} == {"identity", "base", "adapted"}
+    assert Path(res["eval_dir"]).parent == home / "runs" / "adapt" / "snapper-ci-adapted"
+    assert res["noise"]["outward"]["left"]["mean"] > 0.03 and res["registered"]["name"] == "snapper-ci-adapted"
+    md = Artifact.get(artifact_key("snapper-adapt", "snapper-ci-adapted"))
+    assert md is not None and "| adapted |" in md.data and "snapper-ci-adapted version" in md.data
+    noise = Artifact.get(artifact_key("snapper-adapt", "snapper-ci-adapted") + "-noise")
+    assert noise is not None and "outward mean" in noise.data

@@ -1,0 +1,212 @@
+"""Adapting to a user's data (issue 22): does fine-tuning the COCO champion on a few gold images
+help off COCO, and does training on the annotators' measured noise beat the paper's jitter?
+
+Sets (rough boxes made here, seeded per annotation id, and given to `adapt` as ``--rough``):
+
+* ``raccoon``, ``kangaroo``: the shared web sets (boxes drawn looser than COCO's); rough boxes =
+  the paper's jitter of the gold. Half the images (seeded) are the report split; the gold
+  images are drawn from the other half.
+* ``coco-bias``: the three shared COCO folders; rough boxes 8% larger than the gold, shifted up
+  by 4% of the box height, plus uniform noise of half the paper's (an annotator's habit).
+* ``coco-2x``: the same images, rough boxes with twice the paper's jitter (shift 0.2, scale
+  0.8-1.2).
+  For both COCO sets the report split is ``coco_real.py``'s report split (images neither the
+  champion nor any selection saw); the gold images come from the champion's training images
+  (it saw them with the paper's jitter on their true boxes, not with this noise).
+
+Per set and number of gold images N (train 80% / selection 20% of them): rows ``identity``
+(the rough boxes), ``champion`` (the COCO ``cpu``-preset Lite0, 500 steps, made by
+``coco_real.py``'s recipe), ``gold-only`` (the champion's architecture from ImageNet on the gold
+alone, measured noise), ``ft-paper`` (fine-tuned from the champion on the paper's jitter) and
+``ft-measured`` (fine-tuned on the noise measured on the train split's rough/gold pairs), all
+on the same report boxes with the annotators' rough boxes. Fine-tuning is ``snapper adapt``'s
+(``finetune`` preset, 300 steps) through :mod:`snapper.training.adapt`.
+
+    .venv/bin/python experiments/adapt.py                      # every set at N = 50
+    .venv/bin/python experiments/adapt.py --sets raccoon --gold 25 50 100
+
+Resumable (finished trainings are reused). Writes ``experiments/results/adapt/`` (``report.md``,
+one folder per cell with its Table 1 by size and ``cell.json`` with wall times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from coco_real import DATASETS, make_shards  # noqa: E402
+from coco_real import run as train_coco  # noqa: E402
+
+from snapper.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from snapper.config import AdaptConfig, JitterConfig  # noqa: E402
+from snapper.data.coco import load_coco  # noqa: E402
+from snapper.data.shards import split_by_image  # noqa: E402
+from snapper.evaluation.evaluate import evaluate  # noqa: E402
+from snapper.evaluation.metrics import format_table  # noqa: E402
+from snapper.geometry import annotation_rng, jitter_by_annotation, xywh_to_xyxy, xyxy_to_xywh  # noqa: E402
+from snapper.training import adapt as A  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WEB = ("raccoon", "kangaroo")
+COCO_SETS = ("coco-bias", "coco-2x")
+ROWS = ("identity", "champion", "gold-only", "ft-paper", "ft-measured")
+ID_OFFSET = 10_000_000  # merged COCO folders: ids of folder k are offset by k * this
+
+
+def _order(ids: list[int], seed: int) -> list[int]:
+    return sorted(ids, key=lambda i: hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest())
+
+
+def merged_coco(data: Path, out: Path) -> tuple[Path, dict[str, list[int]]]:
+    """The three COCO folders as one file (file names relative to ``data``, ids offset per
+    folder) and coco_real.py's splits of it (train / select / report image ids)."""
+    merged: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
+    splits: dict[str, list[int]] = {"train": [], "select": [], "report": []}
+    cats = set()
+    for k, ds in enumerate(DATASETS):
+        d = json.loads((data / ds / "annotations.json").read_text())
+        off = k * ID_OFFSET
+        for im in d["images"]:
+            merged["images"].append({**im, "id": im["id"] + off, "file_name": f"{ds}/images/{im['file_name']}"})
+        for a in d["annotations"]:
+            merged["annotations"].append({**a, "id": a["id"] + off, "image_id": a["image_id"] + off, "category_id": 1})
+        index = load_coco(data / ds / "annotations.json", data / ds / "images")
+        train_ids, held = split_by_image(index, 0.2, seed=0)
+        select_ids, report_ids = split_by_image(index.subset(held), 0.5, seed=1)
+        for name, ids in (("train", train_ids), ("select", select_ids), ("report", report_ids)):
+            splits[name] += [i + off for i in ids]
+        cats.add(1)
+    merged["categories"] = [{"id": 1, "name": "object"}]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "gold.json", merged)
+    return out / "gold.json", splits
+
+
+def rough_boxes(gold: Path, out: Path, kind: str) -> Path:
+    """The annotators' boxes of every gold box (same annotation ids), seeded per annotation id."""
+    d = json.loads(gold.read_text())
+    sizes = {im["id"]: (im["width"], im["height"]) for im in d["images"]}
+    for a in d["annotations"]:
+        w, h = sizes[a["image_id"]]
+        b = xywh_to_xyxy(np.asarray(a["bbox"], float)[None])
+        if kind == "paper":
+            r = jitter_by_annotation(b, [a["id"]], w, h, JitterConfig(), seed=7)
+        elif kind == "2x":
+            r = jitter_by_annotation(b, [a["id"]], w, h, JitterConfig(shift=0.2, scale_min=0.8, scale_max=1.2), seed=7)
+        else:  # bias: 8% larger, 4% of the height up, plus half the paper's noise
+            rng = annotation_rng(int(a["id"]), 7)
+            bw, bh = b[0, 2] - b[0, 0], b[0, 3] - b[0, 1]
+            cx = (b[0, 0] + b[0, 2]) / 2 + rng.uniform(-0.05, 0.05) * bw
+            cy = (b[0, 1] + b[0, 3]) / 2 - 0.04 * bh + rng.uniform(-0.05, 0.05) * bh
+            sw, sh = 1.08 * bw * rng.uniform(0.95, 1.05), 1.08 * bh * rng.uniform(0.95, 1.05)
+            r = np.array([[cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2]])
+        r[:, [0, 2]] = r[:, [0, 2]].clip(0, w)
+        r[:, [1, 3]] = r[:, [1, 3]].clip(0, h)
+        a["bbox"] = [round(float(v), 2) for v in xyxy_to_xywh(r)[0]]
+    atomic_write_json(out / f"rough-{kind}.json", d)
+    return out / f"rough-{kind}.json"
+
+
+def dataset(name: str, data: Path, work: Path) -> tuple[Path, Path, Path, list[int], list[int]]:
+    """(gold file, images root, rough file, gold pool image ids in draw order, report image ids)."""
+    if name in WEB:
+        gold, images = data / name / "annotations.json", data / name / "images"
+        ids = _order([im["id"] for im in json.loads(gold.read_text())["images"]], seed=0)
+        half = len(ids) // 2
+        pool, report = ids[:min(100, half)], ids[half:]
+        return gold, images, rough_boxes(gold, work / name, "paper"), pool, report
+    gold, splits = merged_coco(data, work / "coco")
+    kind = {"coco-bias": "bias", "coco-2x": "2x"}[name]
+    return gold, data, rough_boxes(gold, work / "coco", kind), _order(splits["train"], seed=0), splits["report"]
+
+
+def cell(name: str, n: int, steps: int, champion: str, data: Path, work: Path, out: Path) -> dict[str, Any] | None:
+    """One set x N: the two fine-tunes and the gold-only run, then every row on the report split."""
+    gold, images, rough, pool, report = dataset(name, data, work)
+    if n > len(pool):
+        print(f"{name}: only {len(pool)} gold images outside its report split; N={n} skipped", flush=True)
+        return None
+    gold_ids = pool[:n]
+    n_select = max(1, round(0.2 * n))
+    splits = {"train": gold_ids[n_select:], "select": gold_ids[:n_select], "report": report}
+    models: dict[str, str] = {"champion": champion}
+    seconds: dict[str, float] = {}
+    prep = None
+    for noise in ("measured", "paper"):
+        cfg = AdaptConfig(gold=str(gold), images=str(images), name=f"exp-{name}-{n}", rough=str(rough), base=champion,
+                          out_dir=str(work / name / f"n{n}" / noise), steps=steps, noise=noise, register=False,
+                          device="cpu", overrides=["tracking.enabled=false"])
+        p = A.prepare(cfg, splits)
+        prep = prep or p
+        t = A.train_adapted(cfg, p)
+        models[f"ft-{noise}"], seconds[f"ft-{noise}"] = t["checkpoint"], t["seconds"]
+        if noise == "measured":
+            g = A.train_gold_only(cfg, p)
+            models["gold-only"], seconds["gold-only"] = g["checkpoint"], g["seconds"]
+    assert prep is not None
+    res = evaluate(models, A.report_eval_config(cfg, prep), out / f"{name}-n{n}" / "eval",
+                   n_examples=0, plots=False)
+    atomic_write_text(out / f"{name}-n{n}" / "summary.md", res.table_md)
+    info = {"set": name, "gold_images": n, "train_images": len(splits["train"]), "select_images": n_select,
+            "report_images": len(report), "splits": prep.counts, "steps": steps, "train_seconds": seconds,
+            "noise": prep.noise, "rows": res.summary[res.summary["size"] == "all"].to_dict(orient="records")}
+    atomic_write_json(out / f"{name}-n{n}" / "cell.json", json.loads(json.dumps(info, default=float)), indent=2)
+    return info
+
+
+def report(out: Path) -> str:
+    """All finished cells as one markdown report (Table 1 overall per cell, wall times)."""
+    parts = ["# Adapting to a user's data (experiments/adapt.py)\n",
+             "Report splits only (images no training or checkpoint selection saw); percent; "
+             "`worse >0.1 IoU` = share of boxes whose IoU with the truth fell more than 0.1 below the rough box's.\n"]
+    for f in sorted(out.glob("*/cell.json"), key=lambda p: (p.parent.name.split("-n")[0], int(p.parent.name.split("-n")[1]))):
+        c = json.loads(f.read_text())
+        df = pd.DataFrame(c["rows"])
+        df["order"] = df["method"].map({m: i for i, m in enumerate(ROWS)})
+        df = df.sort_values("order").drop(columns="order")
+        s = c["splits"]
+        parts.append(f"## {c['set']}, {c['gold_images']} gold images ({s['train']['boxes']} train + "
+                     f"{s['select']['boxes']} selection boxes); report: {s['report']['images']} images, "
+                     f"{s['report']['boxes']} boxes\n")
+        parts.append(format_table(df))
+        parts.append("wall time on this machine (s): " + ", ".join(f"{k} {v:.0f}" for k, v in c["train_seconds"].items())
+                     + "\n")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--sets", nargs="+", default=[*WEB, *COCO_SETS], choices=[*WEB, *COCO_SETS])
+    p.add_argument("--gold", nargs="+", type=int, default=[50], help="numbers of gold images")
+    p.add_argument("--steps", type=int, default=300, help="steps of each fine-tune and gold-only run")
+    p.add_argument("--out", default=str(REPO / "experiments" / "results" / "adapt"))
+    args = p.parse_args()
+    data, out, work = Path(args.data), Path(args.out), REPO / "runs" / "adapt-exp"
+    if not (data / "raccoon" / "annotations.json").is_file():
+        raise SystemExit(f"{data}: the shared data folders are not there; nothing to do")
+    t = time.time()
+    urls = make_shards(data, REPO / "shards" / "coco-real")
+    champion = train_coco("lite0", 500, urls, REPO / "runs" / "adapt-champion")
+    print(f"champion: {champion} ({time.time() - t:.0f} s)", flush=True)
+    for n in args.gold:
+        for name in args.sets:
+            info = cell(name, n, args.steps, champion, data, work, out)
+            if info is None:
+                continue
+            print(f"{name} n={n}: {info['train_seconds']}", flush=True)
+            atomic_write_text(out / "report.md", report(out))
+    print(report(out))
+
+
+if __name__ == "__main__":
+    main()
