@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ EXPERIMENT = "snapper-adapt"  # the MLflow experiment of adapt runs
 SPLITS = ("train", "select", "report")
 MIN_PAIRED_SHARE = 0.5  # fewer gold boxes with a rough partner: the files do not describe the same objects
 RESULT_FILE = "adapt.json"
+MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][\w.\-]*")
 
 
 class AdaptInputError(UserInputError, ValueError):
@@ -86,8 +88,9 @@ def out_dir_of(cfg: AdaptConfig) -> Path:
 
 def check_gold(cfg: AdaptConfig) -> CocoIndex:
     """The gold index; refuses an empty gold file and images that are missing or unreadable."""
-    if not cfg.name:
-        raise AdaptInputError("give the adapted model a name (--name snapper-<domain>)")
+    if not MODEL_NAME_RE.fullmatch(cfg.name):
+        raise AdaptInputError(f"--name {cfg.name!r}: a registered model name of letters, digits, '.', '_' or '-' "
+                              "(e.g. snapper-shelves)")
     index = load_coco(cfg.gold, cfg.images)
     bad = [s for s in index.skipped if s["annotation_id"] is None]
     if bad:

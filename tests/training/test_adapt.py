@@ -71,6 +71,9 @@ def test_bad_input_is_refused_in_one_line_before_any_work(gold, tmp_path, capsys
              "no-model")
     _refused(capsys, [str(gold["ann"]), str(gold["images"]), "--noise", "measured", *base], tmp_path / "o7",
              "needs the annotators' rough boxes")
+    assert cli(["adapt", str(gold["ann"]), str(gold["images"]), *base, "--name", "../x", "--out-dir",
+                str(tmp_path / "o8")]) == 2
+    assert "a registered model name" in capsys.readouterr().err and not (tmp_path / "o8").exists()
 
 
 def test_the_split_is_by_image_seeded_and_holds_out_both_splits(gold):
