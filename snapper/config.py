@@ -72,6 +72,19 @@ class JitterConfig:
               f"finite and >= jitter.scale_min ({self.scale_min})", self.scale_max)
 
 
+def _calibration_ok(knots: object) -> bool:
+    """Whether ``knots`` is a table np.interp reads as a monotone map of [0, 1] into [0, 1]: a
+    table that is not would silently reorder edges, or give probabilities outside [0, 1]."""
+    if not isinstance(knots, (list, tuple)) or len(knots) != 2:
+        return False
+    xs, ys = knots
+    if not isinstance(xs, (list, tuple)) or not isinstance(ys, (list, tuple)) or len(xs) != len(ys) or len(xs) < 2:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in (*xs, *ys)):
+        return False  # NaN fails the range too
+    return all(a < b for a, b in zip(xs, xs[1:])) and all(a <= b for a, b in zip(ys, ys[1:]))
+
+
 @dataclass
 class ModelConfig:
     """Architecture and the crop geometry it was trained with (both travel with a checkpoint).
@@ -94,6 +107,10 @@ class ModelConfig:
     # confidence = the model's probability that the edge is within this many original px.
     # Inference-only: changing it changes no weight, so a run may resume with another value.
     confidence_px: float = field(default=3.0, metadata=INFERENCE_ONLY)
+    # The monotone map from that raw probability to the share of such edges measured within
+    # confidence_px on held-out boxes (``snapper calibrate``): knots [[x...], [y...]] read with
+    # np.interp. None: the raw probability. Inference-only: fitted after training, on its weights.
+    calibration: list[list[float]] | None = field(default=None, metadata=INFERENCE_ONLY)
     # The zoom-in pass (``snapper.zoom``): with ``zoom`` the model has a fifth decoder, trained
     # on edge strips, and supports ``passes=2``. A strip is ``input_size * zoom_scale`` original
     # px across the edge and ``zoom_length`` input px along it; edges whose first-pass crop had
@@ -121,6 +138,9 @@ class ModelConfig:
         in_range("model.decoder_layers", self.decoder_layers, 1, 64)
         in_range("model.decode_window", self.decode_window, 0, self.input_size)
         positive("model.confidence_px", self.confidence_px)
+        check(self.calibration is None or _calibration_ok(self.calibration), "model.calibration",
+              "null or [[x...], [y...]]: as many x as y (>= 2), x increasing in [0, 1], y non-decreasing "
+              "in [0, 1]", self.calibration)
         check(not (self.zoom and self.head != "edges"), "model.head",
               "'edges' with model.zoom (the zoom-in decoder needs the edge head)", self.head)
         positive("model.zoom_scale", self.zoom_scale)
@@ -325,6 +345,13 @@ class EvalConfig:
         non_negative("workers", self.workers)
 
 
+def _budget_ok(value: object) -> bool:
+    """A review budget: a share strictly between 0 and 1, or a whole count (1.5 edges means nothing)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return False
+    return 0.0 < value < 1.0 or (value >= 1.0 and float(value).is_integer())
+
+
 @dataclass
 class BatchConfig:
     """Batch snapping of rough COCO annotations (``snapper batch-snap``, flow ``batch-snap``).
@@ -332,6 +359,10 @@ class BatchConfig:
     ``review_threshold``: an edge whose confidence is below it puts the box on the review list;
     ``review_moved_frac``: so does an edge that moved more than this fraction of the rough
     box's extent on its axis (the paper's jitter moves an edge by at most ~15%).
+    ``review_budget``: also list the edges a person should look at first, as many as the budget
+    allows, least likely right first (``review_edges.csv``): the confidence routes single edges,
+    not whole boxes, to a reviewer, and with a calibrated model it says how many wrong edges
+    that list should catch.
     ``min_box_size``: rough boxes thinner than this (px, after clipping) are kept, not snapped.
     ``fuse_key``: annotations sharing this field (per image) are several workers' boxes of one
     object and also get one fused box; None disables fusion.
@@ -352,6 +383,9 @@ class BatchConfig:
     draft_decode: bool = True
     max_pixels: int | None = MAX_DECODE_PIXELS
     follow_links: bool = False
+    # review_edges.csv: the edges least likely right, fewest-first; a whole number >= 1 of edges,
+    # or a share in (0, 1) of the snapped edges. None: no such list.
+    review_budget: float | None = None
     snap: SnapSettings = field(default_factory=lambda: SnapSettings(batch_size=BATCH_SNAP_BATCH))
 
     def __post_init__(self) -> None:
@@ -363,6 +397,8 @@ class BatchConfig:
         check(0.0 <= self.review_threshold <= 1.0, "review_threshold", "in [0, 1]", self.review_threshold)
         non_negative("review_moved_frac", self.review_moved_frac)
         optional_positive("max_pixels", self.max_pixels)
+        check(self.review_budget is None or _budget_ok(self.review_budget), "review_budget",
+              "a whole number >= 1 (edges), a share in (0, 1) of the snapped edges, or null", self.review_budget)
 
 
 ADAPT_NOISE = ("auto", "measured", "paper")  # AdaptConfig.noise: auto = measured when rough boxes are given

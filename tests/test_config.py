@@ -86,7 +86,7 @@ def test_yaml_loader_names_the_file(tmp_path) -> None:
 
 
 def test_inference_only_fields_are_marked_not_listed() -> None:
-    assert inference_only_fields(ModelConfig) == {"confidence_px"}
+    assert inference_only_fields(ModelConfig) == {"confidence_px", "calibration"}
     assert inference_only_fields(TrainConfig) == set()
 
 

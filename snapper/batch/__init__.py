@@ -50,7 +50,8 @@ Output, in ``out_dir``:
   confidence, movement, review flags); ``summary.json``: counts per status and reason,
   confidence quantiles, movement quantiles, throughput and, with ``truth``, the paper's
   Table 1 for the input and the output boxes (also ``table1.csv``); ``review.csv``: the
-  review list.
+  review list; with ``review_budget``, ``review_edges.csv``: single snapped edges, least likely
+  right first (:func:`review_edges`), and in ``summary.json`` how many wrong edges they hold.
 
 Throughput: each image is decoded once for all its boxes, at the coarsest JPEG DCT scale its
 crops allow; DataLoader workers decode and crop, and the main process runs the model on
@@ -91,7 +92,7 @@ from snapper.batch.chunk import (
 )
 from snapper.batch.fuse import fuse
 from snapper.batch.image_work import ImageCrops, ImageJob, chunk_jobs, iter_image_crops
-from snapper.batch.merge import merge_chunks, review
+from snapper.batch.merge import merge_chunks, review, review_edges
 from snapper.batch.pipeline import BatchResult, batch_snap, check_folders, merge_file, result_for, snap_file
 from snapper.batch.rough import (
     Chunk,
@@ -110,6 +111,7 @@ from snapper.batch.schema import (
     PRED_COLS,
     REASONS,
     REVIEW_CSV,
+    REVIEW_EDGES_CSV,
     ROUGH_COLS,
     SNAPPED,
     SUMMARY_JSON,
@@ -120,11 +122,11 @@ from snapper.batch.schema import (
 from snapper.batch.truth import truth_table
 
 __all__ = [
-    "BOXES_PARQUET", "CHUNKS_DIR", "CONF_COLS", "KEPT", "OUTPUT_JSON", "PRED_COLS", "REASONS", "REVIEW_CSV",
+    "BOXES_PARQUET", "CHUNKS_DIR", "CONF_COLS", "KEPT", "OUTPUT_JSON", "PRED_COLS", "REASONS", "REVIEW_CSV", "REVIEW_EDGES_CSV",
     "ROUGH_COLS", "SNAPPED", "SUMMARY_JSON", "TABLE1_CSV", "AccountingError", "batch_snap", "Batcher",
     "BatchInputError", "BatchResult", "check_folders", "Chunk", "chunk_jobs", "ChunkOutcome",
     "chunk_result_path", "fuse",
     "get_snapper", "ImageCrops", "ImageJob", "input_files", "iter_image_crops", "load_rough", "merge_chunks",
-    "merge_file", "model_fingerprint", "parse_rough", "plan_chunks", "result_for", "review", "RoughInput", "run_chunk",
+    "merge_file", "model_fingerprint", "parse_rough", "plan_chunks", "result_for", "review", "review_edges", "RoughInput", "run_chunk",
     "snap_chunk", "snap_file", "truth_table",
 ]

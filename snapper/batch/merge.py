@@ -1,5 +1,6 @@
 """Merging chunk results into the outputs: the accounting check, the review list, the
-snapped COCO file, ``boxes.parquet``, ``summary.json`` and ``review.csv``.
+snapped COCO file, ``boxes.parquet``, ``summary.json``, ``review.csv`` and, with a review
+budget, ``review_edges.csv``.
 
 Every file is written atomically and ``snapped.json`` last, so its presence means the whole
 output is there; nothing is written unless every input annotation id comes out exactly once.
@@ -8,6 +9,7 @@ output is there; nothing is written unless every input annotation id comes out e
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -27,6 +29,8 @@ from snapper.batch.schema import (
     OUTPUT_JSON,
     PRED_COLS,
     REVIEW_CSV,
+    REVIEW_EDGES_CSV,
+    ROUGH_COLS,
     SNAPPED,
     SUMMARY_JSON,
     TABLE1_CSV,
@@ -39,12 +43,13 @@ from snapper.batch.schema import (
 from snapper.batch.truth import truth_table
 from snapper.config import BatchConfig
 from snapper.data.coco import short
-from snapper.geometry import EDGE_NAMES
+from snapper.geometry import EDGE_NAMES, xywh_to_xyxy
 from snapper.inference.guard import COLLAPSED, MOVED
 from snapper.overrides import to_dict
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 REVIEW_COLUMNS = ["annotation_id", "image_id", "file_name", "status", "reason", "review", *CONF_COLS, "moved_frac"]
+REVIEW_EDGE_COLUMNS = ["annotation_id", "image_id", "file_name", "edge", "confidence", "snapped_px", "rough_px"]
 
 
 def _orphan_rows(inp: RoughInput) -> pd.DataFrame:
@@ -101,6 +106,41 @@ def review(df: pd.DataFrame, cfg: BatchConfig) -> pd.DataFrame:
     df["needs_review"] = low | moved | kept | np.array([any(ge) for ge in guarded], dtype=bool)
     df["review"] = reasons
     return df
+
+
+def review_edges(df: pd.DataFrame, budget: float) -> pd.DataFrame:
+    """The snapped edges a person should look at within ``budget`` (``BatchConfig.review_budget``:
+    a count, or a share of the snapped edges), least likely right first: ascending confidence,
+    ties in input order. Columns :data:`REVIEW_EDGE_COLUMNS`; ``snapped_px`` / ``rough_px``: the
+    edge's coordinate (x for left/right, y for top/bottom) in the snapped and the rough box.
+
+    Confidence routes an edge to a person and never vetoes the model: boxes that were kept are
+    not listed (nothing was snapped), and an edge without a confidence (a model without one)
+    cannot be ranked and is left out. With a calibrated model the sum of ``1 - confidence``
+    over the list is the number of wrong edges it should catch."""
+    snapped = df[(df["status"] == SNAPPED).to_numpy()]
+    conf = snapped[CONF_COLS].to_numpy(np.float64).reshape(-1)
+    n_edges = len(conf)
+    count = int(budget) if budget >= 1 else math.ceil(budget * n_edges)
+    box = np.repeat(np.arange(len(snapped)), len(EDGE_NAMES))
+    edge = np.tile(np.arange(len(EDGE_NAMES)), len(snapped))
+    order = np.lexsort((edge, box, conf))
+    order = order[np.isfinite(conf[order])][:count]
+    b, e = box[order], edge[order]
+    pred = xywh_to_xyxy(snapped[PRED_COLS].to_numpy(np.float64))
+    rough = xywh_to_xyxy(snapped[ROUGH_COLS].to_numpy(np.float64))
+    return pd.DataFrame({"annotation_id": snapped["annotation_id"].to_numpy()[b],
+                         "image_id": snapped["image_id"].to_numpy()[b],
+                         "file_name": snapped["file_name"].to_numpy()[b] if "file_name" in snapped else None,
+                         "edge": np.asarray(EDGE_NAMES, dtype=object)[e], "confidence": conf[order],
+                         "snapped_px": pred[b, e], "rough_px": rough[b, e]}, columns=REVIEW_EDGE_COLUMNS)
+
+
+def budget_summary(edges: pd.DataFrame, budget: float, n_snapped_edges: int) -> dict[str, Any]:
+    """What ``summary.json`` says of a review budget: the edges listed and ``expected_wrong``,
+    the number of them the confidence expects to be wrong (not within ``model.confidence_px``)."""
+    return {"budget": budget, "n_edges": len(edges), "snapped_edges": n_snapped_edges,
+            "expected_wrong": round(float((1.0 - edges["confidence"]).sum()), 3), "file": REVIEW_EDGES_CSV}
 
 
 def _has_segmentation(a: dict[str, Any]) -> bool:
@@ -215,8 +255,9 @@ def merge_chunks(
     truth: str | os.PathLike[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Check the accounting, then write ``snapped.json``, ``boxes.parquet``, ``summary.json``
-    and ``review.csv`` atomically; returns the path of ``snapped.json``.
+    """Check the accounting, then write ``snapped.json``, ``boxes.parquet``, ``summary.json``,
+    ``review.csv`` and, with ``cfg.review_budget``, ``review_edges.csv`` atomically; returns the
+    path of ``snapped.json``.
 
     Raises :class:`AccountingError` unless every input annotation id appears exactly once
     over the chunk results plus the annotations of unknown images.
@@ -240,6 +281,12 @@ def merge_chunks(
     summary.update(extra or {})
     atomic_write_parquet(df, out_dir / BOXES_PARQUET)
     atomic_write_csv(df.loc[df["needs_review"], REVIEW_COLUMNS], out_dir / REVIEW_CSV)
+    if cfg.review_budget is not None:
+        edges = review_edges(df, cfg.review_budget)
+        atomic_write_csv(edges, out_dir / REVIEW_EDGES_CSV)
+        summary["review_budget"] = budget_summary(edges, cfg.review_budget, 4 * int((df["status"] == SNAPPED).sum()))
+    else:  # a list from an earlier run with a budget would pass for this run's
+        (out_dir / REVIEW_EDGES_CSV).unlink(missing_ok=True)
     atomic_write_json(out_dir / SUMMARY_JSON, summary, indent=2, default=_json_default)
     atomic_write_json(out_dir / OUTPUT_JSON, out, indent=None)  # last: its presence means "done"
     return out_dir / OUTPUT_JSON

@@ -21,6 +21,7 @@ from snapper.batch.schema import (
     BatchInputError,
 )
 from snapper.config import BatchConfig
+from snapper.models.checkpoint import read_config
 from snapper.models.reference import DEFAULT_MODEL, resolve_model
 
 
@@ -43,12 +44,15 @@ def result_for(out_dir: str | os.PathLike[str]) -> BatchResult:
 
 def run_extra(model_ref: str | os.PathLike[str], checkpoint: str | os.PathLike[str],
               outcomes: list[ChunkOutcome] | list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """What a run adds to ``summary.json``: the model, the chunks snapped now and reused from
-    an earlier run, and the throughput of this run (``annotations_per_s`` counts only the
-    annotations snapped now: a resumed run does not claim the reused chunks' work)."""
+    """What a run adds to ``summary.json``: the model, whether its confidence is calibrated
+    (``snapper calibrate``: only then is an expected count of wrong edges a count), the chunks
+    snapped now and reused from an earlier run, and the throughput of this run
+    (``annotations_per_s`` counts only the annotations snapped now: a resumed run does not claim
+    the reused chunks' work)."""
     done = _outcome_dicts(outcomes)
     fresh = sum(o["n_annotations"] for o in done if not o["reused"])
-    return {"model": str(model_ref), "checkpoint": str(checkpoint), "n_chunks": len(done),
+    return {"model": str(model_ref), "checkpoint": str(checkpoint),
+            "calibrated": read_config(checkpoint)[0].calibration is not None, "n_chunks": len(done),
             "n_chunks_reused": sum(bool(o["reused"]) for o in done), "n_annotations_snapped_now": fresh,
             "snap_seconds": round(seconds, 3),
             "annotations_per_s": round(fresh / seconds, 2) if seconds > 0 and fresh else None}

@@ -39,6 +39,7 @@ OUTPUT_JSON = "snapped.json"
 BOXES_PARQUET = "boxes.parquet"
 SUMMARY_JSON = "summary.json"
 REVIEW_CSV = "review.csv"
+REVIEW_EDGES_CSV = "review_edges.csv"  # BatchConfig.review_budget: single edges, least likely right first
 TABLE1_CSV = "table1.csv"
 CHUNKS_DIR = "chunks"
 

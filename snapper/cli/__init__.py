@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("snapper.cli.shard", "write a COCO dataset as WebDataset shards + manifest"),
     "train": ("snapper.cli.train", "train a model (CPU, GPU, or torchrun DDP)"),
     "evaluate": ("snapper.cli.evaluate", "evaluate a checkpoint: per-box Parquet + Table 1 summary"),
+    "calibrate": ("snapper.cli.calibrate", "calibrate per-edge confidence on held-out shards into a new checkpoint"),
     "snap": ("snapper.cli.snap", "snap rough boxes on one image; print JSON, optionally draw"),
     "batch-snap": ("snapper.cli.batch_snap", "snap every box of a rough COCO file with full accounting"),
     "serve": ("snapper.cli.serve", "serve the champion model over HTTP (MLflow's model server)"),

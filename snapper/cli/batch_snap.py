@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from snapper.batch import BatchResult
+from snapper.batch import REVIEW_EDGES_CSV, BatchResult
 from snapper.cli.common import (
     add_model_option,
     add_set_option,
@@ -31,7 +31,8 @@ PROG = "snapper batch-snap"
 
 # Options that set a BatchConfig field directly (the defaults are BatchConfig's); the read-out
 # options (--batch-size, --device, --buffer-ratio, --passes, --flip) set BatchConfig.snap.
-FIELD_OPTIONS = {n: n for n in ("chunk_images", "review_threshold", "workers", "max_pixels", "follow_links")}
+FIELD_OPTIONS = {n: n for n in ("chunk_images", "review_threshold", "review_budget", "workers", "max_pixels",
+                                 "follow_links")}
 SNAP_OPTIONS = ("batch_size", "device", "buffer_ratio", "passes", "flip", "guard")
 
 
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-images", type=positive_int, help=f"images per chunk (default {d.chunk_images})")
     p.add_argument("--review-threshold", type=unit_float,
                    help=f"edge confidence below which a box goes on the review list (default {d.review_threshold})")
+    p.add_argument("--review-budget", type=float, metavar="N",
+                   help=f"also write {REVIEW_EDGES_CSV}: the N snapped edges least likely right (N >= 1), or that "
+                        "share of the snapped edges (N in (0, 1)), least confident first, and print how many wrong "
+                        "edges they should hold (a count with a calibrated model: snapper calibrate)")
     p.add_argument("--workers", type=non_negative_int, help=f"decoding processes, 0 = none (default {d.workers})")
     p.add_argument("--follow-links", action="store_true", default=None,
                    help="read images through symbolic links that lead outside IMAGES_DIR (default: their boxes "
@@ -87,6 +92,11 @@ def describe(f: Path, r: BatchResult) -> list[str]:
     lines = [f"{f}: {s['n_annotations']} annotations -> {r.annotations}; "
              f"snapped {s['status']['snapped']}, kept {s['status']['kept']} {s['reasons']}, "
              f"needs review {s['needs_review']}, {_speed(s)}"]
+    budget = s.get("review_budget")
+    if budget:
+        note = "" if s.get("calibrated", True) else " (uncalibrated confidence: snapper calibrate makes this a count)"
+        lines.append(f"  review {budget['n_edges']} edges: expected to catch ~{budget['expected_wrong']:.1f} wrong "
+                     f"edges{note} -> {r.out_dir / budget['file']}")
     for row in s.get("truth", {}).get("table1", []):
         if row.get("size") == "all":
             lines.append(f"  {row['method']:<8} mIoU {row['miou']:.1f}  IoU>0.9 {row['iou_gt_0.9']:.1f}  "

@@ -14,8 +14,10 @@ Outputs in ``out_dir`` (all written atomically):
 ``boxes.parquet`` (one row per box and method, see :func:`snapper.evaluation.metrics.box_table`),
 ``summary.csv`` / ``summary.md`` (Table 1 per method, overall and per COCO size bucket),
 ``confidence.csv`` (edge deviance per confidence decile) and ``flagging.csv`` (bad edges caught
-when flagging the least confident k%), ``stream_stats.json`` (boxes delivered / skipped by
-reason), and PNG plots.
+when flagging the least confident k%), ``calibration.csv`` (expected calibration error of the
+confidences each model gives, overall and per size bucket, :mod:`snapper.evaluation.calibration`),
+``stream_stats.json`` (boxes delivered / skipped by reason), and PNG plots (``reliability.png``:
+the reliability diagram).
 """
 
 from __future__ import annotations
@@ -38,11 +40,12 @@ from snapper.config import EvalConfig, ModelConfig
 from snapper.crop import CropGeometry
 from snapper.data.eval_stream import EvalStream, eval_batches, load_rough_boxes
 from snapper.evaluation import plots as P
+from snapper.evaluation.calibration import calibration_table, edge_pairs, reliability_table
 from snapper.evaluation.metrics import box_table, confidence_report, format_table, summarize, summary_metrics
 from snapper.geometry import xywh_to_xyxy
 from snapper.inference.guard import COLLAPSED, MOVED
 from snapper.inference.snap import Snapper
-from snapper.models.checkpoint import load_checkpoint
+from snapper.models.checkpoint import load_checkpoint, read_config
 from snapper.models.reference import resolve_model
 
 log = logging.getLogger("snapper.evaluation.evaluate")
@@ -187,11 +190,16 @@ def evaluate_checkpoint(
     examples: list[dict[str, Any]] | None = None,
     n_examples: int = 0,
     stats: dict[str, Any] | None = None,
+    calibrated: bool = True,
 ) -> pd.DataFrame:
     """Per-box table (with per-edge confidence) of the checkpoint in ``checkpoint_dir`` (or an
     MLflow model reference, see :func:`snapper.models.reference.resolve_model`);
-    ``method`` defaults to the model's head ("edges" -> "snapper", "regression")."""
+    ``method`` defaults to the model's head ("edges" -> "snapper", "regression").
+    ``calibrated=False`` reads the raw confidence of a calibrated model (what a calibration is
+    fitted on: :mod:`snapper.evaluation.calibrate`)."""
     model, model_cfg, _ = load_checkpoint(resolve_model(checkpoint_dir))
+    if not calibrated:
+        model_cfg = dataclasses.replace(model_cfg, calibration=None)
     name = method or ("snapper" if model_cfg.head == "edges" else model_cfg.head)
     return evaluate_model(model, model_cfg, cfg, method=name, examples=examples, n_examples=n_examples, stats=stats)
 
@@ -273,6 +281,35 @@ def guard_metrics(df: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _confidence_outputs(df: pd.DataFrame, checkpoints: dict[str, str | os.PathLike[str]], out: Path, plots: bool,
+                        files: dict[str, str], plot_paths: dict[str, str]) -> pd.DataFrame:
+    """Is the per-edge confidence useful (``confidence.csv``, ``flagging.csv``: ranking) and does
+    it mean what it says (``calibration.csv``, ``reliability.png``: each model's confidences
+    against its own ``confidence_px``)? Written into ``files`` / ``plot_paths``; returns the
+    calibration table."""
+    report = confidence_report(df, flag_percents=FLAG_PERCENTS)
+    files["confidence_csv"] = str(_write_csv(report.deciles, out / "confidence.csv"))
+    files["flagging_csv"] = str(_write_csv(report.flagging, out / "flagging.csv"))
+    frames, tables = [], []
+    for name, path in checkpoints.items():
+        model_cfg = read_config(resolve_model(path))[0]
+        edges = edge_pairs(df[df["method"] == name], model_cfg.confidence_px)
+        if len(edges):
+            frames.append(edges)
+            tables.append(calibration_table(edges).assign(confidence_px=model_cfg.confidence_px,
+                                                          calibrated=model_cfg.calibration is not None))
+    cal = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["method", "size", "n_edges", "conf_mean", "hit_rate", "ece", "confidence_px", "calibrated"])
+    files["calibration_csv"] = str(_write_csv(cal, out / "calibration.csv"))
+    if plots and len(report.deciles):
+        plot_paths["confidence"] = str(P.confidence_calibration(report, out / "confidence.png"))
+    if plots and frames:
+        rel = reliability_table(pd.concat(frames, ignore_index=True))
+        plot_paths["reliability"] = str(P.reliability_diagram(rel, out / "reliability.png",
+                                                              title="per-edge confidence vs outcome"))
+    return cal
+
+
 def evaluate(
     checkpoints: dict[str, str | os.PathLike[str]],
     cfg: EvalConfig,
@@ -325,23 +362,20 @@ def evaluate(
                 + "\n## By COCO size bucket\n\n" + format_table(summary) + "\n")
     atomic_write_text(out / "summary.md", table_md)
     files["summary_md"] = str(out / "summary.md")
-    report = confidence_report(df, flag_percents=FLAG_PERCENTS)
-    files["confidence_csv"] = str(_write_csv(report.deciles, out / "confidence.csv"))
-    files["flagging_csv"] = str(_write_csv(report.flagging, out / "flagging.csv"))
     atomic_write_json(out / "stream_stats.json", stream_stats, sort_keys=True)
     files["stream_stats"] = str(out / "stream_stats.json")
 
     plot_paths: dict[str, str] = {}
+    calibration = _confidence_outputs(df, checkpoints, out, plots, files, plot_paths)
     if plots:
         plot_paths["deviance"] = str(P.deviance_histograms(df, out / "deviance.png"))
-        if len(report.deciles):
-            plot_paths["confidence"] = str(P.confidence_calibration(report, out / "confidence.png"))
         ex = [e for name in examples for e in examples[name]]
         if ex:
             plot_paths["examples"] = str(P.example_grid(ex[:n_examples], out / "examples.png"))
 
     metrics = method_metrics(summary)
     metrics.update(guard_metrics(df))
+    metrics.update({f"{r.method}/{r.size}/edge_ece": float(r.ece) for r in calibration.itertuples() if np.isfinite(r.ece)})
     for method, s in stream_stats.items():
         metrics[f"{method}/stream/skipped_images"] = float(sum(s.get("skipped_images", {}).values()))
         metrics[f"{method}/stream/skipped_boxes"] = float(sum(s.get("skipped_boxes", {}).values()))

@@ -114,6 +114,32 @@ def confidence_calibration(report: Any, path: str | os.PathLike[str]) -> Path:
     return _save(fig, path)
 
 
+def reliability_diagram(table: pd.DataFrame, path: str | os.PathLike[str], curve: str = "method",
+                        title: str = "") -> Path:
+    """Observed share of edges within ``confidence_px`` against the confidence the model gave,
+    per confidence bin, one panel per size bucket ("all" first) and one line per ``curve`` value
+    (methods, or "before"/"after" calibration); on the diagonal a confidence means what it
+    says. ``table``: :func:`snapper.evaluation.calibration.reliability_table`."""
+    sizes = list(dict.fromkeys(table["size"].astype(str))) if len(table) else ["all"]
+    fig = _figure(3.6 * len(sizes), 3.8)
+    axes = np.atleast_1d(fig.subplots(1, len(sizes), sharey=True))
+    for ax, size in zip(axes, sizes):
+        rows = table[table["size"] == size] if len(table) else table
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="calibrated")
+        for name in dict.fromkeys(rows[curve].astype(str)) if curve in rows else []:
+            r = rows[rows[curve].astype(str) == name]
+            ax.plot(r["conf_mean"], r["hit_rate"], marker="o", markersize=3, label=f"{name} ({int(r['n_edges'].sum())})")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("confidence given (bin mean)")
+        ax.set_title(f"{size} boxes")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("edges within confidence_px (share)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def _rect(ax: Any, box_input: np.ndarray, color: str, style: str = "-") -> None:
     from matplotlib.patches import Rectangle
 

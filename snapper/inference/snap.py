@@ -3,7 +3,7 @@
     snapper = Snapper.from_checkpoint("runs/demo/best")
     result = snapper.snap("photo.jpg", [[x, y, w, h], ...], buffer_ratio=1.0)
     result.boxes        # (N, 4) COCO xywh in original pixels
-    result.confidence   # (N, 4) left, top, right, bottom in [0, 1]
+    result.confidence   # (N, 4) left, top, right, bottom in [0, 1] (calibrated if the model is: Snapper.calibrated)
     result.guard        # which boxes/edges the broken-box guard gave back rough (snapper.inference.guard)
 
 All boxes of an image are cropped from one decode and run as one batch.
@@ -30,6 +30,7 @@ from snapper.geometry import EDGE_NAMES, box_problem, clip_boxes, xywh_to_xyxy, 
 from snapper.imageio import LoadedImage, load_image
 from snapper.inference.guard import Guard, guard_boxes
 from snapper.models.checkpoint import load_checkpoint
+from snapper.models.edges import calibrate_confidence
 from snapper.zoom import StripGeometry, check_passes, zoom_edges
 
 # A zoom-pass position this close (input px) to a strip's border means the edge lies outside
@@ -140,13 +141,20 @@ class Snapper:
         other.settings = settings
         return other
 
+    def calibrated(self, conf: np.ndarray) -> np.ndarray:
+        """The model's raw per-edge probabilities through its calibration (``model.calibration``,
+        ``snapper calibrate``), if it has one. Both passes' confidences go through here and nowhere
+        else, so that every caller (snap, batch jobs, evaluation, the servers) reads the same
+        numbers and a confidence is never mapped twice."""
+        return calibrate_confidence(conf, self.cfg.calibration)
+
     @torch.inference_mode()
     def predict_crops(self, crops: torch.Tensor, geometry: CropGeometry | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(B, 3, S, S) crops -> edge positions in input pixels (B, 4) and confidence (B, 4).
 
         ``geometry``: the crops' windows, so that confidence is the probability of being within
         ``confidence_px`` *original* pixels; without it the crops are taken to be at original
-        scale."""
+        scale. Calibrated (:meth:`calibrated`) when the model carries a calibration."""
         scale = None
         if geometry is not None:
             if len(geometry) != len(crops):
@@ -166,7 +174,7 @@ class Snapper:
             conf.append(c.double().cpu())
         if not pos:
             return np.zeros((0, 4)), np.zeros((0, 4))
-        return torch.cat(pos).numpy(), torch.cat(conf).numpy()
+        return torch.cat(pos).numpy(), self.calibrated(torch.cat(conf).numpy())
 
     @torch.inference_mode()
     def predict_strips(self, strips: torch.Tensor, geometry: StripGeometry) -> tuple[np.ndarray, np.ndarray]:
@@ -187,7 +195,7 @@ class Snapper:
             conf.append(c.double().cpu())
         if not pos:
             return np.zeros(0), np.zeros(0)
-        return torch.cat(pos).numpy(), torch.cat(conf).numpy()
+        return torch.cat(pos).numpy(), self.calibrated(torch.cat(conf).numpy())
 
     def second_pass(self, boxes_xyxy: np.ndarray, confidence: np.ndarray, first: CropGeometry,
                     sources: "list[tuple[torch.Tensor, tuple[float, float]]]", owner: np.ndarray,

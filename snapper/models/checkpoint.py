@@ -7,19 +7,22 @@ Writes are atomic (temp file + ``os.replace``) so a killed job never leaves half
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from snapper.atomic import atomic_torch_save, atomic_write_text
+from snapper.atomic import atomic_torch_save, atomic_write_text, atomic_write_with
 from snapper.config import ModelConfig
 from snapper.errors import BadModelError
+from snapper.lineage import SIDECAR
 from snapper.models.net import build_model
-from snapper.overrides import from_dict, to_dict
+from snapper.overrides import from_dict, inference_only_fields, to_dict
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
@@ -51,6 +54,27 @@ def save_checkpoint(
     meta = {"model": to_dict(cfg), "passes": list(cfg.passes), **(extra or {})}
     atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
     return path
+
+
+def copy_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], cfg: ModelConfig,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """A new checkpoint folder ``dst`` with the weights of ``src`` byte for byte (and its
+    ``lineage.json``) under ``cfg``, which may differ from the saved config only in inference-only
+    settings (a calibration): what the new folder claims about its weights stays true. The saved
+    config.json's other keys are kept, ``extra`` added; config.json is written last."""
+    src, dst = Path(src), Path(dst)
+    saved, meta = read_config(src)
+    changed = sorted(f.name for f in dataclasses.fields(ModelConfig) if f.name not in inference_only_fields(ModelConfig)
+                     and getattr(saved, f.name) != getattr(cfg, f.name))
+    if changed:
+        raise ValueError(f"copy_checkpoint: {', '.join(changed)} would no longer describe the weights of {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in (MODEL_FILE, SIDECAR):
+        if (src / name).is_file():
+            atomic_write_with(dst / name, lambda tmp, f=src / name: shutil.copyfile(f, tmp))
+    meta = {**meta, "model": to_dict(cfg), "passes": list(cfg.passes), **(extra or {})}
+    atomic_write_text(dst / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return dst
 
 
 # Model settings that earlier versions saved and that no longer mean anything: dropped on load

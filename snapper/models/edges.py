@@ -10,6 +10,9 @@ that is what makes sub-pixel output possible from a classifier.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,3 +79,15 @@ def mass_within(p: torch.Tensor, pos: torch.Tensor, size: int, radius: torch.Ten
     hi = (pos + radius).unsqueeze(-1).to(p.dtype)
     overlap = (torch.minimum(centre + step / 2, hi) - torch.maximum(centre - step / 2, lo)).clamp(0, step) / step
     return (p * overlap).sum(-1).clamp(0, 1)
+
+
+def calibrate_confidence(conf: np.ndarray, calibration: Sequence[Sequence[float]] | None) -> np.ndarray:
+    """Raw confidences (any shape) through a calibration's knots ``[[x...], [y...]]``
+    (``ModelConfig.calibration``, fitted by :mod:`snapper.evaluation.calibration`), linearly
+    between knots and flat beyond the ends; NaN (no confidence) stays NaN. The one definition of
+    how a stored calibration reads, for the fit's own check and for every read-out."""
+    conf = np.asarray(conf, dtype=np.float64)
+    if calibration is None:
+        return conf
+    xs, ys = (np.asarray(k, dtype=np.float64) for k in calibration)
+    return np.interp(conf, xs, ys)

@@ -81,9 +81,15 @@ def test_evaluate_writes_every_box_for_every_method(setup, tmp_path):
     assert "snapper/all/iou_gt_0.9" in res.metrics
     conf = pd.read_csv(tmp_path / "out" / "confidence.csv")
     assert set(conf["method"]) == {"snapper"} and conf["n_edges"].sum() == 4 * len(expected)
-    for name in ("deviance", "confidence", "examples"):
+    for name in ("deviance", "confidence", "examples", "reliability"):
         p = Path(res.plots[name])
         assert p.suffix == ".png" and p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
+    # calibration error of the confidence each model gives: only the edge model gives one
+    cal = pd.read_csv(tmp_path / "out" / "calibration.csv")
+    assert set(cal["method"]) == {"snapper"} and not cal["calibrated"].any()
+    overall = cal[cal["size"] == "all"].iloc[0]
+    assert overall["n_edges"] == 4 * len(expected) and 0 <= overall["ece"] <= 1
+    assert res.metrics["snapper/all/edge_ece"] == overall["ece"]
 
 
 def test_example_boxes_do_not_depend_on_batching_and_span_the_iou_range(setup):

@@ -11,7 +11,7 @@ from snapper import batch as B
 from snapper.cli import main as cli
 from snapper.config import ModelConfig, SnapSettings
 from snapper.inference.snap import Snapper
-from snapper.models.checkpoint import save_checkpoint
+from snapper.models.checkpoint import copy_checkpoint, save_checkpoint
 from snapper.models.net import build_model
 from tests.batchdata import fast_config, make_rough, tiny_checkpoint
 
@@ -108,3 +108,19 @@ def test_snapping_and_batch_jobs_read_boxes_out_through_one_method(ckpt, photo, 
     ann, images, _ = make_rough(tmp_path / "in")
     res = B.batch_snap(ann, images, tmp_path / "o", tiny_checkpoint(tmp_path / "ck"), fast_config(batch_size=3))
     assert calls and max(calls) <= 3 and sum(calls) == res.summary["status"]["snapped"]
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_a_calibrated_model_gives_the_mapped_confidence_in_both_passes(tmp_path, photo, passes):
+    """Raw confidence through the stored knots, first pass and zoom-in pass alike, and mapped once."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1,
+                      zoom=True)
+    raw_ck = save_checkpoint(tmp_path / "raw", build_model(cfg), cfg)
+    knots = [[0.0, 0.02, 1.0], [0.2, 0.3, 0.9]]
+    cal_ck = copy_checkpoint(raw_ck, tmp_path / "cal", ModelConfig(**{**cfg.__dict__, "calibration": knots}))
+    boxes = [[18, 12, 55, 26], [0, 0, 90, 60]]  # crops coarse enough (> 1.5 px per input px) for the zoom-in pass
+    raw = Snapper.from_checkpoint(raw_ck, device="cpu", passes=passes).snap(photo, boxes)
+    cal = Snapper.from_checkpoint(cal_ck, device="cpu", passes=passes).snap(photo, boxes)
+    np.testing.assert_array_equal(cal.boxes, raw.boxes)
+    np.testing.assert_allclose(cal.confidence, np.interp(raw.confidence, *knots))

@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
 import torch
 
 from snapper.config import ModelConfig
-from snapper.models.checkpoint import load_checkpoint, save_checkpoint
+from snapper.errors import ConfigError
+from snapper.lineage import SIDECAR
+from snapper.models.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from snapper.models.net import build_model
 
 TINY = dict(trunk="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
@@ -105,3 +108,29 @@ def test_an_absurd_model_config_is_refused_naming_the_file(tmp_path):
     (path / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ModelNotFoundError, match="checkpoint has no model.pt"):
         load_checkpoint(path)
+
+
+def test_a_calibrated_copy_round_trips_and_configs_without_calibration_load(tmp_path):
+    src = _saved(tmp_path, "src")
+    (src / SIDECAR).write_text('{"dataset": "coco"}')
+    meta = json.loads((src / "config.json").read_text())
+    meta["model"].pop("calibration")  # what every checkpoint saved before calibration existed
+    meta["step"] = 7
+    (src / "config.json").write_text(json.dumps(meta))
+    _, old, _ = load_checkpoint(src)
+    assert old.calibration is None
+    knots = [[0.0, 0.5, 1.0], [0.1, 0.4, 0.9]]
+    dst = copy_checkpoint(src, tmp_path / "cal", ModelConfig(**TINY, calibration=knots), {"calibrated_from": "x"})
+    assert (dst / "model.pt").read_bytes() == (src / "model.pt").read_bytes()  # the same weights, byte for byte
+    assert (dst / SIDECAR).read_text() == '{"dataset": "coco"}'
+    _, cfg, meta = load_checkpoint(dst)
+    assert cfg.calibration == knots and meta["step"] == 7 and meta["calibrated_from"] == "x"
+    with pytest.raises(ValueError, match="fpn_channels"):  # only inference-only settings may change
+        copy_checkpoint(src, tmp_path / "bad", ModelConfig(**{**TINY, "fpn_channels": 8}))
+
+
+@pytest.mark.parametrize("knots", [[[0.0, 1.0], [0.5]], [[0.5, 0.5], [0.1, 0.2]], [[0.0, 1.0], [0.6, 0.2]],
+                                   [[0.0, 1.5], [0.1, 0.2]], [[0.0, 1.0], [0.1, float("nan")]], [[0.5], [0.5]]])
+def test_a_broken_calibration_is_refused(knots):
+    with pytest.raises(ConfigError, match="model.calibration"):
+        ModelConfig(calibration=knots)
