@@ -175,6 +175,7 @@ def batch_snap_flow(
     truth: str | None = None,
     chunk_images: int | None = None,
     review_threshold: float | None = None,
+    review_budget: float | None = None,
     passes: int | None = None,
     input_format: str = "auto",
     label_attribute: str | None = None,
@@ -187,7 +188,9 @@ def batch_snap_flow(
     or a Ground Truth manifest, VOC / YOLO folder or CVAT XML (``input_format``, detected by default;
     written back in its format under ``out_dir/snapped``, see :mod:`snapper.formats`).
 
-    ``passes=2`` adds the zoom-in pass (models trained with ``model.zoom``). ``overrides``: any
+    ``passes=2`` adds the zoom-in pass (models trained with ``model.zoom``). ``review_budget``: also
+    list that many single edges (or that share of them) least likely right, ``review_edges.csv``
+    (:class:`snapper.config.BatchConfig`). ``overrides``: any
     :class:`snapper.config.BatchConfig` field (``{"chunk_images": 64, "snap": {"batch_size": 256}}``).
     Returns ``{name: {"annotations": path, "summary": {...}, "mlflow_run_id": ...}}``.
     """
@@ -195,7 +198,8 @@ def batch_snap_flow(
     ctx = FlowRunContext.get()
     if ctx is not None:
         logger.info("task runner: %s", describe(ctx.task_runner))
-    cfg = _config(overrides, chunk_images=chunk_images, review_threshold=review_threshold, **{"snap.passes": passes})
+    cfg = _config(overrides, chunk_images=chunk_images, review_threshold=review_threshold,
+                  review_budget=review_budget, **{"snap.passes": passes})
     cfg_d = to_dict(cfg)
     plan_d = plan_job_task(str(resolve(ann_file)), str(resolve(images_dir)), str(resolve(out_dir)), model, cfg_d,
                            input_format, label_attribute, str(resolve(truth)) if truth else None)
