@@ -39,7 +39,8 @@ from typing import Any
 from flows import OFFLINE_ENV
 from flows.procs import alive, group_alive, memory_kb, pid_exists, proc_table, service_processes
 from snapper.errors import SnapperError
-from snapper.home import HOME_ENV, home as project_home
+from snapper.home import HOME_ENV
+from snapper.home import home as project_home
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -304,8 +305,9 @@ def up(stack: Stack, deploy: bool = True, timeout: float = 180) -> dict[str, Any
                 stack.env(**MLFLOW_SERVER_ENV), stack.home,
             )
 
-        # 3. The process work pool (create-or-update is idempotent).
-        _run(stack, [_bin("prefect"), "work-pool", "create", POOL, "--type", "process"], "creating work pool")
+        # 3. The process work pool (--overwrite: a second `up` on the same database updates it).
+        _run(stack, [_bin("prefect"), "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+             "creating work pool")
 
         # 4. Its worker. Flow runs inherit this environment: MLflow server, SNAPPER_HOME.
         if recs["prefect-worker"] is None:

@@ -325,8 +325,9 @@ def register_adapted(name: str, run_id: str | None, checkpoint: str, ev: dict[st
     version = register_version(run_id, checkpoint, name, version_tags(metrics, ctx), lineage)
     boxes = next((r["boxes"] for r in ev["rows"] if r["method"] == IDENTITY and r["size"] == "all"), "?")
     check = challenge_rivals(name, version, ev["scores"], method, rivals, f"the gold report split ({boxes} boxes)")
-    record_champion_check(check)
-    log.info("%s", check.line())
+    record_champion_check(check)  # logs a promotion itself
+    if not check.promoted:
+        log.info("%s", check.line())
     text = (f"Adapted from `{lineage.get('parent')}` on `{lineage.get('dataset')}` (`snapper adapt`).\n\n"
             f"**Champion check**: {check.line()}\n\n" + ev["table_md"])
     describe_version(name, version, text)

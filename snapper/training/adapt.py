@@ -265,7 +265,8 @@ def compare_and_register(cfg: AdaptConfig, prep: Prepared, adapted: dict[str, An
         rivals[CHAMPION_METHOD] = f"{cfg.name} version {champion['version']} (champion)"
     registered = None
     if cfg.register:
-        lineage = {**adapted["lineage"], "dataset": Path(cfg.gold).stem, "parent": prep.base}
+        gold = Path(cfg.gold)  # e.g. "raccoon/annotations.json": the folder says which data
+        lineage = {**adapted["lineage"], "dataset": f"{gold.parent.name}/{gold.name}", "parent": prep.base}
         registered = register_adapted(cfg.name, adapted["run_id"], adapted["checkpoint"], ev, rivals, lineage,
                                       ADAPTED, champion)
     result = {"name": cfg.name, "base": prep.base, "splits": prep.counts, "noise": prep.noise,

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from snapper.config import EvalConfig, SnapSettings, TrainConfig
-from snapper.lineage import shard_lineage
 from snapper.evaluation.evaluate import IDENTITY, evaluate
-from snapper.evaluation.metrics import TABLE1_COLUMNS
+from snapper.evaluation.metrics import HARM_COLUMNS, TABLE1_COLUMNS
+from snapper.lineage import shard_lineage
 from snapper.mlops import tracking
 from snapper.mlops.lifecycle import (
     CHAMPION_METHOD,
@@ -51,11 +51,12 @@ def headline(metrics: Mapping[str, Any], method: str) -> dict[str, float]:
 
 
 def table_rows(rows: list[dict[str, Any]], digits: int = 1) -> list[dict[str, Any]]:
-    """Summary rows (one per method and size bucket) with the paper's column names, rounded."""
+    """Summary rows (one per method and size bucket) with the paper's column names and the share
+    of boxes made worse, rounded."""
     out = []
     for r in rows:
         row: dict[str, Any] = {"method": r.get("method"), "size": r.get("size"), "boxes": int(r.get("n_boxes", 0))}
-        for key, header in TABLE1_COLUMNS.items():
+        for key, header in {**TABLE1_COLUMNS, **HARM_COLUMNS}.items():
             value = r.get(key)
             row[header] = None if value is None else round(float(value), digits)
         out.append(row)

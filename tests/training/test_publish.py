@@ -13,15 +13,15 @@ from snapper.config import TrackingConfig, TrainConfig
 from snapper.training.publish import evaluate_and_register, headline, table_rows
 
 
-
 def test_headline_and_rows() -> None:
     metrics = {"snapper/all/edge_lt_1px": 40.0, "snapper/all/iou_gt_0.9": 60.0, "snapper/all/miou": 80.0,
                "identity/all/miou": 70.0}
     h = headline(metrics, "snapper")
     assert h == {"edge_lt_1px": 40.0, "iou_gt_0.9": 60.0, "miou": 80.0, "score": 50.0}
     assert headline(metrics, "identity") == {"miou": 70.0}  # no score without its two numbers
-    rows = table_rows([{"method": "snapper", "size": "all", "n_boxes": 3, "miou": 80.04}])
+    rows = table_rows([{"method": "snapper", "size": "all", "n_boxes": 3, "miou": 80.04, "worse_gt_0.1": 33.33}])
     assert rows[0]["method"] == "snapper" and rows[0]["boxes"] == 3 and rows[0]["mIoU"] == 80.0
+    assert rows[0]["worse >0.1 IoU"] == 33.3  # the boxes a model broke, in every table it reports
 
 
 def test_nothing_to_register_says_why(caplog: pytest.LogCaptureFixture) -> None:
