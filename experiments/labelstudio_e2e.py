@@ -54,7 +54,8 @@ def install() -> Path:
     if not exe.exists():
         t = time.time()
         subprocess.run([sys.executable, "-m", "venv", str(LS_VENV)], check=True)
-        subprocess.run([str(LS_VENV / "bin" / "pip"), "install", "-q", "label-studio"], check=True)
+        # sentry-sdk 3 drops an option Label Studio 1.23 passes at start-up (TypeError: Unknown option)
+        subprocess.run([str(LS_VENV / "bin" / "pip"), "install", "-q", "label-studio", "sentry-sdk<3"], check=True)
         print(f"installed label-studio in {time.time() - t:.0f} s", flush=True)
     return exe
 

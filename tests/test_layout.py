@@ -42,8 +42,9 @@ ALLOWED: dict[str, set[str]] = {
     "integrations": {"core", "models", "inference", "mlops"},
     "batch": {"core", "models", "inference", "data", "evaluation", "mlops", "formats"},
     "formats": {"core", "models", "data", "batch"},
+    "review": {"core", "batch", "integrations"},
     "cli": {"core", "models", "data", "inference", "evaluation", "mlops", "training", "integrations", "batch",
-            "formats"},
+            "formats", "review"},
 }
 MLFLOW_PACKAGE = "snapper/mlops/"  # the only place that imports mlflow
 

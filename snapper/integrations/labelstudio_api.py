@@ -1,0 +1,144 @@
+"""The few Label Studio REST calls ``snapper review`` needs, each failure one line.
+
+Plain ``requests`` on Label Studio's documented API (``/api/projects``, ``/api/projects/{id}/import``,
+``/api/projects/{id}/export``) instead of ``label-studio-sdk``: the SDK pins an older numpy than
+this environment's, and four calls do not need it.
+
+Authentication: a legacy token goes in ``Authorization: Token <key>``; a personal access token
+(a JWT, three dot-separated parts) is first exchanged at ``/api/token/refresh`` for a short-lived
+access token sent as ``Bearer``. The key comes from ``LABEL_STUDIO_API_KEY`` (never a command-line
+argument: those end up in shell history and process lists).
+
+Every way the server can fail the user (not running, wrong key, unknown project, an error page
+instead of JSON) is a :class:`LabelStudioError` naming the URL and what to do; nothing here
+retries writes, so a failed push never half-imports the same task twice.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import requests
+
+from snapper.errors import UserInputError
+
+API_KEY_ENV = "LABEL_STUDIO_API_KEY"
+URL_ENV = "LABEL_STUDIO_URL"
+DEFAULT_URL = "http://127.0.0.1:8080"
+TIMEOUT_S = 120.0  # an export of a large project is one response
+
+
+class LabelStudioError(UserInputError, RuntimeError):
+    """Label Studio cannot be used as asked; the message is one line naming the server and why."""
+
+
+class LabelStudioClient:
+    """A session on one Label Studio server with one user's key."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = TIMEOUT_S):
+        self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+        if not key:
+            raise LabelStudioError(f"no API key: set {API_KEY_ENV} (Label Studio -> Account & Settings -> "
+                                   "Access Token)")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = self._authorization(key.strip())
+
+    def _authorization(self, key: str) -> str:
+        if key.count(".") != 2:  # a legacy token
+            return f"Token {key}"
+        r = self._send("POST", "/api/token/refresh", json={"refresh": key}, auth=False)
+        access = r.get("access") if isinstance(r, dict) else None
+        if not access:
+            raise LabelStudioError(f"Label Studio at {self.url} gave no access token for the personal access token "
+                                   f"in {API_KEY_ENV}")
+        return f"Bearer {access}"
+
+    # ------------------------------------------------------------------------------ transport
+
+    def _send(self, method: str, path: str, auth: bool = True, **kwargs: Any) -> Any:
+        url = f"{self.url}{path}"
+        send = self.session.request if auth else requests.request
+        try:
+            r = send(method, url, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError:
+            raise LabelStudioError(f"cannot reach Label Studio at {self.url} (connection refused or no route): is it "
+                                   f"running? (`make labelstudio` starts one; set {URL_ENV} or --label-studio)") from None
+        except requests.Timeout:
+            raise LabelStudioError(f"Label Studio at {self.url} did not answer {method} {path} within "
+                                   f"{self.timeout:.0f} s") from None
+        if r.status_code in (401, 403):
+            raise LabelStudioError(f"Label Studio at {self.url} refused the API key in {API_KEY_ENV} "
+                                   f"(HTTP {r.status_code} on {path}): copy it from Account & Settings")
+        if r.status_code == 404:
+            raise LabelStudioError(f"Label Studio at {self.url}: {method} {path} not found (HTTP 404)")
+        if r.status_code >= 400:
+            raise LabelStudioError(f"Label Studio at {self.url} answered HTTP {r.status_code} to {method} {path}: "
+                                   f"{_short(r.text)}")
+        if not r.content:
+            return None
+        try:
+            return r.json()
+        except ValueError:
+            raise LabelStudioError(f"{self.url}{path} answered with {r.headers.get('content-type', 'no type')} instead "
+                                   f"of JSON: is {self.url} a Label Studio server?") from None
+
+    # -------------------------------------------------------------------------------- projects
+
+    def projects(self) -> list[dict[str, Any]]:
+        """Every project this key can see (Label Studio pages the list; older versions do not)."""
+        out: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            r = self._send("GET", "/api/projects", params={"page": page, "page_size": 100})
+            if isinstance(r, list):
+                return r
+            out += r.get("results", [])
+            if not r.get("next"):
+                return out
+            page += 1
+
+    def find_project(self, title: str) -> dict[str, Any] | None:
+        same = [p for p in self.projects() if p.get("title") == title]
+        if len(same) > 1:
+            raise LabelStudioError(f"Label Studio at {self.url} has {len(same)} projects named {title!r} "
+                                   f"(ids {', '.join(str(p['id']) for p in same)}): rename all but one")
+        return same[0] if same else None
+
+    def project_named(self, title: str) -> dict[str, Any]:
+        p = self.find_project(title)
+        if p is None:
+            names = sorted(str(q.get("title")) for q in self.projects())
+            raise LabelStudioError(f"Label Studio at {self.url} has no project named {title!r} (projects: "
+                                   f"{', '.join(map(repr, names)) or 'none'})")
+        return p
+
+    def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
+        return self._send("POST", "/api/projects", json={"title": title, "label_config": label_config,
+                                                         "description": description})
+
+    def update_label_config(self, project_id: int, label_config: str) -> None:
+        self._send("PATCH", f"/api/projects/{project_id}", json={"label_config": label_config})
+
+    # ----------------------------------------------------------------------------------- tasks
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> None:
+        """Tasks in Label Studio's JSON format (``data`` and ``predictions``), in one request."""
+        if tasks:
+            self._send("POST", f"/api/projects/{project_id}/import", json=tasks)
+
+    def export(self, project_id: int) -> list[dict[str, Any]]:
+        """Every task of the project with its annotations, including tasks nobody annotated."""
+        r = self._send("GET", f"/api/projects/{project_id}/export",
+                       params={"exportType": "JSON", "download_all_tasks": "true"})
+        if not isinstance(r, list):
+            raise LabelStudioError(f"Label Studio at {self.url}: the export of project {project_id} is not a list of "
+                                   "tasks")
+        return r
+
+
+def _short(text: str, n: int = 200) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= n else one[:n] + "..."
