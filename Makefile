@@ -9,6 +9,9 @@ PY := $(VENV)/bin/python
 # `make serve`: the champion on http://127.0.0.1:$(SERVE_PORT)/invocations (extra flags: SERVE_ARGS).
 SERVE_PORT ?= 5001
 SERVE_ARGS ?=
+# `make labelstudio`: Label Studio (its own venv, installed on first use) serving LS_FILES as local files.
+LS_FILES ?= $(CURDIR)
+LS_PORT ?= 8080
 # Extra pip arguments, e.g. PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'
 PIP_ARGS ?=
 STAMP := $(VENV)/.snapper-installed
@@ -26,7 +29,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: help venv demo test test-fast stack-up stack-down stack-status mlflow-ui serve bench clean-outputs
+.PHONY: help venv demo test test-fast stack-up stack-down stack-status mlflow-ui serve labelstudio bench clean-outputs
 
 help:
 	@echo "make demo          train + evaluate on the synthetic dataset (ephemeral Prefect), print Table 1"
@@ -36,6 +39,7 @@ help:
 	@echo "make stack-status  show the stack and its memory"
 	@echo "make mlflow-ui     browse the local MLflow store (http://127.0.0.1:$(MLFLOW_PORT))"
 	@echo "make serve         serve the champion model over HTTP (http://127.0.0.1:$(SERVE_PORT)/invocations)"
+	@echo "make labelstudio    Label Studio on http://127.0.0.1:$(LS_PORT) for snapper review (images under LS_FILES=$(LS_FILES))"
 	@echo "make bench         run the benchmarks ($(BENCH))"
 	@echo "make venv          create $(VENV) and pip install -e '.[test,pretrained,cvat]'"
 
@@ -71,6 +75,9 @@ stack-status: venv
 	$(PY) -m flows.stack status
 
 # Without the job-execution consumers MLflow 3 starts for GenAI features (not used here).
+labelstudio: venv
+	$(PY) experiments/labelstudio_e2e.py --serve --files $(LS_FILES) --port $(LS_PORT)
+
 mlflow-ui: venv
 	@mkdir -p mlflow/artifacts
 	@echo "MLflow: http://127.0.0.1:$(MLFLOW_PORT) -- click 'Model training' (top left) once, or MLflow 3.17 opens experiments in its GenAI view; then view 'Table 1' (Views menu). README 'MLflow UI'"

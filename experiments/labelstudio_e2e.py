@@ -2,6 +2,7 @@
 snapped one back (and pre-annotation of an annotated task).
 
     .venv/bin/python experiments/labelstudio_e2e.py            # installs Label Studio on first use
+    .venv/bin/python experiments/labelstudio_e2e.py --serve --files IMAGES_PARENT   # = make labelstudio
 
 Label Studio (PyPI ``label-studio``) goes into its own venv, ``/tmp/labelstudio_venv`` (never
 into ``.venv``: it pins numpy and Django's stack). Everything runs on loopback in a temporary
@@ -13,6 +14,7 @@ control and label, in percent, with a score and the four edge confidences.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -34,12 +36,13 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from snapper.config import ModelConfig  # noqa: E402
-from snapper.models.checkpoint import save_checkpoint  # noqa: E402
-from snapper.models.net import build_model  # noqa: E402
+from snapper.config import ModelConfig
+from snapper.models.checkpoint import save_checkpoint
+from snapper.models.net import build_model
 
 LS_VENV = Path(os.environ.get("LS_VENV", "/tmp/labelstudio_venv"))
 LS_PORT, BACKEND_PORT = 8089, 9099
+SERVE_USER, SERVE_PASSWORD = "reviewer@example.com", "snapper-review"  # make labelstudio: a local, loopback-only server
 W, H = 320, 240
 LABEL_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -123,30 +126,70 @@ def scenario(api: str, headers: dict, image_ref: str) -> dict:
             "score": snapped["score"], "prediction_model_version": preds[-1].get("model_version")}
 
 
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def ls_env(data_dir: Path, files_root: Path, token: str, port: int = LS_PORT) -> dict[str, str]:
+    """Label Studio's environment: local files served from ``files_root`` (``snapper review push``
+    refers to images there), ML backends and webhooks on loopback allowed."""
+    return {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "ML_BLOCK_LOCAL_IP": "false",
+            "SSRF_PROTECTION_ENABLED": "false",  # else the backend's /webhook is refused when it is saved
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root), "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+            "DO_NOT_TRACK": "1", "LABEL_STUDIO_URL": f"http://127.0.0.1:{port}", "LABEL_STUDIO_API_KEY": token,
+            "OMP_NUM_THREADS": "1"}
+
+
+def start_label_studio(data_dir: Path, env: dict[str, str], token: str, log, username: str = "e2e@example.com",
+                       password: str | None = None, port: int = LS_PORT) -> subprocess.Popen:
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(f"port {port} is in use (an earlier run still up?); stop it first")
+    return subprocess.Popen([str(install()), "start", "--no-browser", "--port", str(port), "--data-dir", str(data_dir),
+                             "--username", username, "--password", password or secrets.token_hex(8),
+                             "--user-token", token, "--enable-legacy-api-token"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@contextlib.contextmanager
+def label_studio(tmp: Path, token: str, files_root: Path | None = None, username: str = "e2e@example.com",
+                 password: str | None = None) -> Iterator[str]:
+    """Label Studio alone (data in ``tmp/ls``, local files from ``files_root``, default
+    ``tmp/files``) on loopback; yields its URL and stops it on exit (log tail on failure)."""
+    env = ls_env(tmp / "ls", files_root or tmp / "files", token)
+    with open(tmp / "ls.log", "wb") as log:
+        ls = start_label_studio(tmp / "ls", env, token, log, username, password)
+        try:
+            wait(f"http://127.0.0.1:{LS_PORT}/health", ls, 600)
+            yield f"http://127.0.0.1:{LS_PORT}"
+        except BaseException:
+            print((tmp / "ls.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        finally:
+            _stop([ls])
+
+
 @contextlib.contextmanager
 def services(tmp: Path, model: str, token: str, username: str = "e2e@example.com",
              password: str | None = None, passes: int = 1) -> Iterator[tuple[str, dict]]:
     """Label Studio (data in ``tmp/ls``, local files served from ``tmp/files``) and
     ``snapper label-studio`` on ``model``, both on loopback; yields (API URL, auth headers)
     and stops both on exit, printing their log tails when the body failed."""
-    exe = install()
-    for port in (LS_PORT, BACKEND_PORT):
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                raise RuntimeError(f"port {port} is in use (an earlier run still up?); stop it first")
-    env = {**os.environ, "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "ML_BLOCK_LOCAL_IP": "false",
-           "SSRF_PROTECTION_ENABLED": "false",  # else the backend's /webhook is refused when it is saved
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(tmp / "files"),
-           "LABEL_STUDIO_BASE_DATA_DIR": str(tmp / "ls"), "DO_NOT_TRACK": "1",
-           "LABEL_STUDIO_URL": f"http://127.0.0.1:{LS_PORT}", "LABEL_STUDIO_API_KEY": token, "OMP_NUM_THREADS": "1"}
+    env = ls_env(tmp / "ls", tmp / "files", token)
     if os.environ.get("LS_E2E_DEFAULT_SSRF"):  # to see what Label Studio's defaults refuse
         env.pop("ML_BLOCK_LOCAL_IP")  # 1.23.2: POST /api/ml -> 403 "URL resolves to a reserved network address"
         env.pop("SSRF_PROTECTION_ENABLED")  # the same 403, from the webhook Label Studio adds for the backend
     logs = {n: open(tmp / f"{n}.log", "wb") for n in ("ls", "backend")}
-    ls = subprocess.Popen([str(exe), "start", "--no-browser", "--port", str(LS_PORT), "--data-dir", str(tmp / "ls"),
-                           "--username", username, "--password", password or secrets.token_hex(8),
-                           "--user-token", token, "--enable-legacy-api-token"], env=env, stdout=logs["ls"],
-                          stderr=subprocess.STDOUT, start_new_session=True)
+    with socket.socket() as sock:
+        if sock.connect_ex(("127.0.0.1", BACKEND_PORT)) == 0:
+            raise RuntimeError(f"port {BACKEND_PORT} is in use (an earlier run still up?); stop it first")
+    ls = start_label_studio(tmp / "ls", env, token, logs["ls"], username, password)
     backend = subprocess.Popen([sys.executable, "-m", "snapper.cli.labelstudio", "--model", model,
                                 "--port", str(BACKEND_PORT), "--threads", "1", "--passes", str(passes)], env=env, cwd=ROOT,
                                stdout=logs["backend"], stderr=subprocess.STDOUT, start_new_session=True)
@@ -162,16 +205,39 @@ def services(tmp: Path, model: str, token: str, username: str = "e2e@example.com
             print((tmp / f"{n}.log").read_text(errors="replace")[-3000:], file=sys.stderr)
         raise
     finally:
-        for p in (backend, ls):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+        _stop([backend, ls])
+
+
+def serve(files_root: Path, data_dir: Path, port: int) -> int:
+    """``make labelstudio``: Label Studio in the foreground for ``snapper review`` (local files
+    from ``files_root``), with a fixed user and token kept in ``data_dir``; Ctrl-C stops it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = data_dir / "snapper-token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_hex(20))
+    token = token_file.read_text().strip()
+    env = ls_env(data_dir, files_root.resolve(), token, port)
+    print(f"Label Studio on http://127.0.0.1:{port} (user {SERVE_USER}, password {SERVE_PASSWORD}); local files "
+          f"from {files_root.resolve()}\n  export LABEL_STUDIO_URL=http://127.0.0.1:{port} LABEL_STUDIO_API_KEY={token} "
+          f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={files_root.resolve()}", flush=True)
+    ls = start_label_studio(data_dir, env, token, None, SERVE_USER, SERVE_PASSWORD, port)
+    try:
+        return ls.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop([ls])
 
 
 def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--serve", action="store_true", help="only run Label Studio in the foreground (make labelstudio)")
+    p.add_argument("--files", type=Path, default=Path.cwd(), help="--serve: folder served as local files (images)")
+    p.add_argument("--data", type=Path, default=ROOT / ".labelstudio", help="--serve: Label Studio's data folder")
+    p.add_argument("--port", type=int, default=8080, help="--serve: port (default 8080)")
+    args = p.parse_args()
+    if args.serve:
+        return serve(args.files, args.data, args.port)
     with tempfile.TemporaryDirectory(prefix="ls-e2e-") as tmp:
         tmp_p = Path(tmp)
         (tmp_p / "files" / "images").mkdir(parents=True)

@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _push_lines(res: Any, out_dir: str, project: str) -> list[str]:
-    lines = [f"{PROG} push: {res.boxes} boxes on {len(res.imported) + len(res.already)} images -> project {project!r} "
-             f"(id {res.project_id}{', created' if res.project_created else ''}): {len(res.imported)} tasks imported, "
-             f"{len(res.already)} already there"]
+    lines = [(f"{PROG} push: {res.boxes} boxes on {len(res.imported) + len(res.already)} images -> project "
+              f"{project!r} (id {res.project_id}{', created' if res.project_created else ''}): "
+              f"{len(res.imported)} tasks imported, {len(res.already)} already there")]
     if res.not_pushable:
         lines.append(f"  {len(res.not_pushable)} boxes cannot be shown (listed in {out_dir}/{REVIEW_DIR}/push.json): "
                      + "; ".join(f"#{k} {v}" for k, v in list(res.not_pushable.items())[:3]))
@@ -61,8 +61,8 @@ def _pull_lines(s: dict[str, Any], out_dir: str) -> list[str]:
     where = f"{out_dir}/{REVIEW_DIR}"
     return [f"{PROG} pull: {s['annotations']} annotations: {c['not_flagged']} not flagged (snapped box kept); "
             + ", ".join(f"{k} {v}" for k, v in review.items()),
-            f"  gold {s['gold']} boxes on {s['gold_images']} images -> {where}/{GOLD_JSON}; rough boxes of "
-            f"{s['rough_pairs']} of them -> {where}/{ROUGH_JSON}; all annotations -> {where}/reviewed.json",
+            (f"  gold {s['gold']} boxes on {s['gold_images']} images -> {where}/{GOLD_JSON}; rough boxes of "
+             f"{s['rough_pairs']} of them -> {where}/{ROUGH_JSON}; all annotations -> {where}/reviewed.json"),
             f"  next: snapper adapt {where}/{GOLD_JSON} IMAGES --rough {where}/{ROUGH_JSON} --name NAME"]
 
 

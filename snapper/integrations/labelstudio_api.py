@@ -122,6 +122,15 @@ class LabelStudioClient:
     def update_label_config(self, project_id: int, label_config: str) -> None:
         self._send("PATCH", f"/api/projects/{project_id}", json={"label_config": label_config})
 
+    def ensure_local_storage(self, project_id: int, path: str) -> None:
+        """A local-files storage on ``path`` for the project: Label Studio serves
+        ``/data/local-files/?d=...`` only for files under one of the project's storages. Never
+        synced: the tasks are imported with their boxes, not made one per file."""
+        have = self._send("GET", "/api/storages/localfiles", params={"project": project_id}) or []
+        if not any(st.get("path") == path for st in have):
+            self._send("POST", "/api/storages/localfiles", json={"project": project_id, "path": path, "use_blob_urls": True,
+                                                                 "title": "snapper review images", "regex_filter": ""})
+
     # ----------------------------------------------------------------------------------- tasks
 
     def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> None:

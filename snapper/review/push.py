@@ -170,6 +170,8 @@ def push(batch: BatchOutput, images: str | os.PathLike[str], client: LabelStudio
     tasks, skipped = plan_tasks(batch, images, image_url)
     labels = sorted(set(label_names(batch.data.get("categories") or []).values()))
     project, created = ensure_project(client, title, labels)
+    if not image_url:
+        client.ensure_local_storage(project["id"], str(images.resolve()))
     existing = {} if created else {t.get("data", {}).get(KEY_FIELD): t for t in client.export(project["id"])}
     res = PushResult(project["id"], created, not_pushable=skipped)
     new = []

@@ -19,10 +19,10 @@ import json
 import math
 import os
 import re
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
 import pandas as pd

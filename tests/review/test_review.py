@@ -9,12 +9,10 @@ import http.server
 import json
 import socket
 import threading
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 from snapper.cli.review import main as review_main
 from snapper.integrations.labelstudio_api import LabelStudioClient, LabelStudioError
@@ -29,8 +27,6 @@ from snapper.review.tasks import (
     config_labels,
     load_batch_output,
 )
-
-W, H = 200, 100
 
 
 class FakeLabelStudio:
@@ -74,37 +70,6 @@ class FakeLabelStudio:
         task["annotations"].append({"id": len(task["annotations"]) + 1, "result": result, "was_cancelled": cancelled,
                                     "updated_at": f"2026-01-01T00:00:0{len(task['annotations'])}Z"})
         return task
-
-
-def _ann(aid: int, iid: int, box: list[float], rough: list[float], conf: float = 0.9, status: str = "snapped",
-         reason: str | None = None) -> dict[str, Any]:
-    c = dict.fromkeys(("left", "top", "right", "bottom"), conf)
-    return {"id": aid, "image_id": iid, "category_id": 1 + aid % 2, "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
-            "snapper": {"status": status, "reason": reason, "rough_bbox": rough, "confidence": c}}
-
-
-@pytest.fixture
-def batch_out(tmp_path: Path) -> tuple[Path, Path]:
-    """A batch output folder (3 images, one missing on disk; 6 annotations, 5 on the review list)."""
-    images = tmp_path / "images"
-    images.mkdir()
-    for name in ("a.jpg", "b.jpg"):
-        Image.new("RGB", (W, H), (90, 90, 90)).save(images / name)
-    out = tmp_path / "out"
-    out.mkdir()
-    anns = [_ann(1, 1, [10, 10, 50, 40], [8, 12, 55, 40], 0.3), _ann(2, 1, [100, 20, 60, 50], [98, 20, 60, 52]),
-            _ann(3, 1, [20, 60, 30, 30], [20, 60, 33, 30]), _ann(4, 2, [40, 20, 80, 60], [40, 22, 80, 60], 0.2),
-            _ann(5, 3, [5, 5, 20, 20], [5, 5, 20, 20]), _ann(6, 2, [150, 10, 30, 30], [150, 10, 30, 30])]
-    data = {"info": {"x": 1}, "images": [{"id": i, "file_name": n, "width": W, "height": H}
-                                         for i, n in ((1, "a.jpg"), (2, "b.jpg"), (3, "gone.jpg"))],
-            "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}], "annotations": anns}
-    (out / "snapped.json").write_text(json.dumps(data))
-    pd.DataFrame({"annotation_id": [1, 2, 3, 4, 5], "review": ["low_confidence:left;low_confidence:top", "moved",
-                                                                 "", "low_confidence:bottom", "moved"]}
-                 ).to_csv(out / "review.csv", index=False)
-    pd.DataFrame({"annotation_id": [4], "edge": ["right"], "confidence": [0.2]}).to_csv(out / "review_edges.csv",
-                                                                                       index=False)
-    return out, images
 
 
 def _region(task: dict[str, Any], rid: str, **changes: float) -> dict[str, Any]:
@@ -180,8 +145,8 @@ def test_pull_says_when_a_reviewed_annotation_vanished(batch_out) -> None:
     ls.tasks[1][1]["annotations"] = []  # deleted in Label Studio
     s = pull(load_batch_output(out), ls, "rev")
     assert s["counts"]["pending"] == 4 and s["counts"]["confirmed"] == 0  # task 1 never reviewed
-    assert s["problems"] == [f"task 2: the annotation the last pull read is gone from Label Studio (deleted?); boxes #4 "
-                             "are pending again, their snapped boxes kept"]
+    assert s["problems"] == [("task 2: the annotation the last pull read is gone from Label Studio (deleted?); boxes "
+                              "#4 are pending again, their snapped boxes kept")]
     ls.submit(1, "1:a.jpg", [], cancelled=True)
     assert pull(load_batch_output(out), ls, "rev")["counts"]["skipped"] == 3
     assert json.loads((out / REVIEW_DIR / PULL_JSON).read_text())["annotations"] == 6
@@ -190,7 +155,7 @@ def test_pull_says_when_a_reviewed_annotation_vanished(batch_out) -> None:
 class _Answer(http.server.BaseHTTPRequestHandler):
     status, body = 401, b'{"detail": "Invalid token."}'
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json" if self.body.startswith(b"{") else "text/html")
         self.end_headers()
