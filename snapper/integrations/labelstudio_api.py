@@ -115,9 +115,14 @@ class LabelStudioClient:
                                    f"{', '.join(map(repr, names)) or 'none'})")
         return p
 
-    def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
-        return self._send("POST", "/api/projects", json={"title": title, "label_config": label_config,
-                                                         "description": description})
+    def create_project(self, title: str, label_config: str, description: str = "",
+                       prelabel_with: str | None = None) -> dict[str, Any]:
+        """A new project; ``prelabel_with``: the model version whose predictions pre-fill the
+        reviewer's annotation (Settings -> Annotation -> "Use predictions to prelabel tasks")."""
+        body: dict[str, Any] = {"title": title, "label_config": label_config, "description": description}
+        if prelabel_with:
+            body |= {"show_collab_predictions": True, "model_version": prelabel_with}
+        return self._send("POST", "/api/projects", json=body)
 
     def update_label_config(self, project_id: int, label_config: str) -> None:
         self._send("PATCH", f"/api/projects/{project_id}", json={"label_config": label_config})

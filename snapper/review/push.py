@@ -149,7 +149,8 @@ def ensure_project(client: LabelStudioClient, title: str, labels: list[str]) -> 
     existing one must have been made by it (its new labels are added)."""
     project = client.find_project(title)
     if project is None:
-        return client.create_project(title, label_config(labels), "snapper review: doubtful boxes and edges"), True
+        return (client.create_project(title, label_config(labels), "snapper review: doubtful boxes and edges",
+                                      prelabel_with=MODEL_VERSION), True)
     have = config_labels(project.get("label_config") or "")
     if have is None:
         raise LabelStudioError(f"project {title!r} at {client.url} exists but its labelling config has no "

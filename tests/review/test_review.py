@@ -45,7 +45,8 @@ class FakeLabelStudio:
     find_project = LabelStudioClient.find_project
     project_named = LabelStudioClient.project_named
 
-    def create_project(self, title: str, label_config: str, description: str = "") -> dict[str, Any]:
+    def create_project(self, title: str, label_config: str, description: str = "",
+                       prelabel_with: str | None = None) -> dict[str, Any]:
         p = {"id": len(self.projects_) + 1, "title": title, "label_config": label_config}
         self.projects_.append(p)
         self.tasks[p["id"]] = []
