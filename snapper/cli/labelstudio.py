@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 
 import torch
 from werkzeug.serving import run_simple
 
-from snapper.cli.common import add_buffer_ratio_option, add_flip_option, positive_float, positive_int, run, setup_logging
+from snapper.cli.common import (
+    add_buffer_ratio_option,
+    add_flip_option,
+    positive_float,
+    positive_int,
+    run,
+    setup_logging,
+)
 from snapper.errors import BadOptionError
 from snapper.integrations.labelstudio import (
     DEFAULT_MAX_BODY,
@@ -30,6 +38,7 @@ from snapper.integrations.labelstudio import (
     create_app,
     load_backend,
 )
+from snapper.integrations.labelstudio_loop import LOOP_ENV, ReviewLoop, load_loop
 from snapper.models.reference import DEFAULT_MODEL
 
 PROG = "snapper label-studio"
@@ -50,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flip_option(p)
     p.add_argument("--max-body-mb", type=positive_float, default=DEFAULT_MAX_BODY / (1 << 20),
                    help="largest request body accepted, in MiB (default %(default)g); larger ones get HTTP 413")
+    p.add_argument("--review-loop", default=None, metavar="LOOP.json",
+                   help=f"count submitted reviews on /webhook and start the review-snapper deployment past a threshold "
+                        f"(snapper.integrations.labelstudio_loop; default: ${LOOP_ENV})")
     return p
 
 
@@ -64,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         backend = load_backend(args.model, args.device, args.buffer_ratio, args.passes, args.flip)
-        app = create_app(backend, int(args.max_body_mb * (1 << 20)))
+        loop_file = args.review_loop or os.environ.get(LOOP_ENV)
+        loop = ReviewLoop(load_loop(loop_file)) if loop_file else None
+        app = create_app(backend, int(args.max_body_mb * (1 << 20)), loop)
+        if loop:
+            print(f"{PROG}: review loop on for {', '.join(map(repr, loop.cfg.projects))} -> {loop.cfg.deployment}")
         print(f"{PROG}: {backend.model_version} on {backend.snapper.device}\n  Label Studio -> project Settings -> "
               f"Model -> Connect Model: http://{args.host}:{args.port} (interactive preannotations on); "
               "Ctrl-C stops it", flush=True)

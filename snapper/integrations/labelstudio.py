@@ -50,6 +50,7 @@ from snapper.inference.snap import Snapper
 from snapper.lineage import synthetic_warning
 from snapper.models.reference import DEFAULT_MODEL, pin_model_ref, resolve_model
 from snapper.integrations.labelstudio_images import LabelStudioRequestError, load_task_image
+from snapper.integrations.labelstudio_loop import LOOP_ENV, ReviewLoop, load_loop
 from snapper.zoom import check_passes
 
 log = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ def _check_auth() -> Response | None:
     return Response("Unauthorized", 401, {"WWW-Authenticate": 'Basic realm="Login required"'})
 
 
-def _routes(app: Flask, backend: SnapperBackend) -> None:
+def _routes(app: Flask, backend: SnapperBackend, loop: ReviewLoop | None) -> None:
     @app.post("/predict")
     def predict() -> Any:
         data = _body()
@@ -340,8 +341,10 @@ def _routes(app: Flask, backend: SnapperBackend) -> None:
         return jsonify({"status": "UP", "model_class": type(backend).__name__, "model_version": backend.model_version})
 
     @app.post("/webhook")
-    def webhook() -> Any:  # snapper does not train from Label Studio events
-        return jsonify({"status": "Unknown event", "result": None})
+    def webhook() -> Any:  # counted only with a review loop (snapper.integrations.labelstudio_loop)
+        if loop is None:
+            return jsonify({"status": "Unknown event", "result": None})
+        return jsonify(loop.handle(_body()))
 
     @app.get("/versions")
     def versions() -> Any:
@@ -352,16 +355,21 @@ def _routes(app: Flask, backend: SnapperBackend) -> None:
         return jsonify({})
 
 
-def create_app(backend: SnapperBackend | None = None, max_body_bytes: int = DEFAULT_MAX_BODY) -> Flask:
+def create_app(backend: SnapperBackend | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
+               loop: ReviewLoop | None = None) -> Flask:
     """The backend's WSGI app (``gunicorn 'snapper.integrations.labelstudio:create_app()'`` works too);
     refusals answer ``{"status": "error", "error": "<one line>"}`` with their 4xx status, a body
-    over ``max_body_bytes`` with 413 before it is read (Label Studio sends task JSON, not images)."""
+    over ``max_body_bytes`` with 413 before it is read (Label Studio sends task JSON, not images).
+    ``loop``: count submitted reviews on ``/webhook`` and start the adapt loop (default: from
+    ``$SNAPPER_REVIEW_LOOP`` when set)."""
     backend = backend or load_backend()
+    if loop is None and os.environ.get(LOOP_ENV):
+        loop = ReviewLoop(load_loop(os.environ[LOOP_ENV]))
     app = Flask("snapper.integrations.labelstudio")
     app.config["MAX_CONTENT_LENGTH"] = int(max_body_bytes)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # edges stay left, top, right, bottom
     app.before_request(_check_auth)
-    _routes(app, backend)
+    _routes(app, backend, loop)
 
     @app.errorhandler(LabelStudioRequestError)
     def refused(e: LabelStudioRequestError) -> Any:

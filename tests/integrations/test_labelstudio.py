@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import copy
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,11 @@ from snapper.integrations.labelstudio import (
     task_rectangles,
     xywh_to_percent,
 )
-from snapper.integrations.labelstudio_images import LabelStudioRequestError, image_source
+from snapper.integrations.labelstudio_images import (
+    LabelStudioRequestError,
+    image_source,
+)
+from snapper.integrations.labelstudio_loop import LoopConfigError, ReviewLoop, load_loop
 from tests.batchdata import tiny_checkpoint
 
 W, H = 160, 120
@@ -320,3 +325,50 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(backend, client) -> No
     r = client.post("/predict", data=b"{" + b" " * (2 << 20) + b"}", content_type="application/json")
     assert r.status_code == 413 and "over this backend's limit of 1048576 bytes" in r.get_json()["error"]
     assert client.post("/predict", json=_body({"result": [NEW]})).status_code == 200  # under it: answered
+
+
+def _loop_file(tmp_path: Path, after: int = 2) -> Path:
+    path = tmp_path / "loop.json"
+    path.write_text(json.dumps({"projects": {"rev": {"out_dir": str(tmp_path / "out"), "images": "imgs",
+                                                      "name": "snapper-x", "after": after, "steps": 5}}}))
+    return path
+
+
+def test_webhook_counts_submitted_reviews_and_starts_the_deployment_once_past_the_threshold(backend, tmp_path) -> None:
+    started = []
+    loop = ReviewLoop(load_loop(_loop_file(tmp_path)), start=lambda d, p: started.append((d, p)) or {"id": "r1", "name": "n"})
+    client = create_app(backend, loop=loop).test_client()
+
+    def event(aid: int, action: str = "ANNOTATION_CREATED", project: str = "rev", cancelled: bool = False) -> dict:
+        body = {"action": action, "project": {"id": 1, "title": project}, "annotation": {"id": aid, "was_cancelled": cancelled}}
+        return client.post("/webhook", json=body).get_json()
+
+    assert event(1, project="other")["status"] == "ignored" and event(1, action="PROJECT_UPDATED")["status"] == "ignored"
+    assert event(1) == {"status": "counted", "project": "rev", "counted": 1, "after": 2}
+    assert event(1, action="ANNOTATION_UPDATED")["counted"] == 1  # the same annotation again
+    assert event(2, cancelled=True)["counted"] == 1  # skipped tasks are not reviews
+    assert event(3)["status"] == "started" and started == [("review-snapper/default", {
+        "out_dir": str(tmp_path / "out"), "project": "rev", "images": "imgs", "name": "snapper-x", "steps": 5})]
+    state = json.loads((tmp_path / "out" / "review" / "loop.json").read_text())
+    assert state == {"counted": [], "runs": [{"flow_run": "r1", "name": "n", "annotations": 2}]}
+    restarted = ReviewLoop(load_loop(_loop_file(tmp_path)), start=lambda d, p: {"id": "r2"})
+    assert restarted.handle({"action": "ANNOTATION_CREATED", "project": {"title": "rev"}, "annotation": {"id": 4}}
+                            )["counted"] == 1  # the count survives a restart
+
+
+def test_webhook_reports_a_deployment_it_cannot_start_and_keeps_counting(backend, tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    client = create_app(backend, loop=ReviewLoop(load_loop(_loop_file(tmp_path, after=1)))).test_client()
+    r = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"title": "rev"}, "annotation": {"id": 9}})
+    assert r.status_code == 200 and r.get_json()["status"] == "error" and "PREFECT_API_URL" in r.get_json()["error"]
+    assert json.loads((tmp_path / "out" / "review" / "loop.json").read_text())["counted"] == [9]
+
+
+@pytest.mark.parametrize("entry,says", [({"images": "i", "name": "n"}, "lacks out_dir"),
+                                       ({"out_dir": "o", "images": "i", "name": "n", "after": 0}, "after must be"),
+                                       ({"out_dir": "o", "images": "i", "name": "n", "aftr": 3}, "unknown keys")])
+def test_loop_file_errors_name_the_entry(tmp_path, entry, says) -> None:
+    path = tmp_path / "loop.json"
+    path.write_text(json.dumps({"projects": {"rev": entry}}))
+    with pytest.raises(LoopConfigError, match=says):
+        load_loop(path)

@@ -193,3 +193,27 @@ def test_cli_says_in_one_line_what_is_wrong(batch_out, capsys, monkeypatch) -> N
     assert review_main(["push", str(images), "--images", str(images), "--project", "p"]) == 2
     err = capsys.readouterr().err
     assert "holds no snapped.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_review_flow_pulls_and_reports_and_adapts_only_past_min_gold(batch_out, prefect_server, monkeypatch) -> None:
+    from prefect.artifacts import Artifact
+
+    import flows.review as F
+    from flows.common import artifact_key
+
+    out, images = batch_out
+    ls = FakeLabelStudio()
+    push(load_batch_output(out), images, ls, "rev", image_url="http://img/")
+    ls.submit(1, "2:b.jpg", [_region(ls.export(1)[1], "snapper-4", x=25.0)])
+    monkeypatch.setattr(F, "LabelStudioClient", lambda url: ls)
+    adapted = []
+    monkeypatch.setattr(F, "adapt_snapper", lambda **kw: adapted.append(kw) or {"ok": 1})
+    res = F.review_snapper(str(out), "rev", str(images), "snapper-x", min_gold=2)
+    assert res["adapt"] is None and not adapted and res["pull"]["counts"]["corrected"] == 1
+    md = Artifact.get(artifact_key("snapper-review", "rev"))
+    assert md is not None and "not adapting: under 2 gold boxes" in md.data and "corrected 1" in md.data
+    res = F.review_snapper(str(out), "rev", str(images), "snapper-x", min_gold=1, steps=3)
+    review = out / REVIEW_DIR
+    assert res["adapt"] == {"ok": 1} and adapted == [{
+        "gold": str(review / GOLD_JSON), "images": str(images), "name": "snapper-x", "rough": str(review / ROUGH_JSON),
+        "base": "models:/snapper@champion", "steps": 3}]
