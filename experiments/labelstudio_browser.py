@@ -88,17 +88,22 @@ def drive(args: dict) -> dict:
     return {"latencies_ms": latencies, "answers": answers, "drawn": drawn}
 
 
+def open_task(page, base: str, user: str, password: str, project: int, task: int) -> None:
+    """Log in to Label Studio and open a task in the labelling view."""
+    page.goto(f"{base}/user/login/")
+    page.fill("input[name=email]", user)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    page.goto(f"{base}/projects/{project}/data?task={task}")
+    page.wait_for_load_state("networkidle")
+
+
 def _label(page, args: dict, base: str, out: Path, latencies: list[float], answers: list[dict],
            drawn: list[dict]) -> None:
     width, height = args["width"], args["height"]
     x0, y0, x1, y1 = args["rough"]
-    page.goto(f"{base}/user/login/")
-    page.fill("input[name=email]", USER)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state("networkidle")
-    page.goto(f"{base}/projects/{args['project']}/data?task={args['task']}")
-    page.wait_for_load_state("networkidle")
+    open_task(page, base, USER, PASSWORD, args["project"], args["task"])
     page.get_by_text("Auto-Annotation").click()
     page.locator("button.lsf-tool_smart:not([aria-label])").click()  # the smart tools' group
     page.locator('button.lsf-tool_smart[aria-label="rectangle-tool"]').click()

@@ -59,14 +59,10 @@ def drive(job: dict) -> dict:
 
 
 def _review(page, job: dict, out: Path) -> dict:
-    base = job["base"]
-    page.goto(f"{base}/user/login/")
-    page.fill("input[name=email]", USER)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state("networkidle")
-    page.goto(f"{base}/projects/{job['project']}/data?task={job['task']}")
-    page.wait_for_load_state("networkidle")
+    # this script's folder is on sys.path (it runs as a script in Label Studio's venv)
+    from labelstudio_browser import open_task
+
+    open_task(page, job["base"], USER, PASSWORD, job["project"], job["task"])
     page.wait_for_timeout(2000)
     photos = page.locator("img")  # the largest: the labelling view's photo
     bb = max((photos.nth(i).bounding_box() for i in range(photos.count())),

@@ -25,10 +25,12 @@ def test_calibrate_writes_a_calibrated_checkpoint_and_its_report(setup, tmp_path
     _, shards, ckpt = setup
     out = tmp_path / "calibrated"
     args = ["calibrate", "--model", str(ckpt), "--shards", *shards["train"], "--report-shards", *shards["val"],
-            "--out", str(out), "--device", "cpu", "--batch-size", "32"]
+            "--out", str(out), "--device", "cpu", "--batch-size", "32", "--draws", "2", "--resamples", "20"]
     assert cli(args) == 0
     printed = capsys.readouterr().out
     assert "ECE selection (in-sample):" in printed and "ECE report:" in printed and str(out) in printed
+    assert "beta (a=" in printed and "perfectly calibrated:" in printed
+    assert "reviewing the least confident 10%" in printed
     assert (out / "model.pt").read_bytes() == (ckpt / "model.pt").read_bytes()
     _, cfg, meta = load_checkpoint(out)
     x, y = cfg.calibration
@@ -37,6 +39,10 @@ def test_calibrate_writes_a_calibrated_checkpoint_and_its_report(setup, tmp_path
     assert record["knots"] == {"x": x, "y": y} and record["confidence_px"] == cfg.confidence_px
     assert {(r["split"], r["stage"]) for r in record["ece"]} == {(s, t) for s in ("selection", "report")
                                                                  for t in ("before", "after")}
+    assert record["method"] == "beta" and set(record["params"]) == {"a", "b", "k"} and record["seeds"] == [0, 1]
+    assert {"ece_first_draw", "ece_lo", "ece_hi", "ece_floor"} <= set(record["ece"][0])
+    review = {(r["split"], r["stage"], r["draws"]): r["caught_pct"] for r in record["review"]}
+    assert len(review) == 8 and review["report", "before", "all"] == review["report", "after", "all"]  # order kept
     assert (out / RELIABILITY_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Snapper.from_checkpoint(out, device="cpu").cfg.calibration == [x, y]
 
@@ -51,3 +57,13 @@ def test_bad_splits_and_outputs_are_one_line(setup, tmp_path, capsys):
     assert cli([*base, "--shards", *shards["train"], "--out", str(ckpt)]) == 2
     assert "the model's own folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_isotonic_is_still_an_option(setup, tmp_path, capsys):
+    _, shards, ckpt = setup
+    out = tmp_path / "iso"
+    assert cli(["calibrate", "--model", str(ckpt), "--shards", *shards["train"], "--out", str(out), "--device", "cpu",
+                "--method", "isotonic", "--draws", "1", "--resamples", "0", "--no-plots"]) == 0
+    record = json.loads((out / CALIBRATION_JSON).read_text())
+    assert record["method"] == "isotonic" and record["params"] == {} and "ece_lo" not in record["ece"][0]
+    assert "isotonic fitted on" in capsys.readouterr().out and not (out / RELIABILITY_PNG).exists()

@@ -1,5 +1,8 @@
 """Calibrated confidence: the isotonic fit is exact on data small enough to solve by hand,
-keeps the order of edges, brings the calibration error down, and is reported per size bucket."""
+keeps the order of edges, brings the calibration error down, and is reported per size bucket;
+the beta and Platt maps recover the coefficients that made synthetic data, keep the order of
+edges through their knots, and the ECE comes with its floor, bootstrap interval and the review
+catch."""
 
 from __future__ import annotations
 
@@ -11,11 +14,17 @@ from snapper.evaluation.calibration import (
     END_RISE,
     calibrated_pairs,
     calibration_table,
+    ece_floor,
+    ece_interval,
     edge_pairs,
     expected_calibration_error,
     fit_calibration,
+    fit_map,
+    fit_parametric,
+    parametric_map,
     pav,
     reliability,
+    review_catch,
 )
 from snapper.evaluation.metrics import box_table
 from snapper.models.edges import calibrate_confidence
@@ -80,3 +89,76 @@ def test_tables_per_size_bucket_before_and_after():
     assert list(dict.fromkeys(both["stage"])) == ["before", "after"]
     ece = both.set_index(["stage", "size"])["ece"]
     assert ece["after", "all"] < ece["before", "all"]
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_platt_and_beta_recover_the_coefficients_that_made_the_data():
+    rng = np.random.default_rng(0)
+    z = rng.normal(1.0, 2.0, 20000)
+    conf = _sigmoid(z)  # raw confidence, overconfident: the truth is temperature 1/0.6, shift -0.4
+    hit = (rng.uniform(size=z.size) < _sigmoid(0.6 * z - 0.4)).astype(float)
+    a, k = fit_parametric(conf, hit, "platt")
+    assert a == pytest.approx(0.6, abs=0.04) and k == pytest.approx(-0.4, abs=0.06)
+    a, b, k = fit_parametric(conf, hit, "beta")  # beta with a = b is that same Platt map
+    assert a == pytest.approx(0.6, abs=0.05) and b == pytest.approx(0.6, abs=0.05)
+    assert k == pytest.approx(-0.4, abs=0.08)
+    # bends the two ends apart: a = 1.5, b = 0.5
+    c = rng.uniform(0.01, 0.99, 20000)
+    hit = (rng.uniform(size=c.size) < _sigmoid(1.5 * np.log(c) - 0.5 * np.log1p(-c) + 0.2)).astype(float)
+    np.testing.assert_allclose(fit_parametric(c, hit, "beta"), [1.5, 0.5, 0.2], atol=0.12)
+    after = parametric_map(fit_parametric(c[:10000], hit[:10000], "beta"), c[10000:], "beta")
+    assert expected_calibration_error(c[10000:], hit[10000:]) > 0.08
+    assert expected_calibration_error(after, hit[10000:]) < 0.03
+
+
+def test_a_slope_is_never_negative_and_a_confidence_that_ranks_nothing_is_refused():
+    rng = np.random.default_rng(1)
+    c = rng.uniform(0.01, 0.99, 5000)
+    # hits rise with c but also at the low end (a < 0 would fit best): a is held at 0
+    hit = (rng.uniform(size=c.size) < np.where(c < 0.2, 0.5, c)).astype(float)
+    a, b, _ = fit_parametric(c, hit, "beta")
+    assert a == 0 and b > 0
+    with pytest.raises(ValueError, match="does not rank"):
+        fit_parametric(c, (rng.uniform(size=c.size) < 1 - c).astype(float), "platt")
+
+
+@pytest.mark.parametrize("method", ["beta", "platt"])
+def test_a_parametric_map_stored_as_knots_reads_back_and_keeps_the_order_of_edges(method):
+    rng = np.random.default_rng(2)
+    conf = _sigmoid(rng.normal(2.0, 3.0, 4000))
+    # overconfident at both ends (temperature 2): the map bends hard within 0.01 of 0 and 1
+    hit = (rng.uniform(size=conf.size) < _sigmoid(0.5 * np.log(conf / (1 - conf)) + 0.2)).astype(float)
+    knots, params = fit_map(conf, hit, method)
+    cfg = ModelConfig(calibration=knots)  # a valid stored calibration
+    assert len(params) == (3 if method == "beta" else 2)
+    dense = np.unique(np.concatenate([np.linspace(0, 1, 5001), 1 - np.logspace(-7, -1, 500), np.logspace(-7, -1, 500)]))
+    read = calibrate_confidence(dense, cfg.calibration)
+    exact = parametric_map(list(params.values()), dense, method)
+    assert np.abs(read - exact).max() < 1e-3
+    assert (np.diff(read[(dense > 1e-5) & (dense < 1 - 1e-5)]) > 0).all()  # strictly: no two edges tie
+
+
+def test_ece_floor_interval_and_review_catch():
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.2, 1.0, 1300)
+    hit = (rng.uniform(size=conf.size) < conf).astype(float)  # perfectly calibrated
+    floor, floor_hi = ece_floor(conf, n_sim=200)
+    assert 0.015 < floor < floor_hi < 0.05  # ~1,300 edges cannot show an ECE near 0
+    assert expected_calibration_error(conf, hit) < floor_hi
+    lo, hi = ece_interval(conf, hit, n_boot=200)
+    assert lo < expected_calibration_error(conf, hit) < hi
+    # the same edges counted 4 times, as 4 copies from one image each: a wider interval by image
+    groups = np.tile(np.arange(conf.size), 4)
+    lo4, hi4 = ece_interval(np.tile(conf, 4), np.tile(hit, 4), groups, n_boot=200)
+    lo1, hi1 = ece_interval(np.tile(conf, 4), np.tile(hit, 4), None, n_boot=200)
+    assert hi4 - lo4 > 1.5 * (hi1 - lo1)
+    assert np.isnan(ece_floor([])[0]) and np.isnan(ece_interval([], [])[0])
+    # 10 edges, the 2 least confident flagged: they hold 1 of the 2 bad ones
+    c = np.arange(10) / 10
+    assert review_catch(c, [0, 1, 0, 0, 0, 0, 0, 1, 0, 0], share=0.2) == pytest.approx(50.0)
+    assert np.isnan(review_catch(c, np.zeros(10)))
+    eq = reliability(conf, hit, bins=13, equal_count=True)
+    assert eq["n_edges"].tolist() == [100] * 13 and (eq["lo"].to_numpy()[1:] >= eq["hi"].to_numpy()[:-1]).all()
