@@ -85,6 +85,14 @@ def _calibration_ok(knots: object) -> bool:
     return all(a < b for a, b in zip(xs, xs[1:])) and all(a <= b for a, b in zip(ys, ys[1:]))
 
 
+def _calibration_maps_ok(value: object, keys: tuple[str, ...]) -> bool:
+    """Whether ``value`` is one set of knots, or a mapping of ``keys`` (with ``keys[0]``, the
+    map for every box, always there) to knots: the per-size form of ``model.calibration``."""
+    if not isinstance(value, dict):
+        return _calibration_ok(value)
+    return keys[0] in value and set(value) <= set(keys) and all(_calibration_ok(v) for v in value.values())
+
+
 @dataclass
 class ModelConfig:
     """Architecture and the crop geometry it was trained with (both travel with a checkpoint).
@@ -109,8 +117,11 @@ class ModelConfig:
     confidence_px: float = field(default=3.0, metadata=INFERENCE_ONLY)
     # The monotone map from that raw probability to the share of such edges measured within
     # confidence_px on held-out boxes (``snapper calibrate``): knots [[x...], [y...]] read with
-    # np.interp. None: the raw probability. Inference-only: fitted after training, on its weights.
-    calibration: list[list[float]] | None = field(default=None, metadata=INFERENCE_ONLY)
+    # np.interp, or one set of knots per COCO size bucket of the rough box, {"all": knots,
+    # "small": knots, ...} (CALIBRATION_KEYS; a bucket left out reads "all"). None: the raw
+    # probability. Inference-only: fitted after training, on its weights.
+    calibration: list[list[float]] | dict[str, list[list[float]]] | None = field(default=None,
+                                                                                  metadata=INFERENCE_ONLY)
     # The zoom-in pass (``snapper.zoom``): with ``zoom`` the model has a fifth decoder, trained
     # on edge strips, and supports ``passes=2``. A strip is ``input_size * zoom_scale`` original
     # px across the edge and ``zoom_length`` input px along it; edges whose first-pass crop had
@@ -123,6 +134,8 @@ class ModelConfig:
     # Keys of earlier versions, read as their new names (checkpoints and run folders saved
     # before, ``--set model.backbone=...``); one release, then they go.
     RENAMED: ClassVar[dict[str, str]] = {"backbone": "trunk"}
+    # The keys of a per-size calibration: every box, then snapper.geometry.SIZE_BUCKETS.
+    CALIBRATION_KEYS: ClassVar[tuple[str, ...]] = ("all", "small", "medium", "large")
 
     def __post_init__(self) -> None:
         # A checkpoint's config.json is read through here too: a value that would build an
@@ -138,9 +151,10 @@ class ModelConfig:
         in_range("model.decoder_layers", self.decoder_layers, 1, 64)
         in_range("model.decode_window", self.decode_window, 0, self.input_size)
         positive("model.confidence_px", self.confidence_px)
-        check(self.calibration is None or _calibration_ok(self.calibration), "model.calibration",
-              "null or [[x...], [y...]]: as many x as y (>= 2), x increasing in [0, 1], y non-decreasing "
-              "in [0, 1]", self.calibration)
+        check(self.calibration is None or _calibration_maps_ok(self.calibration, self.CALIBRATION_KEYS),
+              "model.calibration", "null, knots [[x...], [y...]] (as many x as y (>= 2), x increasing in [0, 1], "
+              "y non-decreasing in [0, 1]), or a mapping of all (required), small, medium, large to such knots",
+              self.calibration)
         check(not (self.zoom and self.head != "edges"), "model.head",
               "'edges' with model.zoom (the zoom-in decoder needs the edge head)", self.head)
         positive("model.zoom_scale", self.zoom_scale)
@@ -399,6 +413,49 @@ class BatchConfig:
         optional_positive("max_pixels", self.max_pixels)
         check(self.review_budget is None or _budget_ok(self.review_budget), "review_budget",
               "a whole number >= 1 (edges), a share in (0, 1) of the snapped edges, or null", self.review_budget)
+
+
+AUDIT_SCORES = ("conf_frac", "frac", "conf_px", "px")  # AuditConfig.score: snapper.evaluation.audit
+AUDIT_BOX_SCORES = ("max", "top2")  # AuditConfig.box_score: a box's score from its edges' suspicion
+
+
+@dataclass
+class AuditConfig:
+    """``snapper audit`` / the ``audit-dataset`` flow (:mod:`snapper.batch.audit`): every box of a
+    dataset believed correct is snapped (``batch``: the batch-snap settings, its output folder is
+    the audit's) and boxes are ranked by how likely an edge is misplaced
+    (:mod:`snapper.evaluation.audit`).
+
+    ``flag``: how many top suspects go to ``review.csv`` (and the contact sheet): a share in
+    (0, 1) of the scored boxes, or a whole count >= 1. ``score``: the per-edge suspicion, one of
+    :data:`AUDIT_SCORES` (``conf_frac``: confidence x the share of the box the edge is off by,
+    beyond ``min_px``). The defaults (``conf_frac``, ``min_px=1``, ``top2``, ``batch.snap.flip``)
+    ranked best on a selection split of held-out COCO (experiments/results/audit). ``min_px``: an
+    edge off by less than this many px is not suspect. ``box_score``: a box's score, its largest
+    edge suspicion (``max``) or the sum of its two largest (``top2``). ``suspect_ratio``: a flagged box's suspect
+    edges are those with at least this share of its largest edge suspicion. ``sheet_max``: the
+    most suspects drawn in ``audit_top.html`` (0: no sheet).
+    """
+
+    flag: float = 0.05
+    score: str = "conf_frac"
+    min_px: float = 1.0
+    box_score: str = "top2"
+    suspect_ratio: float = 0.5
+    sheet_max: int = 60
+    # flip: each crop also read mirrored (2x the model time); it ranked better on the selection split
+    batch: BatchConfig = field(
+        default_factory=lambda: BatchConfig(snap=SnapSettings(batch_size=BATCH_SNAP_BATCH, flip=True)))
+
+    def __post_init__(self) -> None:
+        check(_budget_ok(self.flag), "flag", "a share in (0, 1) of the scored boxes or a whole number >= 1",
+              self.flag)
+        one_of("score", self.score, AUDIT_SCORES)
+        one_of("box_score", self.box_score, AUDIT_BOX_SCORES)
+        non_negative("min_px", self.min_px)
+        check(isinstance(self.suspect_ratio, (int, float)) and 0.0 < self.suspect_ratio <= 1.0, "suspect_ratio",
+              "in (0, 1]", self.suspect_ratio)
+        non_negative("sheet_max", self.sheet_max)
 
 
 ADAPT_NOISE = ("auto", "measured", "paper")  # AdaptConfig.noise: auto = measured when rough boxes are given

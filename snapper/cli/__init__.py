@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label-studio": ("snapper.cli.labelstudio", "serve a model as a Label Studio ML backend (snap drawn boxes)"),
     "cvat-tighten": ("snapper.cli.cvat_tighten", "snap a CVAT task's rectangles; dry-run report, --apply patches them back"),
     "noise-report": ("snapper.cli.noise_report", "measure the annotators' noise: rough vs gold boxes, per edge"),
+    "audit": ("snapper.cli.audit", "rank a dataset's boxes by how likely an edge is misplaced; suspects to review.csv"),
     "review": ("snapper.cli.review", "send doubtful boxes to Label Studio (push); bring the reviews back as gold (pull)"),
     "adapt": ("snapper.cli.adapt", "fine-tune a model on your gold boxes; champion only if better on held-out gold"),
     "promote": ("snapper.cli.promote", "move @champion to a version only if it beats the champion (or --force --reason)"),
