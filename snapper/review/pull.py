@@ -51,6 +51,7 @@ from snapper.review.tasks import (
     annotation_of_region,
     finite_box,
     label_names,
+    task_key,
 )
 
 MOVED_PX = 0.5  # a box whose edges all stay within this of the pushed one was confirmed
@@ -185,13 +186,17 @@ def read_export(batch: BatchOutput, tasks: list[dict[str, Any]], pushed: dict[in
         ids = data.get(BOXES_FIELD)
         if KEY_FIELD not in data or not isinstance(ids, list):
             continue
+        known = all(isinstance(i, int) and i in anns for i in ids) and anns[ids[0]].get("image_id") in batch.images
+        if not ids or not known or data[KEY_FIELD] != task_key(batch.images[anns[ids[0]]["image_id"]],
+                                                                 [anns[i] for i in ids]):
+            foreign += len(ids)  # another batch's task, or this folder re-snapped since the push
+            continue
         mine = [i for i in ids if i in batch.flagged and i not in res.outcomes]
-        foreign += len(ids) - len(mine)
         if mine:
             _read_task(task, batch, mine, by_label, res, next_id)
     if foreign:
-        res.problems.append(f"{foreign} boxes of the project's tasks are not on this folder's review list (another "
-                            "batch pushed to the same project?): left out")
+        res.problems.append(f"{foreign} boxes of the project's tasks were not pushed from this folder as it is now "
+                            "(another batch in the same project, or re-snapped since the push): left out")
     for aid in anns:
         if aid in res.outcomes:
             continue

@@ -3,8 +3,8 @@
 One task per image with boxes to review; its prediction holds only those boxes (snapped, or
 the rough box where snapping kept it), each scored by its weakest edge with the four edge
 confidences in ``meta``; the task's note names the doubtful edges and the rough box. Idempotent:
-tasks are keyed by image (``snapper_key``), and an image already in the project is not imported
-again. What could not be shown (no image entry, an image file missing, a box that is not one) is
+tasks are keyed by image and the boxes they show (``snapper_key``,
+:func:`snapper.review.tasks.task_key`), and a task already in the project is not imported again. What could not be shown (no image entry, an image file missing, a box that is not one) is
 listed in ``review/push.json`` with the reason, so ``pull`` still accounts for it.
 
 Images reach Label Studio as URLs: ``image_url`` + the image's ``file_name`` (a web server or
@@ -41,6 +41,7 @@ from snapper.review.tasks import (
     label_config,
     label_names,
     region_id,
+    task_key,
 )
 
 LOCAL_FILES_ROOT_ENV = "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"
@@ -135,7 +136,7 @@ def plan_tasks(batch: BatchOutput, images: Path, image_url: str | None
         im, group = imgs[iid], sorted(by_image[iid], key=lambda a: a["id"])
         regions = [_region(a, finite_box(a["bbox"]), im, labels) for a in group]  # type: ignore[arg-type]
         scores = [r["score"] for r in regions if "score" in r]
-        key = f"{iid}:{im['file_name']}"
+        key = task_key(im, group)
         tasks[key] = {"data": {"image": image_url_for(im["file_name"], images, image_url), KEY_FIELD: key,
                                BOXES_FIELD: [a["id"] for a in group], NOTE_FIELD: _note(batch, group, labels),
                                "snapper_file": im["file_name"], "snapper_image_id": iid},

@@ -15,6 +15,7 @@ id and becomes an added box (or, when it overlaps a box whose region was deleted
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -157,6 +158,15 @@ def config_labels(config: str) -> list[str] | None:
         if el.get("name") == BOX_TAG and el.get("toName") == IMAGE_TAG and IMAGE_TAG in images:
             return [lab.get("value", "") for lab in el.iter("Label")]
     return None
+
+
+def task_key(image: dict[str, Any], anns: list[dict[str, Any]]) -> str:
+    """A task's identity: the image and the boxes shown on it (ids and boxes), so the same batch
+    output pushed again matches its tasks, and another batch (or a re-snapped one) of the same
+    images gets tasks of its own."""
+    digest = hashlib.sha1(json.dumps([[a["id"], a.get("bbox")] for a in sorted(anns, key=lambda a: a["id"])],
+                                     default=str).encode()).hexdigest()[:12]
+    return f"{image['id']}:{image['file_name']}:{digest}"
 
 
 def region_id(annotation_id: int) -> str:

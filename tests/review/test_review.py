@@ -67,7 +67,7 @@ class FakeLabelStudio:
 
     def submit(self, pid: int, key: str, result: list[dict[str, Any]], cancelled: bool = False) -> dict[str, Any]:
         """What the reviewer's Submit (or Skip) leaves in the task."""
-        task = next(t for t in self.tasks[pid] if t["data"]["snapper_key"] == key)
+        task = next(t for t in self.tasks[pid] if t["data"]["snapper_key"].startswith(key + ":"))
         task["annotations"].append({"id": len(task["annotations"]) + 1, "result": result, "was_cancelled": cancelled,
                                     "updated_at": f"2026-01-01T00:00:0{len(task['annotations'])}Z"})
         return task
@@ -83,7 +83,7 @@ def test_push_imports_one_task_per_image_once_and_names_the_doubtful_edges(batch
     out, images = batch_out
     ls = FakeLabelStudio()
     res = push(load_batch_output(out), images, ls, "rev", image_url="http://img/")
-    assert sorted(res.imported) == ["1:a.jpg", "2:b.jpg"] and res.project_created
+    assert [k.rsplit(":", 1)[0] for k in sorted(res.imported)] == ["1:a.jpg", "2:b.jpg"] and res.project_created
     assert res.not_pushable == {5: "image file gone.jpg not in " + str(images)}
     t1, t2 = ls.tasks[1]
     assert t1["data"]["snapper_boxes"] == [1, 2, 3] and t2["data"]["snapper_boxes"] == [4]
@@ -95,7 +95,16 @@ def test_push_imports_one_task_per_image_once_and_names_the_doubtful_edges(batch
     assert region["value"]["x"] == pytest.approx(5.0) and region["value"]["width"] == pytest.approx(25.0)
     assert config_labels(ls.projects_[0]["label_config"]) == ["cat", "dog"]
     again = push(load_batch_output(out), images, ls, "rev", image_url="http://img/")
-    assert not again.imported and sorted(again.already) == ["1:a.jpg", "2:b.jpg"] and len(ls.tasks[1]) == 2
+    assert not again.imported and sorted(again.already) == sorted(res.imported) and len(ls.tasks[1]) == 2
+    data = json.loads((out / "snapped.json").read_text())
+    data["annotations"][0]["bbox"] = [11, 10, 50, 40]  # snapped again (another model): new boxes on a.jpg
+    (out / "snapped.json").write_text(json.dumps(data))
+    third = push(load_batch_output(out), images, ls, "rev", image_url="http://img/")
+    assert [k.rsplit(":", 1)[0] for k in third.imported] == ["1:a.jpg"] and len(ls.tasks[1]) == 3
+    s = pull(load_batch_output(out), ls, "rev")
+    assert s["counts"]["pending"] == 4 and s["problems"] == [
+        "3 boxes of the project's tasks were not pushed from this folder as it is now (another batch in the same "
+        "project, or re-snapped since the push): left out"]
 
 
 def test_push_refuses_a_project_it_did_not_make(batch_out) -> None:
