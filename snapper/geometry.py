@@ -25,6 +25,12 @@ from snapper.errors import BadBoxError, ConfigError
 
 EDGE_NAMES = ("left", "top", "right", "bottom")  # order of the xyxy columns
 CORNER_NAMES = ("top_left", "top_right", "bottom_right", "bottom_left")
+# COCO's size buckets (pycocotools areaRng), by area in original pixels: small < 32^2 <= medium
+# < 96^2 <= large. Evaluation buckets a box by its true area; a per-size calibration
+# (ModelConfig.calibration) buckets it by its rough box, which inference knows.
+SMALL_MAX_AREA = 32.0**2
+MEDIUM_MAX_AREA = 96.0**2
+SIZE_BUCKETS = ("small", "medium", "large")
 
 
 def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -68,6 +74,12 @@ def clip_boxes(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     b[:, [0, 2]] = b[:, [0, 2]].clip(0.0, width)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0.0, height)
     return b
+
+
+def size_bucket(area: np.ndarray) -> np.ndarray:
+    """COCO size bucket names for an array of areas (px^2)."""
+    a = np.asarray(area, dtype=np.float64)
+    return np.where(a < SMALL_MAX_AREA, "small", np.where(a < MEDIUM_MAX_AREA, "medium", "large"))
 
 
 def paired_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -40,7 +40,12 @@ def _optional(tp: Any) -> tuple[Any, bool]:
 def type_name(tp: Any) -> str:
     inner, allows_none = _optional(tp)
     origin = typing.get_origin(inner)
-    if origin is list:
+    if origin is typing.Union:
+        name = " or ".join(type_name(a) for a in typing.get_args(inner))
+    elif origin is dict:
+        key, value = typing.get_args(inner) or (Any, Any)
+        name = f"mapping of {type_name(key)} to {type_name(value)}"
+    elif origin is list:
         (arg,) = typing.get_args(inner) or (Any,)
         name = f"list of {type_name(arg)}"
     elif origin is tuple:
@@ -93,6 +98,18 @@ def _check_value(value: Any, tp: Any) -> Any:
         raise TypeError
     if inner is Any:
         return value
+    if typing.get_origin(inner) is typing.Union:  # several types: the first that takes the value
+        for arg in typing.get_args(inner):
+            try:
+                return _check_value(value, arg)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError
+    if typing.get_origin(inner) is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        key_tp, value_tp = typing.get_args(inner) or (Any, Any)
+        return {_check_value(k, key_tp): _check_value(v, value_tp) for k, v in value.items()}
     if inner is bool:
         if isinstance(value, bool):
             return value

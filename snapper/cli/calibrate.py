@@ -26,6 +26,7 @@ from snapper.data.manifest import shard_urls
 from snapper.evaluation.calibrate import (
     DRAWS,
     N_BOOT,
+    PER_SIZE,
     REPORT,
     REVIEW_BAD_PX,
     REVIEW_SHARE,
@@ -33,7 +34,7 @@ from snapper.evaluation.calibrate import (
     CalibrationResult,
     calibrate_checkpoint,
 )
-from snapper.evaluation.calibration import BINS, DEFAULT_METHOD, METHODS
+from snapper.evaluation.calibration import BINS, DEFAULT_METHOD, METHODS, MIN_BUCKET_EDGES
 from snapper.evaluation.metrics import ALL, SIZE_BUCKETS
 from snapper.models.reference import DEFAULT_MODEL
 
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the new checkpoint folder (with calibration.json, reliability.png)")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
                    help=f"the map: beta calibration (3 numbers), platt (2) or isotonic (default {DEFAULT_METHOD})")
+    p.add_argument("--per-size", action=argparse.BooleanOptionalAction, default=PER_SIZE,
+                   help="one map per COCO size bucket of the rough box (small/medium/large, original px), "
+                        f"read by each box's rough box; a bucket with under {MIN_BUCKET_EDGES} edges per draw reads "
+                        "the map of every box. --no-per-size: one map for all "
+                        f"(default: {'--per-size' if PER_SIZE else '--no-per-size'})")
     p.add_argument("--draws", type=positive_int, default=DRAWS,
                    help=f"jitter draws per held-out box, seeds --seed, --seed + 1, ... (default {DRAWS})")
     p.add_argument("--resamples", type=non_negative_int, default=N_BOOT,
@@ -90,7 +96,12 @@ def describe(res: CalibrationResult) -> list[str]:
     fitted = f"{res.method}{f' ({params})' if params else ''}"
     draws = f"{res.draws} jitter draw{'s' if res.draws > 1 else ''}"
     lines = [(f"calibrated {res.source} -> {res.checkpoint}: {fitted} fitted on {res.n_edges} selection edges "
-             f"({draws}; hit: within {res.confidence_px:g} px; {len(res.calibration[0])} knots)")]
+             f"({draws}; hit: within {res.confidence_px:g} px; {res.knots} knots)")]
+    for bucket in SIZE_BUCKETS if res.per_size else ():
+        info = res.size_maps[bucket]
+        own = ", ".join(f"{k}={v:.3f}" for k, v in info["params"].items()) if info["own_map"] else ""
+        lines.append(f"  {bucket} rough boxes ({info['n_edges']} edges, {info['n_misses']} misses): "
+                     + (f"own map ({own})" if info["own_map"] else "too few: the map of every box"))
     for split, note in ((SELECTION, " (in-sample)"), (REPORT, "")):
         sizes = (ALL, *SIZE_BUCKETS) if split == REPORT else (ALL,)
         for size in sizes:
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         res = calibrate_checkpoint(args.model, _urls(args.shards, args.split), args.out,
                                    _urls(args.report_shards, args.report_split), cfg, bins=args.bins,
                                    plots=not args.no_plots, method=args.method, draws=args.draws,
-                                   n_boot=args.resamples)
+                                   n_boot=args.resamples, per_size=args.per_size)
         print("\n".join(describe(res)))
         return 0
 

@@ -19,11 +19,25 @@ below ~0.02 even for a perfectly calibrated confidence). The boxes themselves ar
 ECE comes with a bootstrap interval over images and the floor a perfect calibration would
 show (:func:`snapper.evaluation.calibration.calibration_table`), and the share of bad edges
 that reviewing the least confident 10% first catches is reported before and after (a single
-monotone map keeps the order of edges, so it stays the same).
+monotone map keeps the order of edges, so it stays the same; per-size maps may reorder edges of
+different buckets, so it can move).
+
+By default (``per_size``) one map is fitted per COCO size bucket of the *rough* box (small <
+32^2 <= medium < 96^2 <= large, in original pixels: what inference knows), and one for every box,
+which a bucket with too few selection edges reads instead
+(:data:`snapper.evaluation.calibration.MIN_BUCKET_EDGES`). ``model.calibration`` then holds
+``{"all": knots, "small": knots, ...}``, and the read-out picks each box's map by its rough box
+(:func:`snapper.models.edges.calibrate_confidence`). One map over all sizes trades small boxes
+(already calibrated raw) against large ones; cross-validated on the COCO selection split, the
+per-size maps had lower ECE in every bucket and the lowest log-loss, which made them the default
+(on that project's report split they fixed small boxes but not the overall ECE:
+``experiments/results/calibrate-lite0``). ``per_size=False`` fits one map, stored as plain knots,
+which keeps the order of edges exactly.
 
 The new folder holds ``model.pt`` (the weights, byte for byte), ``config.json`` (with
 ``model.calibration``; written last, so a folder with it is complete), ``calibration.json``
-(knots, coefficients, ECE before/after per split and size bucket, review catch, the settings)
+(knots, coefficients, the per-size maps' edge counts, ECE before/after per split and size
+bucket, review catch, the settings)
 and ``reliability.png`` (before/after, on the report split when there is one, in bins of
 equal numbers of edges).
 """
@@ -47,11 +61,14 @@ from snapper.evaluation.calibration import (
     BINS,
     DEFAULT_METHOD,
     METHODS,
+    MIN_BUCKET_EDGES,
+    ROUGH_AREA,
     Knots,
     calibrated_pairs,
     calibration_table,
     edge_pairs,
     fit_map,
+    fit_size_maps,
     reliability_table,
     review_catch,
 )
@@ -68,6 +85,11 @@ DRAWS = 10  # jitter draws per held-out box (selection CV on COCO: most of the g
 N_BOOT = 500  # bootstrap resamples of each ECE interval
 REVIEW_SHARE = 0.1  # the least confident share of edges reviewed first ...
 REVIEW_BAD_PX = 3.0  # ... and the edges it should catch: this far off or more
+# One map for every box by default: an increasing map cannot reorder edges, so the review list
+# (least confident edges first) stays exactly the model's, which reviewing depends on; per-size
+# maps (--per-size) can reorder edges across buckets. The selection split's cross-validation
+# (experiments/results/calibrate-lite0/study.py) found per-size maps no clearly better overall.
+PER_SIZE = False
 
 
 @dataclass
@@ -80,7 +102,7 @@ class CalibrationResult:
 
     checkpoint: Path
     source: Path
-    calibration: Knots
+    calibration: "Knots | dict[str, Knots]"  # as stored in model.calibration (a dict: per size)
     confidence_px: float
     n_edges: int  # selection edges the map was fitted on (all draws)
     ece: pd.DataFrame
@@ -89,6 +111,19 @@ class CalibrationResult:
     draws: int = 1
     review: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: dict[str, str] = field(default_factory=dict)
+    # per key ("all", then each size bucket of the rough box): n_edges, n_hits, n_misses, own_map,
+    # params (fit_size_maps); empty for a single map
+    size_maps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def per_size(self) -> bool:
+        return isinstance(self.calibration, dict)
+
+    @property
+    def knots(self) -> int:
+        """Knots stored, over all maps."""
+        maps = self.calibration.values() if isinstance(self.calibration, dict) else [self.calibration]
+        return sum(len(m[0]) for m in maps)
 
     def _row(self, split: str, stage: str, size: str) -> pd.DataFrame:
         return self.ece[(self.ece["split"] == split) & (self.ece[STAGE] == stage) & (self.ece["size"] == size)]
@@ -114,7 +149,9 @@ def _raw_edges(checkpoint: Path, cfg: EvalConfig, shards: Sequence[str], confide
     for draw in range(draws):
         df = evaluate_checkpoint(checkpoint, dataclasses.replace(cfg, shards=list(shards), seed=cfg.seed + draw),
                                  method="snapper", calibrated=False)
-        frames.append(edge_pairs(df, confidence_px).assign(draw=draw))
+        # the rough box's area (original px, as the read-out computes it) picks a per-size map
+        df[ROUGH_AREA] = df["rough_w"] * df["rough_h"]
+        frames.append(edge_pairs(df, confidence_px, by=("method", ROUGH_AREA)).assign(draw=draw))
         if not len(frames[-1]):
             raise BadFileError(f"the {split} shards gave no edge to calibrate on ({len(df)} boxes scored): "
                                f"{list(shards)[:3]}")
@@ -147,6 +184,26 @@ def _review_table(splits: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _fit(selection: pd.DataFrame, method: str, per_size: bool
+         ) -> tuple["Knots | dict[str, Knots]", dict[str, float], dict[str, dict[str, Any]]]:
+    """The map(s) fitted on the selection edges: (what model.calibration stores, the map for
+    every box's coefficients, per-size details or {})."""
+    try:
+        if not per_size:
+            knots, params = fit_map(selection["conf"], selection["hit"], method)
+            return knots, params, {}
+        maps, info = fit_size_maps(selection, method)
+    except ValueError as e:
+        raise BadFileError(f"the selection shards: {e}") from None
+    return maps, dict(info["all"]["params"]), info  # type: ignore[call-overload]
+
+
+def _knots_record(calibration: "Knots | dict[str, Knots]") -> dict[str, Any]:
+    if isinstance(calibration, dict):
+        return {k: {"x": v[0], "y": v[1]} for k, v in calibration.items()}
+    return {"x": calibration[0], "y": calibration[1]}
+
+
 def calibrate_checkpoint(
     model_ref: str | os.PathLike[str],
     select_shards: Sequence[str],
@@ -158,13 +215,16 @@ def calibrate_checkpoint(
     method: str = DEFAULT_METHOD,
     draws: int = DRAWS,
     n_boot: int = N_BOOT,
+    per_size: bool = PER_SIZE,
 ) -> CalibrationResult:
     """Fit the model's confidence calibration (``method``, one of
     :data:`snapper.evaluation.calibration.METHODS`) on ``select_shards`` over ``draws`` jitter
     draws (with any calibration it already has switched off) and write a calibrated copy to
     ``out_dir``; with ``report_shards``, also measure it there. ``cfg``: the jitter and read-out
     settings the calibration is for (its ``shards`` are ignored). ``n_boot``: resamples of each
-    ECE's interval (0: none)."""
+    ECE's interval (0: none). ``per_size``: one map per COCO size bucket of the rough box
+    (:func:`snapper.evaluation.calibration.fit_size_maps`; a bucket with too few selection
+    edges reads the map of every box) instead of one map for all."""
     cfg = cfg or EvalConfig()
     if method not in METHODS:
         raise BadOptionError(f"calibration method {method!r}: one of {', '.join(METHODS)}")
@@ -179,13 +239,10 @@ def calibrate_checkpoint(
         raise BadOptionError(f"{model_ref}: a {model_cfg.head!r} model gives no per-edge confidence to calibrate")
     px = model_cfg.confidence_px
     selection = _raw_edges(src, cfg, select_shards, px, SELECTION, draws)
-    try:
-        knots, params = fit_map(selection["conf"], selection["hit"], method)
-    except ValueError as e:
-        raise BadFileError(f"the selection shards: {e}") from None
-    splits = {SELECTION: calibrated_pairs(selection, knots, STAGE)}
+    calibration, params, size_maps = _fit(selection, method, per_size)
+    splits = {SELECTION: calibrated_pairs(selection, calibration, STAGE)}
     if report:
-        splits[REPORT] = calibrated_pairs(_raw_edges(src, cfg, report, px, REPORT, draws), knots, STAGE)
+        splits[REPORT] = calibrated_pairs(_raw_edges(src, cfg, report, px, REPORT, draws), calibration, STAGE)
     ece = pd.concat([calibration_table(e, by=(STAGE,), bins=bins, n_boot=n_boot).assign(split=s)
                      for s, e in splits.items()], ignore_index=True)
     ece = ece[["split", *[c for c in ece.columns if c != "split"]]]
@@ -195,15 +252,19 @@ def calibrate_checkpoint(
     if plots:
         files["reliability"] = str(_diagram(splits, out, bins, draws, bool(report)))
     record = {"source": str(model_ref), "source_checkpoint": str(src), "confidence_px": px, "bins": bins,
-              "method": method, "params": params, "draws": draws, "seeds": [cfg.seed + d for d in range(draws)],
-              "knots": {"x": knots[0], "y": knots[1]}, "n_edges": {s: int(len(e) // 2) for s, e in splits.items()},
+              "method": method, "params": params, "per_size": per_size,
+              **({"min_bucket_edges_per_draw": MIN_BUCKET_EDGES, "size_maps": size_maps} if per_size else {}),
+              "draws": draws, "seeds": [cfg.seed + d for d in range(draws)],
+              "knots": _knots_record(calibration), "n_edges": {s: int(len(e) // 2) for s, e in splits.items()},
               "shards": {SELECTION: list(select_shards), REPORT: report},
               "settings": {k: v for k, v in to_dict(cfg).items() if k != "shards"},
               "ece": ece.to_dict(orient="records"), "review": review.to_dict(orient="records")}
     files["calibration"] = str(atomic_write_json(out / CALIBRATION_JSON, record, indent=2))
-    extra: dict[str, Any] = {"calibrated_from": str(model_ref), "calibration_method": method}
-    checkpoint = copy_checkpoint(src, out, dataclasses.replace(model_cfg, calibration=knots), extra)
-    return CalibrationResult(checkpoint, src, knots, px, len(selection), ece, method, params, draws, review, files)
+    extra: dict[str, Any] = {"calibrated_from": str(model_ref), "calibration_method": method,
+                             "calibration_per_size": per_size}
+    checkpoint = copy_checkpoint(src, out, dataclasses.replace(model_cfg, calibration=calibration), extra)
+    return CalibrationResult(checkpoint, src, calibration, px, len(selection), ece, method, params, draws, review,
+                             files, size_maps)
 
 
 def _diagram(splits: dict[str, pd.DataFrame], out: Path, bins: int, draws: int, has_report: bool) -> Path:

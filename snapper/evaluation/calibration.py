@@ -19,7 +19,9 @@ increasing, so the ranking of edges for review stays exactly as the raw confiden
 Every map is stored the same way, as knots ``[[x...], [y...]]`` (``ModelConfig.calibration``)
 read by :func:`snapper.models.edges.calibrate_confidence` (np.interp): a parametric map is
 sampled on :func:`knot_grid`, dense where confidences crowd (near 0 and 1), finely enough that
-interpolating it is off by < 1e-3. An edge *hits* when its deviance from the truth is below
+interpolating it is off by < 1e-3. :func:`fit_size_maps` fits one such map per COCO size bucket
+of the rough box, stored as ``{"all": knots, "small": knots, ...}`` and read by each box's rough
+box (a bucket with too few edges reads ``"all"``). An edge *hits* when its deviance from the truth is below
 ``confidence_px``: the complement of the "bad edge" of
 :func:`snapper.evaluation.metrics.confidence_report` at 3 px.
 
@@ -37,7 +39,7 @@ import pandas as pd
 
 from snapper.evaluation.metrics import ALL, CONF_COLS, DEV_EDGE_COLS, SIZE_BUCKETS
 from snapper.geometry import EDGE_NAMES
-from snapper.models.edges import calibrate_confidence
+from snapper.models.edges import Calibration, calibrate_confidence, calibration_buckets
 
 BINS = 15  # reliability bins of equal width over [0, 1] (the usual ECE setting)
 METHODS = ("beta", "platt", "isotonic")
@@ -47,6 +49,14 @@ _EPS = 1e-6  # confidences are clipped to [_EPS, 1 - _EPS] before a log or logit
 # raw order of the least and most confident edges, far too little to matter as a probability.
 END_RISE = 1e-4
 Knots = list[list[float]]
+# A size bucket of the rough box gets a map of its own (fit_size_maps) only with at least this
+# many selection edges per jitter draw (25 boxes: the draws redraw the same boxes, so it is
+# counted per draw) and at least one hit and one miss; a bucket with fewer reads the map fitted
+# on every box. Not a count of misses: small COCO boxes miss so rarely (~11 misses in ~420 edges
+# per draw on the selection split) that 30 misses per draw sent them to the map of every box in
+# every cross-validation fold, which is worse for them than no map at all (study.py there).
+MIN_BUCKET_EDGES = 100
+ROUGH_AREA = "rough_area"  # the edge_pairs column a per-size calibration is fitted and read by
 
 
 def _blocks(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,6 +210,34 @@ def fit_map(conf: Sequence[float], hit: Sequence[float],
     return [x[keep].tolist(), y[keep].tolist()], dict(zip(names, params))
 
 
+def fit_size_maps(edges: pd.DataFrame, method: str = DEFAULT_METHOD, min_edges: int = MIN_BUCKET_EDGES,
+                  ) -> tuple[dict[str, Knots], dict[str, dict[str, object]]]:
+    """A per-size calibration (``ModelConfig.calibration`` as ``{"all": knots, "small": knots,
+    ...}``) fitted on ``edges`` (``conf``, ``hit``, :data:`ROUGH_AREA`, and ``draw`` where several
+    jitter draws are pooled): the ``method`` map of every edge under ``"all"``, and one per COCO
+    size bucket of the rough box (what inference knows, :func:`snapper.models.edges.calibration_buckets`)
+    that has ``min_edges`` edges per draw and both outcomes (:data:`MIN_BUCKET_EDGES`). Also,
+    per key, what went into it: ``n_edges``, ``n_hits``, ``n_misses``, ``own_map`` (False: the
+    bucket reads ``"all"``) and the map's ``params``."""
+    draws = int(edges["draw"].nunique()) if "draw" in edges.columns and len(edges) else 1
+    knots, params = fit_map(edges["conf"], edges["hit"], method)
+    maps: dict[str, Knots] = {ALL: knots}
+    bucket = calibration_buckets(edges[ROUGH_AREA].to_numpy(np.float64))
+    info: dict[str, dict[str, object]] = {}
+    for name, rows in ((ALL, np.ones(len(edges), dtype=bool)), *((b, bucket == b) for b in SIZE_BUCKETS)):
+        hits = int(edges["hit"].to_numpy()[rows].sum())
+        entry: dict[str, object] = {"n_edges": int(rows.sum()), "n_hits": hits, "n_misses": int(rows.sum()) - hits,
+                                    "own_map": name == ALL, "params": params}
+        if name != ALL and rows.sum() >= min_edges * draws and 0 < hits < rows.sum():
+            try:
+                maps[name], entry["params"] = fit_map(edges["conf"][rows], edges["hit"][rows], method)
+                entry["own_map"] = True
+            except ValueError:  # the confidence ranks nothing in this bucket: it reads "all"
+                pass
+        info[name] = entry
+    return maps, info
+
+
 def _bin_index(c: np.ndarray, bins: int) -> np.ndarray:
     return np.minimum((np.clip(c, 0.0, 1.0) * bins).astype(np.int64), bins - 1)
 
@@ -317,10 +355,13 @@ def edge_pairs(df: pd.DataFrame, confidence_px: float, by: Iterable[str] = ("met
     return out[np.isfinite(conf)].reset_index(drop=True)
 
 
-def calibrated_pairs(edges: pd.DataFrame, calibration: Knots, stage: str = "stage") -> pd.DataFrame:
+def calibrated_pairs(edges: pd.DataFrame, calibration: Calibration, stage: str = "stage") -> pd.DataFrame:
     """``edges`` (of :func:`edge_pairs`) twice, under ``stage`` = "before" (raw) and "after"
-    (through ``calibration``): the frame the before/after tables and diagram are drawn from."""
-    after = edges.assign(conf=calibrate_confidence(edges["conf"].to_numpy(), calibration))
+    (through ``calibration``, read as every read-out reads it: a per-size one by the edges'
+    :data:`ROUGH_AREA` where they have it): the frame the before/after tables and diagram are
+    drawn from."""
+    area = edges[ROUGH_AREA].to_numpy(np.float64) if ROUGH_AREA in edges.columns else None
+    after = edges.assign(conf=calibrate_confidence(edges["conf"].to_numpy(), calibration, area))
     return pd.concat([edges.assign(**{stage: "before"}), after.assign(**{stage: "after"})], ignore_index=True)
 
 

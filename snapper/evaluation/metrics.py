@@ -19,12 +19,18 @@ from typing import Any, Iterable, NamedTuple
 import numpy as np
 import pandas as pd
 
-from snapper.geometry import CORNER_NAMES, EDGE_NAMES, paired_iou, xywh_to_xyxy, xyxy_to_xywh
+from snapper.geometry import (  # noqa: F401  (the size buckets: re-exported, defined once in geometry)
+    CORNER_NAMES,
+    EDGE_NAMES,
+    MEDIUM_MAX_AREA,
+    SIZE_BUCKETS,
+    SMALL_MAX_AREA,
+    paired_iou,
+    size_bucket,
+    xywh_to_xyxy,
+    xyxy_to_xywh,
+)
 
-# COCO's size buckets (pycocotools areaRng): small < 32^2 <= medium < 96^2 <= large.
-SMALL_MAX_AREA = 32.0**2
-MEDIUM_MAX_AREA = 96.0**2
-SIZE_BUCKETS = ("small", "medium", "large")
 ALL = "all"
 
 # xy indices (into xyxy) of each corner, in CORNER_NAMES order.
@@ -53,12 +59,6 @@ EXTRA_COLUMNS = {
     "edge_dev_median_px": "edge dev median px",
     **{f"{e}_lt_1px": f"{e} <1px" for e in EDGE_NAMES},
 }
-
-
-def size_bucket(area: np.ndarray) -> np.ndarray:
-    """COCO size bucket names for an array of areas (px^2)."""
-    a = np.asarray(area, dtype=np.float64)
-    return np.where(a < SMALL_MAX_AREA, "small", np.where(a < MEDIUM_MAX_AREA, "medium", "large"))
 
 
 def _boxes(name: str, value: Any, n: int | None) -> np.ndarray:

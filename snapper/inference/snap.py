@@ -52,6 +52,13 @@ def _mean_distribution(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.stack([a.float().log_softmax(-1), b.float().log_softmax(-1)]), 0) - math.log(2)
 
 
+def rough_area(rough_xyxy: np.ndarray) -> np.ndarray:
+    """(B,) areas (original px^2) of (B, 4) xyxy rough boxes: what picks a per-size calibration's
+    map (the fit buckets its edges by the same boxes' areas, :mod:`snapper.evaluation.calibrate`)."""
+    r = np.asarray(rough_xyxy, dtype=np.float64).reshape(-1, 4)
+    return (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])
+
+
 @dataclass
 class ReadOut:
     """What :meth:`Snapper.read_out` gives: boxes (B, 4) xyxy in original pixels, confidence
@@ -141,20 +148,23 @@ class Snapper:
         other.settings = settings
         return other
 
-    def calibrated(self, conf: np.ndarray) -> np.ndarray:
+    def calibrated(self, conf: np.ndarray, area: np.ndarray | None = None) -> np.ndarray:
         """The model's raw per-edge probabilities through its calibration (``model.calibration``,
-        ``snapper calibrate``), if it has one. Both passes' confidences go through here and nowhere
-        else, so that every caller (snap, batch jobs, evaluation, the servers) reads the same
-        numbers and a confidence is never mapped twice."""
-        return calibrate_confidence(conf, self.cfg.calibration)
+        ``snapper calibrate``), if it has one; ``area``: each row's rough-box area in original
+        pixels, which picks the map of a per-size calibration (None: its map for every box). Both
+        passes' confidences go through here and nowhere else, so that every caller (snap, batch
+        jobs, evaluation, the servers) reads the same numbers and a confidence is never mapped twice."""
+        return calibrate_confidence(conf, self.cfg.calibration, area)
 
     @torch.inference_mode()
-    def predict_crops(self, crops: torch.Tensor, geometry: CropGeometry | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_crops(self, crops: torch.Tensor, geometry: CropGeometry | None = None,
+                      area: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(B, 3, S, S) crops -> edge positions in input pixels (B, 4) and confidence (B, 4).
 
         ``geometry``: the crops' windows, so that confidence is the probability of being within
         ``confidence_px`` *original* pixels; without it the crops are taken to be at original
-        scale. Calibrated (:meth:`calibrated`) when the model carries a calibration."""
+        scale. Calibrated (:meth:`calibrated`, with ``area`` (B,): the rough boxes' areas) when the
+        model carries a calibration."""
         scale = None
         if geometry is not None:
             if len(geometry) != len(crops):
@@ -174,11 +184,13 @@ class Snapper:
             conf.append(c.double().cpu())
         if not pos:
             return np.zeros((0, 4)), np.zeros((0, 4))
-        return torch.cat(pos).numpy(), self.calibrated(torch.cat(conf).numpy())
+        return torch.cat(pos).numpy(), self.calibrated(torch.cat(conf).numpy(), area)
 
     @torch.inference_mode()
-    def predict_strips(self, strips: torch.Tensor, geometry: StripGeometry) -> tuple[np.ndarray, np.ndarray]:
-        """Canonical strips (K, 3, L, S) -> edge positions across (K,) in input px, confidence (K,)."""
+    def predict_strips(self, strips: torch.Tensor, geometry: StripGeometry,
+                       area: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Canonical strips (K, 3, L, S) -> edge positions across (K,) in input px, confidence (K,)
+        (calibrated with ``area`` (K,), each strip's rough-box area, as :meth:`predict_crops`)."""
         scale = torch.from_numpy(geometry.scale).float()
         step = self.batch_size * max(1, self.cfg.input_size // max(1, self.cfg.zoom_length))  # same pixels per call
         pos, conf = [], []
@@ -195,15 +207,17 @@ class Snapper:
             conf.append(c.double().cpu())
         if not pos:
             return np.zeros(0), np.zeros(0)
-        return torch.cat(pos).numpy(), self.calibrated(torch.cat(conf).numpy())
+        return torch.cat(pos).numpy(), self.calibrated(torch.cat(conf).numpy(), area)
 
     def second_pass(self, boxes_xyxy: np.ndarray, confidence: np.ndarray, first: CropGeometry,
                     sources: "list[tuple[torch.Tensor, tuple[float, float]]]", owner: np.ndarray,
-                    width: "float | np.ndarray", height: "float | np.ndarray") -> tuple[np.ndarray, np.ndarray]:
+                    width: "float | np.ndarray", height: "float | np.ndarray",
+                    area: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The zoom-in pass over first-pass results ``boxes_xyxy`` (N, 4) (original px) and their
         ``confidence``: every edge coarser than the model's zoom threshold is decoded again from
         a strip. ``sources[owner[i]]`` is box i's image tensor and its decoded/original scale
-        (decoded at >= 1 / zoom_scale for the strips to gain anything)."""
+        (decoded at >= 1 / zoom_scale for the strips to gain anything); ``area`` (N,): the rough
+        boxes' areas, for a per-size calibration (:meth:`calibrated`)."""
         boxes = np.array(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
         conf = np.array(confidence, dtype=np.float64).reshape(-1, 4)
         bi, ei = np.nonzero(zoom_edges(first, self.cfg))
@@ -216,7 +230,7 @@ class Snapper:
             sel = np.flatnonzero(owners == src)
             image, scale = sources[int(src)]
             strips[torch.from_numpy(sel)] = to_uint8(geo[sel].cut(image, scale)).cpu()
-        u, c = self.predict_strips(strips, geo)
+        u, c = self.predict_strips(strips, geo, None if area is None else np.asarray(area, dtype=np.float64)[bi])
         inside = (u > STRIP_BORDER) & (u < geo.across - STRIP_BORDER)
         boxes[bi[inside], ei[inside]] = geo.to_original(u)[inside]
         conf[bi[inside], ei[inside]] = c[inside]
@@ -231,14 +245,17 @@ class Snapper:
         i's decoded image and its scale; ``owner`` defaults to one image). Then, given ``rough``
         (B, 4) xyxy, the crops' rough boxes clipped to their image, the broken-box guard
         (:mod:`snapper.inference.guard`, ``SnapSettings.guard``). The one read-out: snapping,
-        batch jobs and evaluation all go through here, so every entry point shares the guard."""
-        pos, conf = self.predict_crops(crops, geometry)
+        batch jobs and evaluation all go through here, so every entry point shares the guard and
+        the calibration, which for a per-size one picks each box's map by its ``rough`` box's
+        area (without ``rough``: the map for every box)."""
+        area = None if rough is None else rough_area(rough)
+        pos, conf = self.predict_crops(crops, geometry, area)
         boxes = geometry.to_original(pos, width, height)
         if self.settings.passes == 2:
             if sources is None:
                 raise ValueError("passes=2 needs the crops' source images for the zoom-in strips")
             owner = np.zeros(len(boxes), dtype=np.int64) if owner is None else owner
-            boxes, conf = self.second_pass(boxes, conf, geometry, sources, owner, width, height)
+            boxes, conf = self.second_pass(boxes, conf, geometry, sources, owner, width, height, area)
         if rough is None or not self.settings.guard:
             return ReadOut(boxes, conf, Guard.none(len(boxes)))
         boxes, guard = guard_boxes(boxes, rough, self.settings.max_edge_move)

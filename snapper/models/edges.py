@@ -10,11 +10,17 @@ that is what makes sub-pixel output possible from a classifier.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from snapper.geometry import SIZE_BUCKETS, size_bucket
+
+# ModelConfig.calibration: knots [[x...], [y...]], one set of knots per size bucket, or None
+Calibration = Sequence[Sequence[float]] | Mapping[str, Sequence[Sequence[float]]] | None
+ALL_BOXES = "all"  # the key of a per-size calibration's map for every box (ModelConfig.CALIBRATION_KEYS)
 
 
 def positions_to_bins(pos: torch.Tensor, size: int, num_bins: int) -> torch.Tensor:
@@ -81,13 +87,38 @@ def mass_within(p: torch.Tensor, pos: torch.Tensor, size: int, radius: torch.Ten
     return (p * overlap).sum(-1).clamp(0, 1)
 
 
-def calibrate_confidence(conf: np.ndarray, calibration: Sequence[Sequence[float]] | None) -> np.ndarray:
+def calibration_buckets(area: np.ndarray) -> np.ndarray:
+    """Which map of a per-size calibration each rough-box ``area`` (original px^2) reads: its COCO
+    size bucket (:func:`snapper.geometry.size_bucket`), or ``"all"`` where the area is not finite."""
+    a = np.asarray(area, dtype=np.float64)
+    return np.where(np.isfinite(a), size_bucket(a), ALL_BOXES)
+
+
+def calibrate_confidence(conf: np.ndarray, calibration: Calibration, area: "np.ndarray | None" = None) -> np.ndarray:
     """Raw confidences (any shape) through a calibration's knots ``[[x...], [y...]]``
     (``ModelConfig.calibration``, fitted by :mod:`snapper.evaluation.calibration`), linearly
     between knots and flat beyond the ends; NaN (no confidence) stays NaN. The one definition of
-    how a stored calibration reads, for the fit's own check and for every read-out."""
+    how a stored calibration reads, for the fit's own check and for every read-out.
+
+    A per-size calibration ``{"all": knots, "small": knots, ...}`` maps each box's edges with its
+    rough box's COCO size bucket (:func:`snapper.geometry.size_bucket` of ``area``, the rough
+    box's area in original pixels: one per leading row of ``conf``, e.g. (B,) for (B, 4)); a
+    bucket without knots of its own, a non-finite area, or no ``area`` at all reads ``"all"``.
+    One np.interp per bucket, never a loop over boxes. Plain knots ignore ``area``."""
     conf = np.asarray(conf, dtype=np.float64)
     if calibration is None:
         return conf
-    xs, ys = (np.asarray(k, dtype=np.float64) for k in calibration)
-    return np.interp(conf, xs, ys)
+    if not isinstance(calibration, Mapping):
+        xs, ys = (np.asarray(k, dtype=np.float64) for k in calibration)
+        return np.interp(conf, xs, ys)
+    out = calibrate_confidence(conf, calibration[ALL_BOXES])
+    if area is None:
+        return out
+    bucket = calibration_buckets(area)
+    if bucket.shape != conf.shape[: bucket.ndim]:
+        raise ValueError(f"calibrate_confidence: areas of shape {bucket.shape} for confidences of shape {conf.shape}")
+    for name in SIZE_BUCKETS:
+        rows = bucket == name
+        if name in calibration and rows.any():
+            out[rows] = calibrate_confidence(conf[rows], calibration[name])
+    return out

@@ -7,11 +7,14 @@ catch."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from snapper.config import ModelConfig
 from snapper.evaluation.calibration import (
     END_RISE,
+    MIN_BUCKET_EDGES,
+    ROUGH_AREA,
     calibrated_pairs,
     calibration_table,
     ece_floor,
@@ -21,6 +24,7 @@ from snapper.evaluation.calibration import (
     fit_calibration,
     fit_map,
     fit_parametric,
+    fit_size_maps,
     parametric_map,
     pav,
     reliability,
@@ -162,3 +166,33 @@ def test_ece_floor_interval_and_review_catch():
     assert np.isnan(review_catch(c, np.zeros(10)))
     eq = reliability(conf, hit, bins=13, equal_count=True)
     assert eq["n_edges"].tolist() == [100] * 13 and (eq["lo"].to_numpy()[1:] >= eq["hi"].to_numpy()[:-1]).all()
+
+
+def test_per_size_maps_fit_each_rough_box_bucket_and_a_thin_bucket_reads_the_map_of_every_box():
+    rng = np.random.default_rng(4)
+    draws = 2
+    # per draw: 600 small rough boxes' edges, underconfident; 600 large, overconfident; 40 medium (too few)
+    area = np.repeat([20.0**2, 200.0**2, 60.0**2], [600, 600, 40])
+    conf = _sigmoid(rng.normal(1.0, 1.5, (draws, area.size))).reshape(-1)
+    z = np.log(conf / (1 - conf))
+    truth = np.where(np.tile(area, draws) < 32**2, _sigmoid(1.5 * z + 0.8), _sigmoid(0.6 * z - 0.6))
+    edges = pd.DataFrame({"conf": conf, "hit": (rng.uniform(size=conf.size) < truth).astype(float),
+                          ROUGH_AREA: np.tile(area, draws), "draw": np.repeat(np.arange(draws), area.size)})
+    maps, info = fit_size_maps(edges, "beta", min_edges=MIN_BUCKET_EDGES)
+    assert set(maps) == {"all", "small", "large"} and not info["medium"]["own_map"]
+    assert info["medium"]["n_edges"] == 80 and info["small"]["n_edges"] == 1200 and info["all"]["n_edges"] == 2480
+    ModelConfig(calibration=maps)  # a valid stored calibration
+    # the same raw confidence reads higher for a small box than for a large one, as the data made it
+    small, large, medium = calibrate_confidence(np.full((3, 1), 0.7), maps, np.array([400.0, 40000.0, 3600.0]))
+    assert small[0] > 0.8 and large[0] < 0.6
+    assert medium[0] == pytest.approx(calibrate_confidence(np.array([0.7]), maps["all"])[0])
+    # the before/after frame reads each edge by its rough box, as the read-out does
+    after = calibrated_pairs(edges, maps).query("stage == 'after'")
+    np.testing.assert_allclose(after["conf"], calibrate_confidence(conf, maps, edges[ROUGH_AREA].to_numpy()))
+    small_rows = np.tile(area, draws) < 32**2
+    one_map = calibrate_confidence(conf, fit_map(conf, edges["hit"], "beta")[0])
+    assert (expected_calibration_error(after["conf"].to_numpy()[small_rows], edges["hit"][small_rows])
+            < expected_calibration_error(one_map[small_rows], edges["hit"][small_rows]))
+    # without min_edges per draw for any bucket, every box reads the one map
+    maps, _ = fit_size_maps(edges, "beta", min_edges=10_000)
+    assert set(maps) == {"all"}

@@ -30,7 +30,7 @@ MOVED = [45.0, 10.0, 30.0, 36.0]  # rough width 30: its bottom edge decoded half
 PLAIN = [20.0, 25.0, 20.0, 20.0]  # rough width 20: decoded where it was drawn
 
 
-def crafted(self: Snapper, crops, geometry=None):
+def crafted(self: Snapper, crops, geometry=None, area=None):
     """A model output by rough-box width (read back from the crop window): crossed edges for
     width 40, the bottom edge moved up by half the height for width 30, else the rough box;
     ``all_crossed`` on the class crosses every box."""

@@ -124,3 +124,25 @@ def test_a_calibrated_model_gives_the_mapped_confidence_in_both_passes(tmp_path,
     cal = Snapper.from_checkpoint(cal_ck, device="cpu", passes=passes).snap(photo, boxes)
     np.testing.assert_array_equal(cal.boxes, raw.boxes)
     np.testing.assert_allclose(cal.confidence, np.interp(raw.confidence, *knots))
+
+
+@pytest.mark.parametrize("passes", [1, 2])
+def test_a_per_size_calibration_maps_each_box_by_its_rough_box(tmp_path, passes):
+    """A small, a medium and a large rough box on one image: each box's edges, first pass and
+    zoom-in pass alike, through its own bucket's knots (medium has none: the map for every box)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(trunk="resnet18", input_size=32, fpn_channels=8, decoder_channels=8, decoder_layers=1,
+                      zoom=True)
+    raw_ck = save_checkpoint(tmp_path / "raw", build_model(cfg), cfg)
+    maps = {"all": [[0.0, 1.0], [0.3, 0.4]], "small": [[0.0, 1.0], [0.5, 0.6]], "large": [[0.0, 1.0], [0.8, 0.9]]}
+    cal_ck = copy_checkpoint(raw_ck, tmp_path / "cal", ModelConfig(**{**cfg.__dict__, "calibration": maps}))
+    arr = np.zeros((120, 160, 3), dtype=np.uint8)
+    arr[30:90, 40:130] = (200, 100, 50)
+    image = tmp_path / "wide.png"
+    Image.fromarray(arr).save(image)
+    boxes = [[50, 40, 20, 20], [40, 30, 90, 60], [0, 0, 160, 120]]  # areas 400, 5,400, 19,200: small, medium, large
+    raw = Snapper.from_checkpoint(raw_ck, device="cpu", passes=passes).snap(image, boxes)
+    cal = Snapper.from_checkpoint(cal_ck, device="cpu", passes=passes).snap(image, boxes)
+    np.testing.assert_array_equal(cal.boxes, raw.boxes)
+    for row, bucket in zip(range(3), ("small", "all", "large")):
+        np.testing.assert_allclose(cal.confidence[row], np.interp(raw.confidence[row], *maps[bucket]))

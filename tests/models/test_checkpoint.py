@@ -7,9 +7,11 @@ import torch
 
 from snapper.config import ModelConfig
 from snapper.errors import ConfigError
+from snapper.geometry import SIZE_BUCKETS
 from snapper.lineage import SIDECAR
 from snapper.models.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint
 from snapper.models.net import build_model
+from snapper.overrides import apply_overrides
 
 TINY = dict(trunk="resnet18", input_size=64, fpn_channels=32, decoder_channels=32, decoder_layers=2)
 
@@ -134,3 +136,38 @@ def test_a_calibrated_copy_round_trips_and_configs_without_calibration_load(tmp_
 def test_a_broken_calibration_is_refused(knots):
     with pytest.raises(ConfigError, match="model.calibration"):
         ModelConfig(calibration=knots)
+
+
+PER_SIZE = {"all": [[0.0, 1.0], [0.1, 0.9]], "small": [[0.0, 0.5, 1.0], [0.2, 0.7, 0.95]],
+            "large": [[0.0, 1.0], [0.0, 0.6]]}
+
+
+def test_per_size_calibration_round_trips_and_the_single_map_form_still_loads(tmp_path):
+    src = _saved(tmp_path, "src")
+    dst = copy_checkpoint(src, tmp_path / "per-size", ModelConfig(**TINY, calibration=PER_SIZE))
+    _, cfg, _ = load_checkpoint(dst)
+    assert cfg.calibration == PER_SIZE  # medium left out: it reads "all"
+    # a checkpoint calibrated before per-size maps existed: plain knots in config.json, read as they were
+    meta = json.loads((dst / "config.json").read_text())
+    meta["model"]["calibration"] = [[0, 0.5, 1], [0.1, 0.4, 0.9]]  # ints, as JSON may hold them
+    (dst / "config.json").write_text(json.dumps(meta))
+    _, old, _ = load_checkpoint(dst)
+    assert old.calibration == [[0.0, 0.5, 1.0], [0.1, 0.4, 0.9]]
+    assert ModelConfig.CALIBRATION_KEYS == ("all", *SIZE_BUCKETS)  # the read-out's buckets, "all" first
+
+
+@pytest.mark.parametrize("maps", [{"small": [[0.0, 1.0], [0.1, 0.9]]},  # no map for every box
+                                  {"all": [[0.0, 1.0], [0.1, 0.9]], "tiny": [[0.0, 1.0], [0.1, 0.9]]},  # unknown key
+                                  {"all": [[0.0, 1.0], [0.1, 0.9]], "large": [[0.0, 1.0], [0.6, 0.2]]},  # decreasing
+                                  {}])
+def test_a_broken_per_size_calibration_is_refused(maps):
+    with pytest.raises(ConfigError, match="model.calibration"):
+        ModelConfig(calibration=maps)
+
+
+def test_a_per_size_calibration_can_be_given_on_the_command_line():
+    cfg = apply_overrides(ModelConfig(), ["calibration={all: [[0, 1], [0.1, 0.9]], small: [[0, 1], [0.2, 1]]}"])
+    assert cfg.calibration == {"all": [[0.0, 1.0], [0.1, 0.9]], "small": [[0.0, 1.0], [0.2, 1.0]]}
+    assert apply_overrides(ModelConfig(), ["calibration=[[0, 1], [0.1, 0.9]]"]).calibration == [[0.0, 1.0], [0.1, 0.9]]
+    with pytest.raises(ConfigError, match="mapping of str to list of list of float"):
+        apply_overrides(ModelConfig(), ["calibration=abc"])

@@ -9,11 +9,25 @@ this data can be read: writes ``study.json`` beside this file. About 3 minutes o
 2. Method: 5-fold cross-validation over the selection split's images (5 repeats), each map
    fitted on the training folds' edges from 1 or 10 jitter draws and scored on the held-out
    images' edges over 20 draws (ECE overall and per size bucket, log-loss, review catch). The
-   "-by-size" maps fit one map per COCO size bucket of the *rough* box (what inference knows).
+   "-by-size" maps fit one map per COCO size bucket of the *rough* box (what inference knows);
+   "beta-per-size" is that map as ``snapper calibrate --per-size`` builds and the read-out reads
+   it (:func:`snapper.evaluation.calibration.fit_size_maps`: a bucket with under
+   ``MIN_BUCKET_EDGES`` edges per draw reads the map of every box;
+   :func:`snapper.models.edges.calibrate_confidence` with the rough box's area).
+   "beta-per-size-30-misses" is the minimum first tried, fixed before this CV ran: a bucket
+   reads the map of every box unless it has 30 hits and 30 misses per draw (10 events per
+   coefficient). Small rough boxes miss too rarely for it in every fold, and fell back.
+3. Default: a paired bootstrap over selection images of the held-out differences
+   beta-per-size minus beta (one map), 10 fit draws: log-loss, ECE and review catch. The rule,
+   fixed before it ran: per-size is the default when its mean held-out log-loss is lower (the
+   rule that chose beta) and the review catch's 95% interval does not lie below 0.
+
+``--edges-cache FILE.parquet`` keeps the scored edges, so that a rerun skips the model.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import glob
 import json
@@ -24,30 +38,36 @@ import pandas as pd
 
 from snapper.config import EvalConfig, SnapSettings
 from snapper.evaluation.calibration import (
+    MIN_BUCKET_EDGES,
+    ROUGH_AREA,
     ece_floor,
     ece_interval,
     edge_pairs,
     expected_calibration_error,
     fit_map,
+    fit_size_maps,
     review_catch,
 )
 from snapper.evaluation.evaluate import evaluate_checkpoint
-from snapper.models.edges import calibrate_confidence
+from snapper.models.edges import calibrate_confidence, calibration_buckets
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT = "runs/adapt-champion/lite0/best"
 SHARDS = {"selection": "shards/coco-real/*/select-*.tar", "report": "shards/coco-real/*/report-*.tar"}
 EVAL_DRAWS, FOLDS, REPEATS = 20, 5, 5
-METHODS = ["raw", "platt", "beta", "isotonic", "platt-by-size", "beta-by-size"]
+METHODS = ["raw", "platt", "beta", "isotonic", "platt-by-size", "beta-by-size", "beta-per-size",
+           "beta-per-size-30-misses"]
+MIN_EVENTS = 30  # beta-per-size-30-misses: hits and misses per draw a bucket needed for its own map
+N_BOOT = 500  # image resamples per repeat of the paired bootstrap
 
 
 def edges(split: str, seed: int) -> pd.DataFrame:
     cfg = EvalConfig(shards=sorted(glob.glob(SHARDS[split])), seed=seed,
                      snap=dataclasses.replace(SnapSettings(), device="cpu"))
     df = evaluate_checkpoint(CHECKPOINT, cfg, method="snapper", calibrated=False)
-    area = df["rough_w"] * df["rough_h"]  # the rough box's COCO size bucket: known at inference
-    df["rough_size"] = np.where(area < 32**2, "small", np.where(area < 96**2, "medium", "large"))
-    return edge_pairs(df, 3.0, by=("rough_size",)).assign(draw=seed)
+    df[ROUGH_AREA] = df["rough_w"] * df["rough_h"]  # the rough box's COCO size bucket: known at inference
+    df["rough_size"] = calibration_buckets(df[ROUGH_AREA])
+    return edge_pairs(df, 3.0, by=("rough_size", ROUGH_AREA)).assign(draw=seed)
 
 
 def floor_report(e: pd.DataFrame) -> dict[str, float]:
@@ -63,9 +83,23 @@ def floor_report(e: pd.DataFrame) -> dict[str, float]:
             "p_floor_le_0.017": float(np.mean(np.array(sims) <= 0.017))}
 
 
+FALLBACKS: dict[str, int] = {}  # fits of beta-per-size in which a bucket read the map of every box
+
+
 def predictor(method: str, train: pd.DataFrame):
     if method == "raw":
         return lambda t: t["conf"].to_numpy()
+    if method == "beta-per-size":  # as built: snapper calibrate --per-size, and the read-out
+        maps, info = fit_size_maps(train, "beta", MIN_BUCKET_EDGES)
+        for bucket, entry in info.items():
+            FALLBACKS[bucket] = FALLBACKS.get(bucket, 0) + (not entry["own_map"])
+        return lambda t: calibrate_confidence(t["conf"].to_numpy(), maps, t[ROUGH_AREA].to_numpy())
+    if method == "beta-per-size-30-misses":
+        maps, info = fit_size_maps(train, "beta", MIN_BUCKET_EDGES)
+        draws = train["draw"].nunique()
+        maps = {k: v for k, v in maps.items()
+                if k == "all" or min(info[k]["n_hits"], info[k]["n_misses"]) >= MIN_EVENTS * draws}
+        return lambda t: calibrate_confidence(t["conf"].to_numpy(), maps, t[ROUGH_AREA].to_numpy())
     if method.endswith("-by-size"):
         base = method.removesuffix("-by-size")
         maps = {s: fit_map(g["conf"], g["hit"], base)[0] for s, g in train.groupby("rough_size")}
@@ -91,10 +125,30 @@ def scores(p: np.ndarray, e: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def cross_validate(sel: pd.DataFrame) -> pd.DataFrame:
+def _logloss(p: np.ndarray, h: np.ndarray) -> float:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(h * np.log(q) + (1 - h) * np.log(1 - q)).mean())
+
+
+def paired_bootstrap(sel: pd.DataFrame, a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
+    """(N_BOOT, 3) differences a - b of log-loss, ECE and review catch over image resamples."""
+    rng = np.random.default_rng(seed)
+    codes, images = pd.factorize(sel["image"])
+    rows_of = [np.flatnonzero(codes == k) for k in range(len(images))]
+    h, bad = sel["hit"].to_numpy(), sel["dev"].to_numpy() >= 3.0
+    out = []
+    for _ in range(N_BOOT):
+        idx = np.concatenate([rows_of[k] for k in rng.integers(0, len(images), len(images))])
+        out.append([_logloss(a[idx], h[idx]) - _logloss(b[idx], h[idx]),
+                    expected_calibration_error(a[idx], h[idx]) - expected_calibration_error(b[idx], h[idx]),
+                    review_catch(a[idx], bad[idx]) - review_catch(b[idx], bad[idx])])
+    return np.asarray(out)
+
+
+def cross_validate(sel: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     rng = np.random.default_rng(0)
     images = sel["image"].unique()
-    rows = []
+    rows, boots, point = [], [], []
     for fit_draws in (1, 10):
         for repeat in range(REPEATS):
             fold = sel["image"].map(dict(zip(images, rng.permutation(len(images)) % FOLDS))).to_numpy()
@@ -105,24 +159,50 @@ def cross_validate(sel: pd.DataFrame) -> pd.DataFrame:
                 for m in METHODS:
                     oof[m][fold == k] = predictor(m, train)(test)
             rows += [{"fit_draws": fit_draws, "repeat": repeat, "method": m, **scores(oof[m], sel)} for m in METHODS]
-    return pd.DataFrame(rows)
+            if fit_draws == 10:
+                a, b = oof["beta-per-size"], oof["beta"]
+                boots.append(paired_bootstrap(sel, a, b, repeat))
+                point.append([_logloss(a, sel["hit"].to_numpy()) - _logloss(b, sel["hit"].to_numpy()),
+                              scores(a, sel)["ece"] - scores(b, sel)["ece"],
+                              scores(a, sel)["review_catch_10pct"] - scores(b, sel)["review_catch_10pct"]])
+    pooled, point_arr = np.concatenate(boots), np.asarray(point)
+    diff = {name: {"mean_over_repeats": float(point_arr[:, j].mean()),
+                   "per_repeat": point_arr[:, j].tolist(),
+                   "ci95_image_bootstrap": np.percentile(pooled[:, j], [2.5, 97.5]).tolist(),
+                   "share_of_resamples_below_0": float((pooled[:, j] < 0).mean())}
+            for j, name in enumerate(["logloss", "ece", "review_catch_10pct"])}
+    return pd.DataFrame(rows), diff
 
 
 def main() -> None:
-    sel = pd.concat([edges("selection", s) for s in range(EVAL_DRAWS)], ignore_index=True)
-    report = edges("report", 0)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--edges-cache", type=Path, help="parquet of the scored edges: read if it exists, else written")
+    args = ap.parse_args()
+    if args.edges_cache and args.edges_cache.exists():
+        both = pd.read_parquet(args.edges_cache)
+        sel, report = both[both["split"] == "selection"], both[both["split"] == "report"]
+        sel, report = (f.drop(columns="split").reset_index(drop=True) for f in (sel, report))
+    else:
+        sel = pd.concat([edges("selection", s) for s in range(EVAL_DRAWS)], ignore_index=True)
+        report = edges("report", 0)
+        if args.edges_cache:
+            pd.concat([sel.assign(split="selection"), report.assign(split="report")]).to_parquet(args.edges_cache)
     floors = {"selection": floor_report(sel[sel["draw"] == 0]), "report": floor_report(report)}
-    cv = cross_validate(sel)
+    cv, diff = cross_validate(sel)
     mean = cv.groupby(["fit_draws", "method"], sort=False).mean(numeric_only=True).drop(columns="repeat")
     sd = cv.groupby(["fit_draws", "method"], sort=False)["ece"].std()
     table = mean.assign(ece_sd_over_repeats=sd).reset_index()
     pd.set_option("display.width", 200)
     print(json.dumps(floors, indent=2))
     print(table.round(4).to_string(index=False))
+    print("beta-per-size minus beta (10 fit draws):", json.dumps(diff, indent=2))
+    print("fits in which a bucket read the map of every box:", FALLBACKS)
     record = {"checkpoint": CHECKPOINT, "shards": SHARDS, "bins": 15, "hit": "deviance < 3 px",
               "single_draw_noise_floor": floors, "selection_cv": {
                   "folds": FOLDS, "repeats": REPEATS, "grouped_by": "image", "scored_over_draws": EVAL_DRAWS,
-                  "n_edges_scored": len(sel), "mean": table.to_dict(orient="records")}}
+                  "n_edges_scored": len(sel), "mean": table.to_dict(orient="records"),
+                  "per_size_minus_beta": diff, "min_bucket_edges_per_draw": MIN_BUCKET_EDGES,
+                  "per_size_fallbacks": {"fits": 2 * REPEATS * FOLDS, **FALLBACKS}}}
     (HERE / "study.json").write_text(json.dumps(record, indent=2))
 
 
