@@ -316,12 +316,12 @@ def up(stack: Stack, deploy: bool = True, timeout: float = 180) -> dict[str, Any
                 [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", f"snapper-{os.getpid()}"],
                 stack.env(), REPO,
             )
-        _wait(lambda: http_ok(f"{stack.mlflow_url}/health"), "MLflow server", timeout, recs["mlflow-server"])
-        _wait(lambda: worker_online(stack.api_url), f"worker of {POOL}", timeout, recs["prefect-worker"])
-
-        # 5. Deployments from prefect.yaml (the pull step points flow runs at this checkout).
+        # 5. Deployments from prefect.yaml (the pull step points flow runs at this checkout), while
+        # the worker and MLflow start.
         if deploy:
             _run(stack, [_bin("prefect"), "deploy", "--all", "--no-prompt"], "prefect deploy --all")
+        _wait(lambda: http_ok(f"{stack.mlflow_url}/health"), "MLflow server", timeout, recs["mlflow-server"])
+        _wait(lambda: worker_online(stack.api_url), f"worker of {POOL}", timeout, recs["prefect-worker"])
         for name in SERVICES:
             if recs[name] is None or _exited(recs[name]):  # type: ignore[arg-type]
                 raise StackError(f"{name} is not running; see {stack.state_dir / (name + '.log')}")
@@ -343,16 +343,18 @@ def up(stack: Stack, deploy: bool = True, timeout: float = 180) -> dict[str, Any
     return info
 
 
-def _stop(rec: dict[str, Any], grace: float) -> None:
-    pgid = int(rec.get("pgid", rec["pid"]))
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def _stop(pgids: list[int], grace: float) -> None:
+    """SIGTERM every group at once, then wait for all of them together (one grace period, not
+    one per service), SIGKILL what is left."""
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and group_alive(pgid):
-        time.sleep(0.2)
-    if group_alive(pgid):
+    while time.monotonic() < deadline and any(map(group_alive, pgids)):
+        time.sleep(0.1)
+    for pgid in filter(group_alive, pgids):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
@@ -360,22 +362,19 @@ def _stop(rec: dict[str, Any], grace: float) -> None:
 
 
 def down(stack: Stack, grace: float = 15.0, quiet: bool = False) -> list[str]:
-    """Stop the services recorded in ``.stack/*.pid`` (reverse start order); returns their names."""
-    stopped = []
-    for name in reversed(SERVICES):
-        pf = _pidfile(stack, name)
-        rec = _read_json(pf)
-        if rec is None:
-            continue
+    """Stop the services recorded in ``.stack/*.pid`` (signalled in reverse start order, waited
+    for together); returns their names."""
+    recorded = [(n, pf, rec) for n in reversed(SERVICES) if (rec := _read_json(pf := _pidfile(stack, n))) is not None]
+    running = []
+    for name, _, rec in recorded:
         pid, pgid = int(rec["pid"]), int(rec.get("pgid", rec["pid"]))
-        if alive(rec):
-            _stop(rec, grace)
-            stopped.append(name)
-        elif not pid_exists(pid) and group_alive(pgid):
-            # The leader is gone but members of its session linger (e.g. uvicorn workers): the
-            # kernel never hands out a PID that is still a process-group id, so they are ours.
-            _stop(rec, grace)
-            stopped.append(name)
+        # A leader gone while members of its session linger (e.g. uvicorn workers) is ours too:
+        # the kernel never hands out a PID that is still a process-group id.
+        if alive(rec) or (not pid_exists(pid) and group_alive(pgid)):
+            running.append((name, pgid))
+    _stop([g for _, g in running], grace)
+    stopped = [n for n, _ in running]
+    for name, pf, rec in recorded:
         pf.unlink(missing_ok=True)
         if not quiet:
             print(f"stopped {name} (pid {rec['pid']})" if name in stopped else f"{name}: was not running")

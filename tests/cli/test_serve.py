@@ -88,7 +88,7 @@ def _wait_until_up(port: int, proc: subprocess.Popen, log: Path) -> None:
                 if r.status == 200:
                     return
         except OSError:
-            time.sleep(1)
+            time.sleep(0.25)
     pytest.fail(f"server not up after {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
 
 

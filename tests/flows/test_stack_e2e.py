@@ -103,7 +103,7 @@ def test_deployment_run_through_the_stack(stack: dict) -> None:
         state = (fr.get("state") or {}).get("type")
         if state in TERMINAL:
             break
-        time.sleep(3)
+        time.sleep(1)
     if state != "COMPLETED":
         logs = _http("POST", f"{api}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
         tail = "\n".join(l["message"] for l in logs[-40:])
