@@ -242,8 +242,8 @@ def write_outputs(batch: BatchOutput, res: PullResult, meta: dict[str, Any]) -> 
         gold.append(new)
     keep = {a["image_id"] for a in gold}
     images = [im for im in data.get("images", []) if im.get("id") in keep]
-    coco = {k: v for k, v in data.items() if k not in ("annotations", "snapper_fused")}
-    atomic_write_json(out / REVIEWED_JSON, {**coco, "annotations": reviewed})
+    coco = {k: v for k, v in data.items() if k not in ("annotations", "snapper_fused")}  # gold: plain COCO
+    atomic_write_json(out / REVIEWED_JSON, {**data, "annotations": reviewed})
     atomic_write_json(out / GOLD_JSON, {**coco, "images": images, "annotations": gold})
     atomic_write_json(out / ROUGH_JSON, {**coco, "images": images, "annotations": rough})
     atomic_write_parquet(_table(res, anns), out / ACCOUNT_PARQUET)

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from snapper.cli.review import main as review_main
+from snapper.errors import BadOptionError
 from snapper.integrations.labelstudio_api import LabelStudioClient, LabelStudioError
 from snapper.review.pull import pull
-from snapper.review.push import push
+from snapper.review.push import image_url_for, push
 from snapper.review.tasks import (
     GOLD_JSON,
     PULL_JSON,
@@ -226,3 +227,15 @@ def test_review_flow_pulls_and_reports_and_adapts_only_past_min_gold(batch_out, 
     assert res["adapt"] == {"ok": 1} and adapted == [{
         "gold": str(review / GOLD_JSON), "images": str(images), "name": "snapper-x", "rough": str(review / ROUGH_JSON),
         "base": "models:/snapper@champion", "steps": 3}]
+
+
+def test_images_reach_label_studio_through_its_local_files_storage(batch_out, monkeypatch) -> None:
+    out, images = batch_out
+    monkeypatch.delenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", raising=False)
+    with pytest.raises(BadOptionError, match="give --image-url"):
+        image_url_for("a b.jpg", images, None)
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(images.parent))
+    assert image_url_for("a b.jpg", images, None) == "/data/local-files/?d=images/a%20b.jpg"
+    monkeypatch.setenv("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT", str(out))
+    with pytest.raises(BadOptionError, match="is not inside"):
+        image_url_for("a.jpg", images, None)
