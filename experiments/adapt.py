@@ -24,6 +24,19 @@ on the same report boxes with the annotators' rough boxes. Fine-tuning is ``snap
 
     .venv/bin/python experiments/adapt.py                      # every set at N = 50
     .venv/bin/python experiments/adapt.py --sets raccoon --gold 25 50 100
+    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant ema --ema-decay 0.99
+    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal
+    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal-ema --ema-decay 0.99
+
+``--variant ema``: one more fine-tune per cell, ``ft-measured`` with an exponential moving
+average of the weights (``TrainConfig.ema_decay``, passed as an override; validation and the
+checkpoint are the average); ``--variant rehearsal``: ``ft-measured`` with the champion's COCO
+training shards streamed alongside the gold (about half the crops; see :func:`variant_cell`);
+``--variant rehearsal-ema``: both.
+Scored on the same report boxes as ``identity``, ``champion`` and ``ft-measured`` (those
+checkpoints are reused, not retrained). Writes
+``experiments/results/adapt/variants/<set>-n<N>-<variant>/`` and ``variants.md``; ``report.md``
+is left as it is.
 
 Resumable (finished trainings are reused). Writes ``experiments/results/adapt/`` (``report.md``,
 one folder per cell with its Table 1 by size and ``cell.json`` with wall times).
@@ -163,6 +176,98 @@ def cell(name: str, n: int, steps: int, champion: str, data: Path, work: Path, o
     return info
 
 
+VARIANT_ROWS = ("identity", "champion", "ft-measured")
+VARIANTS = ("ema", "rehearsal", "rehearsal-ema")
+
+
+REHEARSAL_GOLD_SHARE = 0.6  # share of shard draws that are the gold shard (~half the crops: see variant_cell)
+
+
+def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work: Path, out: Path,
+                 variant: str, ema_decay: float, coco_train: list[str]) -> dict[str, Any] | None:
+    """One set x N with one variant of ``ft-measured`` next to the reused ``ft-measured``
+    fine-tune, on the same report boxes. ``ema``: the weight average at ``ema_decay``.
+    ``rehearsal-ema``: both. ``rehearsal``: the champion's own COCO training shards
+    (``coco_train``, 16 images each; never the web sets' shards) streamed alongside the gold
+    train shard, which is listed
+    often enough to be drawn ``REHEARSAL_GOLD_SHARE`` of the time (one gold shard of ~40
+    images of ~1 box gives ~43 crops a draw, a COCO shard 16 images x 4 boxes = 64, so about
+    half the crops are gold); every box gets the measured noise."""
+    gold, images, rough, pool, report = dataset(name, data, work)
+    if n > len(pool):
+        print(f"{name}: only {len(pool)} gold images outside its report split; N={n} skipped", flush=True)
+        return None
+    gold_ids = pool[:n]
+    n_select = max(1, round(0.2 * n))
+    splits = {"train": gold_ids[n_select:], "select": gold_ids[:n_select], "report": report}
+    row = f"ft-measured-{variant}"
+    ema = variant in ("ema", "rehearsal-ema")
+    extra = [f"ema_decay={ema_decay}"] if ema else []
+    variant_dir = f"measured-{variant}-{ema_decay:g}" if ema else f"measured-{variant}"
+    models: dict[str, str] = {"champion": champion}
+    seconds: dict[str, float] = {}
+    prep = None
+    for label, folder, overrides in (("ft-measured", "measured", []), (row, variant_dir, extra)):
+        cfg = AdaptConfig(gold=str(gold), images=str(images), name=f"exp-{name}-{n}", rough=str(rough), base=champion,
+                          out_dir=str(work / name / f"n{n}" / folder), steps=steps, noise="measured", register=False,
+                          device="cpu", overrides=["tracking.enabled=false", *overrides])
+        p = A.prepare(cfg, splits)
+        prep = prep or p
+        tc = A.adapted_config(cfg, p)
+        if label == row and variant.startswith("rehearsal"):
+            gold_urls = p.urls["train"]
+            repeat = max(1, round(REHEARSAL_GOLD_SHARE / (1 - REHEARSAL_GOLD_SHARE) * len(coco_train) / len(gold_urls)))
+            tc.data.train_shards = gold_urls * repeat + list(coco_train)
+        t = A._trained(tc)
+        models[label], seconds[label] = t["checkpoint"], t["seconds"]
+    assert prep is not None
+    cell_dir = out / "variants" / f"{name}-n{n}-{variant}"
+    res = evaluate(models, A.report_eval_config(cfg, prep), cell_dir / "eval", n_examples=0, plots=False)
+    atomic_write_text(cell_dir / "summary.md", res.table_md)
+    info = {"set": name, "gold_images": n, "variant": variant, "ema_decay": ema_decay if ema else None,
+            "steps": steps,
+            "splits": prep.counts, "train_seconds": seconds,
+            "rows": res.summary[res.summary["size"] == "all"].to_dict(orient="records")}
+    atomic_write_json(cell_dir / "cell.json", json.loads(json.dumps(info, default=float)), indent=2)
+    return info
+
+
+def variants_report(out: Path) -> str:
+    """Every finished variant cell as markdown (Table 1 overall; wall times of the fine-tunes)."""
+    parts = ["# Variants of ft-measured (experiments/adapt.py --variant)\n",
+             ("Report splits only; percent; same columns as report.md. `ft-measured` is the committed "
+              "fine-tune (reused); its wall time here is the resume check, see report.md for its training time. "
+              "Commands:\n"),
+             "    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant ema --ema-decay 0.99",
+             "    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal",
+             "    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal-ema --ema-decay 0.99\n"]
+    def order(f: Path) -> tuple[int, int]:  # variant, then the deciding set (raccoon) before the confirming one
+        c = json.loads(f.read_text())
+        return VARIANTS.index(c["variant"]), WEB.index(c["set"]) if c["set"] in WEB else len(WEB)
+
+    for f in sorted((out / "variants").glob("*/cell.json"), key=order):
+        c = json.loads(f.read_text())
+        df = pd.DataFrame(c["rows"])
+        order = [*VARIANT_ROWS, f"ft-measured-{c['variant']}"]
+        df["order"] = df["method"].map({m: i for i, m in enumerate(order)})
+        df = df.sort_values("order").drop(columns="order")
+        s = c["splits"]
+        what = f" (ema_decay {c['ema_decay']})" if c.get("ema_decay") else ""
+        parts.append(f"## {c['set']}, {c['gold_images']} gold images, variant {c['variant']}{what}; "
+                     f"{s['train']['boxes']} train + {s['select']['boxes']} selection "
+                     f"boxes; report: {s['report']['images']} images, {s['report']['boxes']} boxes\n")
+        parts.append(format_table(df))
+        parts.append("wall time on this machine (s): " + ", ".join(f"{k} {v:.0f}" for k, v in c["train_seconds"].items())
+                     + "\n")
+    old = (out / "variants.md").read_text() if (out / "variants.md").is_file() else ""
+    if READING in old:  # the hand-written reading below the tables survives a rerun
+        parts.append(old[old.index(READING):].rstrip("\n") + "\n")
+    return "\n".join(parts)
+
+
+READING = "## Reading"
+
+
 def report(out: Path) -> str:
     """All finished cells as one markdown report (Table 1 overall per cell, wall times)."""
     parts = ["# Adapting to a user's data (experiments/adapt.py)\n",
@@ -190,6 +295,9 @@ def main() -> None:
     p.add_argument("--gold", nargs="+", type=int, default=[50], help="numbers of gold images")
     p.add_argument("--steps", type=int, default=300, help="steps of each fine-tune and gold-only run")
     p.add_argument("--out", default=str(REPO / "experiments" / "results" / "adapt"))
+    p.add_argument("--variant", choices=VARIANTS, default=None,
+                   help="instead of the full cells, ft-measured with this change next to ft-measured (variants.md)")
+    p.add_argument("--ema-decay", type=float, default=0.99, help="--variant ema / rehearsal-ema: TrainConfig.ema_decay")
     args = p.parse_args()
     data, out, work = Path(args.data), Path(args.out), REPO / "runs" / "adapt-exp"
     if not (data / "raccoon" / "annotations.json").is_file():
@@ -198,6 +306,16 @@ def main() -> None:
     urls = make_shards(data, REPO / "shards" / "coco-real")
     champion = train_coco("lite0", 500, urls, REPO / "runs" / "adapt-champion")
     print(f"champion: {champion} ({time.time() - t:.0f} s)", flush=True)
+    if args.variant:
+        for n in args.gold:
+            for name in args.sets:
+                info = variant_cell(name, n, args.steps, champion, data, work, out, args.variant, args.ema_decay,
+                                    urls["train"])
+                if info is not None:
+                    print(f"{name} n={n} {args.variant}: {info['train_seconds']}", flush=True)
+                    atomic_write_text(out / "variants.md", variants_report(out))
+        print(variants_report(out))
+        return
     for n in args.gold:
         for name in args.sets:
             info = cell(name, n, args.steps, champion, data, work, out)
