@@ -142,15 +142,24 @@ def dataset(name: str, data: Path, work: Path) -> tuple[Path, Path, Path, list[i
     return gold, data, rough_boxes(gold, work / "coco", kind), _order(splits["train"], seed=0), splits["report"]
 
 
-def cell(name: str, n: int, steps: int, champion: str, data: Path, work: Path, out: Path) -> dict[str, Any] | None:
-    """One set x N: the two fine-tunes and the gold-only run, then every row on the report split."""
+def gold_splits(name: str, n: int, data: Path, work: Path) -> tuple[Path, Path, Path, dict[str, list]] | None:
+    """The set's gold, images and rough files and its splits for N gold images (80% train / 20%
+    selection, the report split fixed); None when the set has fewer than N outside its report split."""
     gold, images, rough, pool, report = dataset(name, data, work)
     if n > len(pool):
         print(f"{name}: only {len(pool)} gold images outside its report split; N={n} skipped", flush=True)
         return None
-    gold_ids = pool[:n]
     n_select = max(1, round(0.2 * n))
-    splits = {"train": gold_ids[n_select:], "select": gold_ids[:n_select], "report": report}
+    return gold, images, rough, {"train": pool[n_select:n], "select": pool[:n_select], "report": report}
+
+
+def cell(name: str, n: int, steps: int, champion: str, data: Path, work: Path, out: Path) -> dict[str, Any] | None:
+    """One set x N: the two fine-tunes and the gold-only run, then every row on the report split."""
+    setup = gold_splits(name, n, data, work)
+    if setup is None:
+        return None
+    gold, images, rough, splits = setup
+    report, n_select = splits["report"], len(splits["select"])
     models: dict[str, str] = {"champion": champion}
     seconds: dict[str, float] = {}
     prep = None
@@ -193,13 +202,10 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
     often enough to be drawn ``REHEARSAL_GOLD_SHARE`` of the time (one gold shard of ~40
     images of ~1 box gives ~43 crops a draw, a COCO shard 16 images x 4 boxes = 64, so about
     half the crops are gold); every box gets the measured noise."""
-    gold, images, rough, pool, report = dataset(name, data, work)
-    if n > len(pool):
-        print(f"{name}: only {len(pool)} gold images outside its report split; N={n} skipped", flush=True)
+    setup = gold_splits(name, n, data, work)
+    if setup is None:
         return None
-    gold_ids = pool[:n]
-    n_select = max(1, round(0.2 * n))
-    splits = {"train": gold_ids[n_select:], "select": gold_ids[:n_select], "report": report}
+    gold, images, rough, splits = setup
     row = f"ft-measured-{variant}"
     ema = variant in ("ema", "rehearsal-ema")
     extra = [f"ema_decay={ema_decay}"] if ema else []
