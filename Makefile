@@ -12,6 +12,9 @@ SERVE_ARGS ?=
 # `make labelstudio`: Label Studio (its own venv, installed on first use) serving LS_FILES as local files.
 LS_FILES ?= $(CURDIR)
 LS_PORT ?= 8080
+# `make test`: pytest-xdist workers (each on one torch thread, tests/conftest.py); 2 = the 2-core
+# machine the 6-minute budget is measured on. TEST_WORKERS=0: one process, no workers.
+TEST_WORKERS ?= 2
 # Extra pip arguments, e.g. PIP_ARGS='--extra-index-url https://download.pytorch.org/whl/cpu'
 PIP_ARGS ?=
 STAMP := $(VENV)/.snapper-installed
@@ -60,10 +63,10 @@ demo: venv
 	$(PY) -m flows.train $(DEMO_ARGS)
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 stack-up: venv
 	$(PY) -m flows.stack up
