@@ -196,12 +196,12 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
                  variant: str, ema_decay: float, coco_train: list[str]) -> dict[str, Any] | None:
     """One set x N with one variant of ``ft-measured`` next to the reused ``ft-measured``
     fine-tune, on the same report boxes. ``ema``: the weight average at ``ema_decay``.
-    ``rehearsal-ema``: both. ``rehearsal``: the champion's own COCO training shards
-    (``coco_train``, 16 images each; never the web sets' shards) streamed alongside the gold
-    train shard, which is listed
-    often enough to be drawn ``REHEARSAL_GOLD_SHARE`` of the time (one gold shard of ~40
-    images of ~1 box gives ~43 crops a draw, a COCO shard 16 images x 4 boxes = 64, so about
-    half the crops are gold); every box gets the measured noise."""
+    ``rehearsal-ema``: both. ``rehearsal``: ``snapper adapt --replay`` with the champion's own
+    COCO training shards (``coco_train``, 16 images each; never the web sets' shards) and
+    ``replay_share`` 1 - ``REHEARSAL_GOLD_SHARE``: the gold train shard is listed often enough
+    to be drawn ``REHEARSAL_GOLD_SHARE`` of the time (one gold shard of ~40 images of ~1 box
+    gives ~43 crops a draw, a COCO shard 16 images x 4 boxes = 64, so about half the crops are
+    gold); every box gets the measured noise."""
     setup = gold_splits(name, n, data, work)
     if setup is None:
         return None
@@ -214,17 +214,14 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
     seconds: dict[str, float] = {}
     prep = None
     for label, folder, overrides in (("ft-measured", "measured", []), (row, variant_dir, extra)):
+        replay = list(coco_train) if label == row and variant.startswith("rehearsal") else []
         cfg = AdaptConfig(gold=str(gold), images=str(images), name=f"exp-{name}-{n}", rough=str(rough), base=champion,
                           out_dir=str(work / name / f"n{n}" / folder), steps=steps, noise="measured", register=False,
-                          device="cpu", overrides=["tracking.enabled=false", *overrides])
+                          device="cpu", overrides=["tracking.enabled=false", *overrides], replay=replay,
+                          replay_share=1 - REHEARSAL_GOLD_SHARE)
         p = A.prepare(cfg, splits)
         prep = prep or p
-        tc = A.adapted_config(cfg, p)
-        if label == row and variant.startswith("rehearsal"):
-            gold_urls = p.urls["train"]
-            repeat = max(1, round(REHEARSAL_GOLD_SHARE / (1 - REHEARSAL_GOLD_SHARE) * len(coco_train) / len(gold_urls)))
-            tc.data.train_shards = gold_urls * repeat + list(coco_train)
-        t = A._trained(tc)
+        t = A._trained(A.adapted_config(cfg, p))
         models[label], seconds[label] = t["checkpoint"], t["seconds"]
     assert prep is not None
     cell_dir = out / "variants" / f"{name}-n{n}-{variant}"

@@ -484,9 +484,14 @@ class AdaptConfig:
     register: bool = True
     device: str = "auto"
     overrides: list[str] = field(default_factory=list)
+    # Rehearsal: shards trained on beside the gold so the fine-tune does not forget what the base
+    # knew (experiments/results/adapt/variants.md); "base": the shards the base was trained on.
+    replay: list[str] = field(default_factory=list)
+    replay_share: float = 0.4  # share of the shard draws that are replay shards (the rest: gold)
 
     def __post_init__(self) -> None:
         open_unit("select_fraction", self.select_fraction)
+        open_unit("replay_share", self.replay_share)
         open_unit("report_fraction", self.report_fraction)
         check(self.select_fraction + self.report_fraction < 0.9, "select_fraction + report_fraction",
               "below 0.9 (the rest is trained on)", self.select_fraction + self.report_fraction)

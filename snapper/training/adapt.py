@@ -10,7 +10,8 @@ current champion, when it has one): a team never snaps with a model that is wors
 own data than the one they had.
 
 Stages (the ``adapt-snapper`` flow runs each as a task; :func:`adapt` runs them in one call):
-:func:`prepare` (check the input, split the gold by image, shard, noise report),
+:func:`prepare` (check the input, split the gold by image, shard, noise report; with
+``replay``, the shards trained on beside the gold: rehearsal of what the base knew),
 :func:`train_adapted` and :func:`train_gold_only`, then :func:`compare_and_register`.
 Re-running resumes: shards are reused, trainings resume or return, a run is registered once.
 """
@@ -30,12 +31,12 @@ from typing import Any
 from snapper.atomic import atomic_write_json
 from snapper.config import MIN_ADAPT_TRAIN_IMAGES, AdaptConfig, EvalConfig, JitterConfig, SnapSettings, TrainConfig
 from snapper.data.coco import CocoIndex, load_coco
-from snapper.data.manifest import shard_urls
+from snapper.data.manifest import expand_urls, is_local, local_path, shard_urls
 from snapper.data.shards import shard_index
 from snapper.errors import UserInputError
 from snapper.evaluation.evaluate import IDENTITY
 from snapper.evaluation.noise import Pairs, format_report, noise_report, pair_boxes, write_noise_report
-from snapper.lineage import shard_lineage
+from snapper.lineage import read_lineage, shard_lineage
 from snapper.mlops import tracking
 from snapper.mlops.lifecycle import CHAMPION_METHOD, find_champion, register_adapted
 from snapper.models.checkpoint import read_config
@@ -53,6 +54,7 @@ SPLITS = ("train", "select", "report")
 MIN_PAIRED_SHARE = 0.5  # fewer gold boxes with a rough partner: the files do not describe the same objects
 RESULT_FILE = "adapt.json"
 MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][\w.\-]*")
+REPLAY_BASE = "base"  # AdaptConfig.replay: the shards the base model was trained on (its lineage)
 
 
 class AdaptInputError(UserInputError, ValueError):
@@ -74,6 +76,7 @@ class Prepared:
     noise: dict[str, Any] | None = None
     noise_text: str | None = None
     jitter: dict[str, Any] = field(default_factory=dict)
+    replay: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,6 +122,40 @@ def check_base(cfg: AdaptConfig) -> tuple[str, Path]:
     """(the base reference pinned to a version, its checkpoint folder), before any work."""
     ref = pin_model_ref(cfg.base) if is_registry_ref(cfg.base) else cfg.base
     return ref, resolve_model(ref)
+
+
+def check_replay(cfg: AdaptConfig, base_checkpoint: Path) -> list[str]:
+    """The replay shards as URLs, each local one present: ``base`` reads the base's training
+    shards from its lineage (:func:`snapper.lineage.read_lineage`), so they must still be where
+    it was trained from; refused before any work otherwise."""
+    urls: list[str] = []
+    for item in cfg.replay:
+        if item != REPLAY_BASE:
+            try:
+                urls += expand_urls(item)
+            except (UserInputError, ValueError) as e:
+                raise AdaptInputError(f"--replay {item}: {e}") from None
+            continue
+        recorded = ((read_lineage(base_checkpoint) or {}).get("train") or {}).get("shards") or []
+        if not recorded:
+            raise AdaptInputError(f"--replay base: {cfg.base} does not record the shards it was trained on; "
+                                  "name them instead (--replay SHARDS...)")
+        missing = [u for u in recorded if is_local(u) and not Path(local_path(u)).is_file()]
+        if missing:
+            raise AdaptInputError(f"--replay base: {len(missing)} of the {len(recorded)} shards {cfg.base} was trained "
+                                  f"on are not on this machine (first: {missing[0]}); name others (--replay SHARDS...)")
+        urls += recorded
+    return urls
+
+
+def mixed_shards(gold: list[str], replay: list[str], replay_share: float) -> list[str]:
+    """The gold shards listed often enough beside ``replay`` that about ``1 - replay_share`` of
+    the training stream's shard draws are gold (a few gold shards next to many replay shards
+    would otherwise be drawn almost never)."""
+    if not replay:
+        return list(gold)
+    repeat = max(1, round((1 - replay_share) / replay_share * len(replay) / max(1, len(gold))))
+    return list(gold) * repeat + list(replay)
 
 
 # ---------------------------------------------------------------------------- split + shards
@@ -178,10 +215,11 @@ def prepare(cfg: AdaptConfig, splits: dict[str, list[int]] | None = None) -> Pre
     index = check_gold(cfg)
     pairs = check_rough(cfg, index)
     base, base_ckpt = check_base(cfg)
+    replay = check_replay(cfg, base_ckpt)
     splits = splits or split_gold(index, cfg)
     out = out_dir_of(cfg)
     urls, counts = shard_splits(index, splits, out)
-    prep = Prepared(str(out), base, str(base_ckpt), urls, counts)
+    prep = Prepared(str(out), base, str(base_ckpt), urls, counts, replay=replay)
     if pairs is not None:
         prep.rough_file = str(write_rough_for_gold(pairs, out / "rough_for_gold.json"))
         context = read_config(base_ckpt)[0].context
@@ -203,11 +241,13 @@ def prepare(cfg: AdaptConfig, splits: dict[str, list[int]] | None = None) -> Pre
 
 def adapted_config(cfg: AdaptConfig, prep: Prepared) -> TrainConfig:
     """The fine-tune: the ``finetune`` preset (+ ``cfg.overrides``) from the base, on the train
-    split with the selection split for checkpoints, on the measured noise (or the paper's)."""
+    split (with the replay shards, when given) and the selection split for checkpoints, on the
+    measured noise (or the paper's)."""
     tc = build_config("finetune", None, cfg.overrides or None)
     tracking_cfg = dataclasses.replace(tc.tracking, experiment=EXPERIMENT, registered_model=None,
                                        run_name=f"{cfg.name}-{ADAPTED}")
-    data = dataclasses.replace(tc.data, train_shards=prep.urls["train"], val_shards=prep.urls["select"])
+    data = dataclasses.replace(tc.data, train_shards=mixed_shards(prep.urls["train"], prep.replay, cfg.replay_share),
+                               val_shards=prep.urls["select"])
     return dataclasses.replace(tc, init_from=prep.base, out_dir=str(Path(prep.out_dir) / ADAPTED),
                                device=cfg.device, steps=cfg.steps or tc.steps, data=data,
                                jitter=JitterConfig(**prep.jitter), tracking=tracking_cfg)
@@ -215,10 +255,12 @@ def adapted_config(cfg: AdaptConfig, prep: Prepared) -> TrainConfig:
 
 def gold_only_config(cfg: AdaptConfig, prep: Prepared) -> TrainConfig:
     """The same run without the base's weights: the base's architecture from its own first
-    initialisation (ImageNet for the ``cpu`` preset), at the ``cpu`` preset's training rate."""
+    initialisation (ImageNet for the ``cpu`` preset), at the ``cpu`` preset's training rate, on
+    the gold alone (no replay shards)."""
     tc = with_parent_model(adapted_config(cfg, prep))
     tracking_cfg = dataclasses.replace(tc.tracking, run_name=f"{cfg.name}-{GOLD_ONLY}")
-    return dataclasses.replace(tc, init_from=None, lr=PRESETS["cpu"]["lr"], tracking=tracking_cfg,
+    data = dataclasses.replace(tc.data, train_shards=prep.urls["train"])
+    return dataclasses.replace(tc, init_from=None, lr=PRESETS["cpu"]["lr"], tracking=tracking_cfg, data=data,
                                out_dir=str(Path(prep.out_dir) / GOLD_ONLY))
 
 
@@ -282,6 +324,9 @@ def adapt(cfg: AdaptConfig) -> dict[str, Any]:
     prep = prepare(cfg)
     log.info("adapt %s: %s", cfg.name, ", ".join(f"{s} {c['images']} images / {c['boxes']} boxes"
                                                  for s, c in prep.counts.items()))
+    if prep.replay:
+        log.info("adapt %s: %d replay shards beside the gold (%.0f%% of the draws)", cfg.name, len(prep.replay),
+                 100 * cfg.replay_share)
     adapted = train_adapted(cfg, prep)
     gold_only = train_gold_only(cfg, prep) if cfg.gold_only else None
     return compare_and_register(cfg, prep, adapted, gold_only)

@@ -5,6 +5,7 @@ and the champion alias moves only when the adapted model beats every rival on th
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,10 @@ import pytest
 from snapper.cli import main as cli
 from snapper.config import AdaptConfig
 from snapper.data.coco import load_coco
-from snapper.training.adapt import AdaptInputError, split_gold
+from snapper.lineage import shard_lineage, write_sidecar
+from snapper.training.adapt import AdaptInputError, mixed_shards, split_gold
 from tests.batchdata import tiny_checkpoint
-from tests.helpers import make_tiny_coco
+from tests.helpers import make_tiny_coco, make_tiny_shards
 
 FAST = ["--steps", "2", "--set", "batch_size=4", "--set", "data.workers=0", "--set", "eval_every=2",
         "--set", "warmup_steps=1", "--set", "log_every=1", "--device", "cpu"]
@@ -74,6 +76,26 @@ def test_bad_input_is_refused_in_one_line_before_any_work(gold, tmp_path, capsys
     assert cli(["adapt", str(gold["ann"]), str(gold["images"]), *base, "--name", "../x", "--out-dir",
                 str(tmp_path / "o8")]) == 2
     assert "a registered model name" in capsys.readouterr().err and not (tmp_path / "o8").exists()
+    good = [str(gold["ann"]), str(gold["images"])]
+    _refused(capsys, [*good, *base, "--replay", "base"], tmp_path / "o9", "does not record the shards it was trained on")
+    _refused(capsys, [*good, *base, "--replay", str(tmp_path / "none-*.tar")], tmp_path / "o10", "matches no file")
+    moved = _base_trained_on(gold["base"], tmp_path / "moved-base", [str(tmp_path / "gone" / "train-000000.tar")])
+    _refused(capsys, [*good, "--base", str(moved), "--replay", "base"], tmp_path / "o11",
+             "1 of the 1 shards")
+
+
+def _base_trained_on(base: Path, copy: Path, shards: list[str]) -> Path:
+    """A copy of ``base`` whose lineage says it was trained on ``shards``."""
+    shutil.copytree(base, copy)
+    write_sidecar(copy, shard_lineage(shards, []))
+    return copy
+
+
+def test_replay_shards_are_drawn_at_their_share() -> None:
+    gold, replay = ["g0"], [f"r{i}" for i in range(20)]
+    mixed = mixed_shards(gold, replay, 0.4)
+    assert mixed.count("g0") == 30 and mixed[-20:] == replay  # 30 of 50 draws gold: 1 - 0.4
+    assert mixed_shards(gold, [], 0.4) == gold and mixed_shards(["a", "b"], ["r"], 0.9) == ["a", "b", "r"]
 
 
 def test_the_split_is_by_image_seeded_and_holds_out_both_splits(gold):
@@ -89,8 +111,10 @@ def test_the_split_is_by_image_seeded_and_holds_out_both_splits(gold):
 
 def test_adapt_end_to_end_registers_with_lineage_and_champion_only_if_better(gold, store, capsys):
     out = store["cwd"] / "adapt-run"
-    args = ["adapt", str(gold["ann"]), str(gold["images"]), "--rough", str(gold["rough"]), "--base", str(gold["base"]),
-            "--name", "snapper-unit-domain", "--out-dir", str(out), *FAST]
+    replay = make_tiny_shards(gold["root"] / "replay", n_images=4, val_fraction=0.25)["train"]
+    base = _base_trained_on(gold["base"], gold["root"] / "base-with-lineage", replay)
+    args = ["adapt", str(gold["ann"]), str(gold["images"]), "--rough", str(gold["rough"]), "--base", str(base),
+            "--name", "snapper-unit-domain", "--out-dir", str(out), "--replay", "base", *FAST]
     assert cli(args) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "adapt.json").read_text())
@@ -100,10 +124,13 @@ def test_adapt_end_to_end_registers_with_lineage_and_champion_only_if_better(gol
     assert len(boxes) == 1  # every row on the same report boxes
     assert res["jitter"]["mode"] == "empirical" and Path(res["jitter"]["noise_file"]).is_file()
     assert res["noise"]["outward"]["top"]["mean"] > 0.05  # the boxes were drawn 8% taller, shifted up
+    trained = {k: t["lineage"]["train"]["shards"] for k, t in res["trainings"].items()}
+    assert set(replay) < set(trained["adapted"]) and not set(replay) & set(trained["gold-only"])  # rehearsal: adapted only
+    assert set(trained["gold-only"]) < set(trained["adapted"])
     client = store["tracking"].mlflow_client()
     reg = res["registered"]
     mv = client.get_model_version("snapper-unit-domain", str(reg["version"]))
-    assert mv.tags["parent"] == str(gold["base"])
+    assert mv.tags["parent"] == str(base)
     better = res["scores"]["adapted"] > res["scores"]["base"]
     assert reg["champion"] == better and mv.tags["champion.check"] == ("promoted" if better else "kept")
     aliases = client.get_registered_model("snapper-unit-domain").aliases
