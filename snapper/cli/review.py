@@ -1,6 +1,6 @@
 """``snapper review``: a person checks the doubtful boxes in Label Studio; the corrections come back as gold.
 
-    snapper review push OUT_DIR --images IMAGES --project NAME [--label-studio URL] [--image-url PREFIX]
+    snapper review push OUT_DIR --images IMAGES --project NAME [--label-studio URL] [--image-url PREFIX | --upload]
     snapper review pull OUT_DIR --project NAME [--label-studio URL]
 
 ``OUT_DIR`` is the output folder of ``snapper batch-snap`` (its review list, ``review.csv``, and
@@ -38,9 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Label Studio URL (default: $LABEL_STUDIO_URL, else http://127.0.0.1:8080)")
         if name == "push":
             s.add_argument("--images", required=True, help="the images folder the batch run read")
-            s.add_argument("--image-url", default=None, metavar="PREFIX",
-                           help="URL prefix Label Studio loads the images from (PREFIX + file_name); default: its "
-                                "local-files storage under $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+            where = s.add_mutually_exclusive_group()
+            where.add_argument("--image-url", default=None, metavar="PREFIX",
+                               help="URL prefix Label Studio loads the images from (PREFIX + file_name); default: its "
+                                    "local-files storage under $LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+            where.add_argument("--upload", action="store_true",
+                               help="upload the images of the new tasks into the project (for a Label Studio that "
+                                    "cannot read this machine's disk; each image once)")
     return p
 
 
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         batch = load_batch_output(args.out_dir)
         client = LabelStudioClient(args.label_studio)
         if args.action == "push":
-            res = push(batch, args.images, client, args.project, args.image_url)
+            res = push(batch, args.images, client, args.project, args.image_url, args.upload)
             print("\n".join(_push_lines(res, args.out_dir, args.project)))
             return 0
         summary = pull(batch, client, args.project)

@@ -1,7 +1,7 @@
 """The few Label Studio REST calls ``snapper review`` needs, each failure one line.
 
 Plain ``requests`` on Label Studio's documented API (``/api/projects``, ``/api/projects/{id}/import``,
-``/api/projects/{id}/export``) instead of ``label-studio-sdk``: the SDK pins an older numpy than
+``/api/projects/{id}/export``, ``/api/import/file-upload/{id}``) instead of ``label-studio-sdk``: the SDK pins an older numpy than
 this environment's, and four calls do not need it.
 
 Authentication: a legacy token goes in ``Authorization: Token <key>``; a personal access token
@@ -27,6 +27,7 @@ API_KEY_ENV = "LABEL_STUDIO_API_KEY"
 URL_ENV = "LABEL_STUDIO_URL"
 DEFAULT_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 120.0  # an export of a large project is one response
+UPLOAD_URL_PREFIX = "/data/"  # Label Studio's MEDIA_URL: an upload "upload/3/ab12-photo.jpg" is served there
 
 
 class LabelStudioError(UserInputError, RuntimeError):
@@ -135,6 +136,24 @@ class LabelStudioClient:
         if not any(st.get("path") == path for st in have):
             self._send("POST", "/api/storages/localfiles", json={"project": project_id, "path": path, "use_blob_urls": True,
                                                                  "title": "snapper review images", "regex_filter": ""})
+
+    def upload_file(self, project_id: int, path: str | os.PathLike[str]) -> str:
+        """Uploads one file into the project's storage without making a task of it
+        (``import?commit_to_project=false``, what the import dialog does before "Import") and
+        returns the URL tasks load it from (``/data/upload/<project>/<name>``)."""
+        with open(path, "rb") as f:
+            r = self._send("POST", f"/api/projects/{project_id}/import", params={"commit_to_project": "false"},
+                           files={"file": (os.path.basename(str(path)), f)})
+        ids = r.get("file_upload_ids") if isinstance(r, dict) else None
+        if not ids:
+            raise LabelStudioError(f"Label Studio at {self.url} took {path} without giving back its upload (an "
+                                   "asynchronous import, as in Label Studio Enterprise?): serve the images yourself "
+                                   "and give --image-url")
+        upload = self._send("GET", f"/api/import/file-upload/{int(ids[0])}")
+        name = upload.get("file") if isinstance(upload, dict) else None
+        if not isinstance(name, str) or not name:
+            raise LabelStudioError(f"Label Studio at {self.url} gave no file name for the upload of {path}")
+        return name if name.startswith(("/", "http://", "https://")) else UPLOAD_URL_PREFIX + name
 
     # ----------------------------------------------------------------------------------- tasks
 

@@ -8,7 +8,9 @@ tasks are keyed by image and the boxes they show (``snapper_key``,
 listed in ``review/push.json`` with the reason, so ``pull`` still accounts for it.
 
 Images reach Label Studio as URLs: ``image_url`` + the image's ``file_name`` (a web server or
-bucket serving the images folder), or by default Label Studio's local-files storage
+bucket serving the images folder), uploaded into the project (``upload``: for a Label Studio on
+another machine that cannot read this one's disk; each image once, an image a task of the
+project already shows is not sent again), or by default Label Studio's local-files storage
 (``/data/local-files/?d=<path>``, the path relative to ``$LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``,
 which must hold the images folder; ``make labelstudio`` starts Label Studio that way).
 """
@@ -109,10 +111,11 @@ def _region(a: dict[str, Any], box: list[float], im: dict[str, Any], labels: dic
     return r
 
 
-def plan_tasks(batch: BatchOutput, images: Path, image_url: str | None
+def plan_tasks(batch: BatchOutput, images: Path, image_url: str | None, upload: bool = False
                ) -> tuple[dict[str, dict[str, Any]], dict[int, str]]:
     """Task key -> Label Studio task for every image with boxes to review, and the boxes that
-    cannot be shown with why."""
+    cannot be shown with why. With ``upload`` the tasks' ``image`` is left empty (:func:`push`
+    fills it once the file is in Label Studio)."""
     labels, anns, imgs = label_names(batch.data.get("categories") or []), batch.annotations, batch.images
     by_image: dict[int, list[dict[str, Any]]] = {}
     skipped: dict[int, str] = {}
@@ -137,7 +140,8 @@ def plan_tasks(batch: BatchOutput, images: Path, image_url: str | None
         regions = [_region(a, finite_box(a["bbox"]), im, labels) for a in group]  # type: ignore[arg-type]
         scores = [r["score"] for r in regions if "score" in r]
         key = task_key(im, group)
-        tasks[key] = {"data": {"image": image_url_for(im["file_name"], images, image_url), KEY_FIELD: key,
+        image = "" if upload else image_url_for(im["file_name"], images, image_url)
+        tasks[key] = {"data": {"image": image, KEY_FIELD: key,
                                BOXES_FIELD: [a["id"] for a in group], NOTE_FIELD: _note(batch, group, labels),
                                "snapper_file": im["file_name"], "snapper_image_id": iid},
                       "predictions": [{"model_version": MODEL_VERSION, "score": min(scores) if scores else 0.0,
@@ -162,17 +166,32 @@ def ensure_project(client: LabelStudioClient, title: str, labels: list[str]) -> 
     return project, False
 
 
+def _upload_images(client: LabelStudioClient, project_id: int, images: Path, new: list[dict[str, Any]],
+                   existing: Any) -> None:
+    """Fills the ``image`` of each new task: the URL of the same file in a task the project
+    already has (a box set re-pushed after a new snap), else a fresh upload."""
+    have = {t["data"]["snapper_file"]: t["data"]["image"] for t in existing
+            if isinstance(t.get("data"), dict) and t["data"].get("snapper_file") and t["data"].get("image")}
+    for task in new:
+        name = task["data"]["snapper_file"]
+        if name not in have:
+            have[name] = client.upload_file(project_id, images / name)
+        task["data"]["image"] = have[name]
+
+
 def push(batch: BatchOutput, images: str | os.PathLike[str], client: LabelStudioClient, title: str,
-         image_url: str | None = None) -> PushResult:
+         image_url: str | None = None, upload: bool = False) -> PushResult:
     """Import the review tasks of ``batch`` into project ``title`` (module doc); writes
     ``review/push.json`` atomically and returns what was imported."""
     images = Path(images)
     if not images.is_dir():
         raise InputNotFoundError(f"images folder {images} does not exist")
-    tasks, skipped = plan_tasks(batch, images, image_url)
+    if upload and image_url:
+        raise BadOptionError("give --upload or --image-url, not both")
+    tasks, skipped = plan_tasks(batch, images, image_url, upload)
     labels = sorted(set(label_names(batch.data.get("categories") or []).values()))
     project, created = ensure_project(client, title, labels)
-    if not image_url:
+    if not image_url and not upload:
         client.ensure_local_storage(project["id"], str(images.resolve()))
     existing = {} if created else {t.get("data", {}).get(KEY_FIELD): t for t in client.export(project["id"])}
     res = PushResult(project["id"], created, not_pushable=skipped)
@@ -181,6 +200,8 @@ def push(batch: BatchOutput, images: str | os.PathLike[str], client: LabelStudio
         (res.already if key in existing else res.imported)[key] = task["data"][BOXES_FIELD]
         if key not in existing:
             new.append(task)
+    if upload:
+        _upload_images(client, project["id"], images, new, existing.values())
     client.import_tasks(project["id"], new)
     batch.review_dir.mkdir(exist_ok=True)
     atomic_write_json(batch.review_dir / PUSH_JSON, {

@@ -9,6 +9,7 @@ import http.server
 import json
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -39,6 +40,7 @@ class FakeLabelStudio:
         self.projects_: list[dict[str, Any]] = []
         self.tasks: dict[int, list[dict[str, Any]]] = {}
         self.imports = 0
+        self.uploads: list[str] = []
 
     def projects(self) -> list[dict[str, Any]]:
         return self.projects_
@@ -65,6 +67,10 @@ class FakeLabelStudio:
 
     def export(self, pid: int) -> list[dict[str, Any]]:
         return copy.deepcopy(self.tasks[pid])
+
+    def upload_file(self, pid: int, path: Path) -> str:
+        self.uploads.append(Path(path).name)
+        return f"/data/upload/{pid}/{len(self.uploads):04x}-{Path(path).name}"
 
     def submit(self, pid: int, key: str, result: list[dict[str, Any]], cancelled: bool = False) -> dict[str, Any]:
         """What the reviewer's Submit (or Skip) leaves in the task."""
@@ -106,6 +112,23 @@ def test_push_imports_one_task_per_image_once_and_names_the_doubtful_edges(batch
     assert s["counts"]["pending"] == 4 and s["problems"] == [
         "3 boxes of the project's tasks were not pushed from this folder as it is now (another batch in the same "
         "project, or re-snapped since the push): left out"]
+
+
+def test_push_uploads_each_image_once(batch_out) -> None:
+    """For a Label Studio on another machine: the images go up with the tasks, once each."""
+    out, images = batch_out
+    ls = FakeLabelStudio()
+    push(load_batch_output(out), images, ls, "up", upload=True)
+    assert ls.uploads == ["a.jpg", "b.jpg"]
+    assert [t["data"]["image"] for t in ls.tasks[1]] == ["/data/upload/1/0001-a.jpg", "/data/upload/1/0002-b.jpg"]
+    assert push(load_batch_output(out), images, ls, "up", upload=True).already and ls.uploads == ["a.jpg", "b.jpg"]
+    data = json.loads((out / "snapped.json").read_text())
+    data["annotations"][0]["bbox"] = [11, 10, 50, 40]  # re-snapped: a new task for a.jpg, its image already there
+    (out / "snapped.json").write_text(json.dumps(data))
+    push(load_batch_output(out), images, ls, "up", upload=True)
+    assert ls.uploads == ["a.jpg", "b.jpg"] and ls.tasks[1][-1]["data"]["image"] == "/data/upload/1/0001-a.jpg"
+    with pytest.raises(BadOptionError, match="not both"):
+        push(load_batch_output(out), images, ls, "up", image_url="http://img/", upload=True)
 
 
 def test_push_refuses_a_project_it_did_not_make(batch_out) -> None:

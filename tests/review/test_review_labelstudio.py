@@ -66,6 +66,14 @@ def test_push_review_pull_against_label_studio(batch_out, tmp_path, monkeypatch,
         assert "gone from Label Studio" in capsys.readouterr().err
         assert review_main(["pull", str(out), "--project", "nope", "--label-studio", url]) == 2
         assert "no project named 'nope'" in capsys.readouterr().err
+        up = [str(out), "--project", "e2e upload", "--label-studio", url, "--images", str(images), "--upload"]
+        assert review_main(["push", *up]) == 0 and review_main(["push", *up]) == 0  # images sent once
+        [uploaded] = [p for p in s.get(f"{url}/api/projects").json()["results"] if p["title"] == "e2e upload"]
+        tasks = s.get(f"{url}/api/projects/{uploaded['id']}/export",
+                      params={"exportType": "JSON", "download_all_tasks": "true"}).json()
+        assert len(tasks) == 2 and all(t["data"]["image"].startswith(f"/data/upload/{uploaded['id']}/") for t in tasks)
+        for t in tasks:  # served by Label Studio itself, byte for byte
+            assert s.get(f"{url}{t['data']['image']}").content == (images / t["data"]["snapper_file"]).read_bytes()
         monkeypatch.setenv("LABEL_STUDIO_API_KEY", "wrong")
         assert review_main(["pull", *args]) == 2
         assert "refused the API key" in capsys.readouterr().err
