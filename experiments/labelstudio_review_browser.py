@@ -1,7 +1,7 @@
 """Review in a real browser: doubtful boxes pushed to Label Studio, one edge fixed with the mouse,
 the fix pulled back as gold.
 
-    .venv/bin/python experiments/labelstudio_review_browser.py --model runs/adapt-champion/lite0/best
+    .venv/bin/python experiments/labelstudio_review_browser.py --model runs/adapt-champion/lite0/best [--upload]
 
 What a reviewer does, driven through headless Chromium (Playwright), on a ``batch-snap`` output
 of a few COCO photos with jittered rough boxes: ``snapper review push`` (the CLI), log in to Label
@@ -13,7 +13,9 @@ dragged distance in image pixels and its other three edges within 1 px of the sn
 task's other boxes ``confirmed``; every annotation of the batch accounted for.
 
 Needs what ``labelstudio_e2e.py`` installs (Label Studio and Playwright in ``$LS_VENV``) and a
-Chromium. Writes ``experiments/results/labelstudio-review-browser/`` (result.json, screenshots
+Chromium. ``--upload``: the images are uploaded into the project (``review push --upload``)
+instead of served from Label Studio's local-files storage. Writes
+``experiments/results/labelstudio-review-browser/`` (``-upload/``) (result.json, screenshots
 ``task.jpg`` before the edit and ``edited.jpg`` after it; ``failure.jpg`` when the browser part fails).
 """
 
@@ -115,8 +117,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=os.environ.get("SNAPPER_MODEL", "models:/snapper@champion"))
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    p.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "labelstudio-review-browser")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default experiments/results/labelstudio-review-browser[-upload]")
+    p.add_argument("--upload", action="store_true", help="push with --upload (images into the project) instead of "
+                                                         "Label Studio's local-files storage")
     args = p.parse_args()
+    args.out = args.out or ROOT / "experiments" / "results" / ("labelstudio-review-browser" + ("-upload" if args.upload else ""))
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # here, not at the top: --drive runs without torch
     from labelstudio_e2e import LS_VENV, label_studio
 
@@ -131,7 +137,7 @@ def main() -> int:
         with label_studio(tmp_p, token, files_root=DATA, username=USER, password=PASSWORD) as url:
             cli = [sys.executable, "-m", "snapper.cli", "review"]
             push = subprocess.run([*cli, "push", str(out), "--images", str(images), "--project", project,
-                                   "--label-studio", url], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+                                   "--label-studio", url, *(["--upload"] if args.upload else [])], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
             assert push.returncode == 0, push.stderr
             s = requests.Session()
             s.headers["Authorization"] = f"Token {token}"
