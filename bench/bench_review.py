@@ -28,6 +28,7 @@ import secrets
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -87,13 +88,21 @@ def main(argv: list[str] | None = None) -> int:
             tasks, _ = plan_tasks(batch, images, None)
             config = label_config(sorted(set(label_names(batch.data.get("categories") or []).values())))
             times: dict[str, list[float]] = {k: [] for k in ("push", "import", "pull", "export")}
+
+            def push_cmd(title: str):  # what `snapper review push` runs: the folder read, then the push
+                return push(load_batch_output(out), images, client, title)
+
+            def pull_cmd(title: str):
+                return pull(load_batch_output(out), client, title)
+
             for k in range(2):
-                dt, res = timed(lambda: push(load_batch_output(out), images, client, f"bench push {k}"))
+                title = f"bench push {k}"
+                dt, res = timed(partial(push_cmd, title))
                 times["push"].append(dt)
                 bare = client.create_project(f"bench bare {k}", config, prelabel_with=MODEL_VERSION)
-                times["import"].append(timed(lambda: client.import_tasks(bare["id"], list(tasks.values())))[0])
-                times["pull"].append(timed(lambda: pull(load_batch_output(out), client, f"bench push {k}"))[0])
-                times["export"].append(timed(lambda: client.export(res.project_id))[0])
+                times["import"].append(timed(partial(client.import_tasks, bare["id"], list(tasks.values())))[0])
+                times["pull"].append(timed(partial(pull_cmd, title))[0])
+                times["export"].append(timed(partial(client.export, res.project_id))[0])
     best = {k: min(v) for k, v in times.items()}
     boxes = sum(map(len, res.imported.values()))
     print(json.dumps({
