@@ -27,12 +27,14 @@ on the same report boxes with the annotators' rough boxes. Fine-tuning is ``snap
     .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant ema --ema-decay 0.99
     .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal
     .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal-ema --ema-decay 0.99
+    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal-ema-draws --ema-decay 0.99
 
 ``--variant ema``: one more fine-tune per cell, ``ft-measured`` with an exponential moving
 average of the weights (``TrainConfig.ema_decay``, passed as an override; validation and the
 checkpoint are the average); ``--variant rehearsal``: ``ft-measured`` with the champion's COCO
 training shards streamed alongside the gold (about half the crops; see :func:`variant_cell`);
-``--variant rehearsal-ema``: both.
+``--variant rehearsal-ema``: both; ``--variant rehearsal-ema-draws``: both, with the checkpoint
+chosen on :data:`VAL_DRAWS` jitter draws of every selection box (``data.val_draws``).
 Scored on the same report boxes as ``identity``, ``champion`` and ``ft-measured`` (those
 checkpoints are reused, not retrained). Writes
 ``experiments/results/adapt/variants/<set>-n<N>-<variant>/`` and ``variants.md``; ``report.md``
@@ -186,9 +188,10 @@ def cell(name: str, n: int, steps: int, champion: str, data: Path, work: Path, o
 
 
 VARIANT_ROWS = ("identity", "champion", "ft-measured")
-VARIANTS = ("ema", "rehearsal", "rehearsal-ema")
+VARIANTS = ("ema", "rehearsal", "rehearsal-ema", "rehearsal-ema-draws")
 
 
+VAL_DRAWS = 10  # --variant rehearsal-ema-draws: jitter draws per selection box (data.val_draws)
 REHEARSAL_GOLD_SHARE = 0.6  # share of shard draws that are the gold shard (~half the crops: see variant_cell)
 
 
@@ -207,9 +210,12 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
         return None
     gold, images, rough, splits = setup
     row = f"ft-measured-{variant}"
-    ema = variant in ("ema", "rehearsal-ema")
+    ema = variant in ("ema", "rehearsal-ema", "rehearsal-ema-draws")
     extra = [f"ema_decay={ema_decay}"] if ema else []
     variant_dir = f"measured-{variant}-{ema_decay:g}" if ema else f"measured-{variant}"
+    if variant.endswith("-draws"):  # the checkpoint chosen on VAL_DRAWS jitter draws of each selection box
+        extra.append(f"data.val_draws={VAL_DRAWS}")
+        variant_dir += f"-{VAL_DRAWS}"
     models: dict[str, str] = {"champion": champion}
     seconds: dict[str, float] = {}
     prep = None
@@ -228,6 +234,7 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
     res = evaluate(models, A.report_eval_config(cfg, prep), cell_dir / "eval", n_examples=0, plots=False)
     atomic_write_text(cell_dir / "summary.md", res.table_md)
     info = {"set": name, "gold_images": n, "variant": variant, "ema_decay": ema_decay if ema else None,
+            "val_draws": VAL_DRAWS if variant.endswith("-draws") else None,
             "steps": steps,
             "splits": prep.counts, "train_seconds": seconds,
             "rows": res.summary[res.summary["size"] == "all"].to_dict(orient="records")}
@@ -243,7 +250,9 @@ def variants_report(out: Path) -> str:
               "Commands:\n"),
              "    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant ema --ema-decay 0.99",
              "    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal",
-             "    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal-ema --ema-decay 0.99\n"]
+             "    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal-ema --ema-decay 0.99",
+             ("    .venv/bin/python experiments/adapt.py --sets raccoon kangaroo --variant rehearsal-ema-draws "
+              "--ema-decay 0.99\n")]
     def order(f: Path) -> tuple[int, int]:  # variant, then the deciding set (raccoon) before the confirming one
         c = json.loads(f.read_text())
         return VARIANTS.index(c["variant"]), WEB.index(c["set"]) if c["set"] in WEB else len(WEB)
@@ -255,7 +264,8 @@ def variants_report(out: Path) -> str:
         df["order"] = df["method"].map({m: i for i, m in enumerate(order)})
         df = df.sort_values("order").drop(columns="order")
         s = c["splits"]
-        what = f" (ema_decay {c['ema_decay']})" if c.get("ema_decay") else ""
+        what = f" (ema_decay {c['ema_decay']}" + (f", val_draws {c['val_draws']})" if c.get("val_draws") else ")") \
+            if c.get("ema_decay") else ""
         parts.append(f"## {c['set']}, {c['gold_images']} gold images, variant {c['variant']}{what}; "
                      f"{s['train']['boxes']} train + {s['select']['boxes']} selection "
                      f"boxes; report: {s['report']['images']} images, {s['report']['boxes']} boxes\n")

@@ -184,6 +184,9 @@ class DataConfig:
     hflip: bool = True
     color_jitter: float = 0.2
     val_max_boxes: int | None = None  # cap for quick validation during training
+    # Jitter draws of every validation box (seeds 0..n-1), scored together: a steadier choice of
+    # checkpoint when the validation split is a few gold boxes (adapt's selection split)
+    val_draws: int = 1
     seed: int = 0
     resampled: bool = True  # draw shards with replacement (ranks never starve); False = exact epochs
     epoch_samples: int | None = None  # crops per resampled epoch over all ranks; None = counted from shards
@@ -210,6 +213,7 @@ class DataConfig:
         non_negative("data.workers", self.workers)
         check(0.0 <= self.color_jitter <= 1.0, "data.color_jitter", "in [0, 1]", self.color_jitter)
         optional_positive("data.val_max_boxes", self.val_max_boxes)
+        positive("data.val_draws", self.val_draws)
         optional_positive("data.epoch_samples", self.epoch_samples)
         one_of("data.crop_on", self.crop_on, CROP_MODES)
         lo, hi = self.buffer_ratio_min, self.buffer_ratio_max

@@ -2,11 +2,15 @@
 
 score = mean of "edge < 1 px" and "IoU > 0.9" (both in percent): the two numbers the paper
 leads with, one per failure mode (a single bad edge, a box that is off overall). Validation
-uses the deterministic per-annotation jitter, so two evaluations of the same weights agree.
+uses the deterministic per-annotation jitter, so two evaluations of the same weights agree;
+``data.val_draws`` > 1 scores every box from that many jitter draws (seeds 0..n-1) together.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+import pandas as pd
 import torch
 
 from snapper.config import EvalConfig, SnapSettings, TrainConfig
@@ -32,8 +36,10 @@ def run_validation(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     """Table 1 on the held-out shards, flat names (``all/miou``...) plus ``score``."""
     net = unwrap(model)
     was_training = net.training
+    ev = validation_config(cfg)
     try:
-        df = evaluate_model(net, cfg.model, validation_config(cfg), method="val", device=device)
+        df = pd.concat([evaluate_model(net, cfg.model, dataclasses.replace(ev, seed=k), method="val", device=device)
+                        for k in range(cfg.data.val_draws)], ignore_index=True)
     finally:
         net.train(was_training)
     if len(df) == 0:

@@ -19,3 +19,28 @@ def test_validation_config_follows_the_run():
 
 def test_score_is_the_mean_of_the_two_headline_numbers():
     assert validation_score({"all/edge_lt_1px": 40.0, "all/iou_gt_0.9": 60.0, "all/miou": 1.0}) == pytest.approx(50.0)
+
+
+def test_several_draws_score_every_box_once_per_draw(monkeypatch):
+    import pandas as pd
+    import torch
+
+    from snapper.training import validation
+
+    seeds = []
+
+    def fake_evaluate(net, model_cfg, ev, method, device):
+        seeds.append(ev.seed)
+        hit = 100.0 if ev.seed == 0 else 0.0  # draw 0 all right, draw 1 all wrong
+        return pd.DataFrame({"iou": [0.95 if hit else 0.5] * 3, "edge_lt_1px": [hit] * 3})
+
+    monkeypatch.setattr(validation, "evaluate_model", fake_evaluate)
+    monkeypatch.setattr(validation, "summarize", lambda df, buckets: df)
+    monkeypatch.setattr(validation, "summary_metrics", lambda df: {
+        "all/edge_lt_1px": df["edge_lt_1px"].mean(), "all/iou_gt_0.9": 100.0 * (df["iou"] > 0.9).mean(),
+        "all/miou": 100.0 * df["iou"].mean(), "boxes": len(df)})
+    cfg = TrainConfig(device="cpu", data=DataConfig(val_shards=["v-000000.tar"], val_draws=2))
+    m = validation.run_validation(torch.nn.Linear(1, 1), cfg, torch.device("cpu"))
+    assert seeds == [0, 1] and m["boxes"] == 6 and m["score"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="val_draws"):
+        DataConfig(val_draws=0)
