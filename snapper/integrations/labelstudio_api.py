@@ -141,9 +141,12 @@ class LabelStudioClient:
         """Uploads one file into the project's storage without making a task of it
         (``import?commit_to_project=false``, what the import dialog does before "Import") and
         returns the URL tasks load it from (``/data/upload/<project>/<name>``)."""
-        with open(path, "rb") as f:
-            r = self._send("POST", f"/api/projects/{project_id}/import", params={"commit_to_project": "false"},
-                           files={"file": (os.path.basename(str(path)), f)})
+        try:
+            with open(path, "rb") as f:
+                r = self._send("POST", f"/api/projects/{project_id}/import", params={"commit_to_project": "false"},
+                               files={"file": (os.path.basename(str(path)), f)})
+        except LabelStudioError as e:  # e.g. a file over the server's upload limit: say which one
+            raise LabelStudioError(f"uploading {path}: {e}") from None
         ids = r.get("file_upload_ids") if isinstance(r, dict) else None
         if not ids:
             raise LabelStudioError(f"Label Studio at {self.url} took {path} without giving back its upload (an "
