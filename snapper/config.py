@@ -184,18 +184,15 @@ class DataConfig:
     hflip: bool = True
     color_jitter: float = 0.2
     val_max_boxes: int | None = None  # cap for quick validation during training
-    # Jitter draws of every validation box (seeds 0..n-1), scored together: a steadier choice of
-    # checkpoint when the validation split is a few gold boxes (adapt's selection split)
-    val_draws: int = 1
+    val_draws: int = 1  # jitter draws (seeds 0..n-1) of every validation box, scored together
     seed: int = 0
     resampled: bool = True  # draw shards with replacement (ranks never starve); False = exact epochs
     epoch_samples: int | None = None  # crops per resampled epoch over all ranks; None = counted from shards
     crop_on: str = "worker"  # "worker" (CPU, in the loader) or "device" (loader decodes, trainer crops)
-    # Train on crops cut with a buffer ratio drawn per box from U(min, max) instead of 1.0. Meant
-    # to free the user from picking --buffer-ratio; measured, it does not: on ~300 images the
-    # model then learns the average ratio's box scale: on boxes of the right size or drawn too
-    # tight it is worse at any ratio than a model trained at 1.0 snapping at the right ratio
-    # (experiments/results/buffer-ratio). Off in presets.
+    # Train on crops cut with a buffer ratio drawn per box from U(min, max) instead of 1.0. Meant to
+    # free the user from picking --buffer-ratio; measured, it does not (the model learns the average
+    # ratio's box scale: worse at any ratio than a model trained at 1.0 snapping at the right ratio,
+    # experiments/results/buffer-ratio). Off in presets.
     buffer_ratio_min: float = 1.0
     buffer_ratio_max: float = 1.0
     draft_decode: bool = True  # decode JPEGs at reduced DCT scale when every crop is downscaled
@@ -471,7 +468,8 @@ class AdaptConfig:
     """``snapper adapt`` / the ``adapt-snapper`` flow (:mod:`snapper.training.adapt`): the gold
     is split by image into train / selection / report (the report split scores every row and
     decides the champion; nothing trains or selects on it). ``base``: the model fine-tuned from
-    (default: the production champion). ``steps`` / ``overrides``: on the ``finetune`` preset."""
+    (default: the production champion). ``steps`` / ``overrides``: on the ``finetune`` preset.
+    ``replay``: shards trained on beside the gold, so that the fine-tune keeps what the base knew."""
 
     gold: str = ""
     images: str = ""
@@ -488,9 +486,7 @@ class AdaptConfig:
     register: bool = True
     device: str = "auto"
     overrides: list[str] = field(default_factory=list)
-    # Rehearsal: shards trained on beside the gold so the fine-tune does not forget what the base
-    # knew (experiments/results/adapt/variants.md); "base": the shards the base was trained on.
-    replay: list[str] = field(default_factory=list)
+    replay: list[str] = field(default_factory=list)  # rehearsal shards beside the gold; "base": the base's
     replay_share: float = 0.4  # share of the shard draws that are replay shards (the rest: gold)
 
     def __post_init__(self) -> None:
