@@ -75,6 +75,9 @@ WEB = ("raccoon", "kangaroo")
 COCO_SETS = ("coco-bias", "coco-2x")
 ROWS = ("identity", "champion", "gold-only", "ft-paper", "ft-measured")
 ID_OFFSET = 10_000_000  # merged COCO folders: ids of folder k are offset by k * this
+# The rows of report.md (and ft-measured beside every variant) are the fine-tune as it was before
+# EMA and rehearsal became `snapper adapt`'s defaults (session 25): pinned off, so reruns match.
+PLAIN = ["ema_decay=null"]
 
 
 def _order(ids: list[int], seed: int) -> list[int]:
@@ -168,7 +171,7 @@ def cell(name: str, n: int, steps: int, champion: str, data: Path, work: Path, o
     for noise in ("measured", "paper"):
         cfg = AdaptConfig(gold=str(gold), images=str(images), name=f"exp-{name}-{n}", rough=str(rough), base=champion,
                           out_dir=str(work / name / f"n{n}" / noise), steps=steps, noise=noise, register=False,
-                          device="cpu", overrides=["tracking.enabled=false"])
+                          device="cpu", overrides=["tracking.enabled=false", *PLAIN], replay=[])
         p = A.prepare(cfg, splits)
         prep = prep or p
         t = A.train_adapted(cfg, p)
@@ -211,7 +214,7 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
     gold, images, rough, splits = setup
     row = f"ft-measured-{variant}"
     ema = variant in ("ema", "rehearsal-ema", "rehearsal-ema-draws")
-    extra = [f"ema_decay={ema_decay}"] if ema else []
+    extra = [f"ema_decay={ema_decay}"] if ema else PLAIN
     variant_dir = f"measured-{variant}-{ema_decay:g}" if ema else f"measured-{variant}"
     if variant.endswith("-draws"):  # the checkpoint chosen on VAL_DRAWS jitter draws of each selection box
         extra.append(f"data.val_draws={VAL_DRAWS}")
@@ -219,7 +222,7 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
     models: dict[str, str] = {"champion": champion}
     seconds: dict[str, float] = {}
     prep = None
-    for label, folder, overrides in (("ft-measured", "measured", []), (row, variant_dir, extra)):
+    for label, folder, overrides in (("ft-measured", "measured", PLAIN), (row, variant_dir, extra)):
         replay = list(coco_train) if label == row and variant.startswith("rehearsal") else []
         cfg = AdaptConfig(gold=str(gold), images=str(images), name=f"exp-{name}-{n}", rough=str(rough), base=champion,
                           out_dir=str(work / name / f"n{n}" / folder), steps=steps, noise="measured", register=False,

@@ -110,13 +110,14 @@ def adapt_snapper(
     replay_share: float = AdaptConfig.replay_share,
 ) -> dict[str, Any]:
     """Check -> split + shard + noise report -> fine-tune (+ gold-only) -> compare + register.
-    ``replay``: shards trained on beside the gold (``["base"]``: the base's own training shards)."""
+    ``replay``: shards trained on beside the gold (``["base"]``: the base's own training shards;
+    None: those when they are all files here; ``[]``: none)."""
     base_ref = base if base.startswith(("models:/", "runs:/")) else str(resolve(base))
     cfg = AdaptConfig(gold=_path(gold) or "", images=_path(images) or "", name=name, rough=_path(rough), base=base_ref,
                       out_dir=_path(out_dir or f"runs/adapt/{name}"), select_fraction=select_fraction,
                       report_fraction=report_fraction, seed=seed, steps=steps, noise=noise, gold_only=gold_only,
                       register=register_model, device=device, overrides=_as_sets(overrides),
-                      replay=[r if r == A.REPLAY_BASE else (_path(r) or r) for r in replay or []],
+                      replay=None if replay is None else [r if r == A.REPLAY_BASE else (_path(r) or r) for r in replay],
                       replay_share=replay_share)
     prep = prepare_task(cfg)
     adapted = adapted_task(cfg, prep)

@@ -486,7 +486,7 @@ class AdaptConfig:
     register: bool = True
     device: str = "auto"
     overrides: list[str] = field(default_factory=list)
-    replay: list[str] = field(default_factory=list)  # rehearsal shards beside the gold; "base": the base's
+    replay: list[str] | None = None  # rehearsal shards beside the gold; None: the base's own if here
     replay_share: float = 0.4  # share of the shard draws that are replay shards (the rest: gold)
 
     def __post_init__(self) -> None:

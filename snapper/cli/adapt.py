@@ -38,9 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--select-fraction", type=float, default=d.select_fraction, help="gold images for checkpoint selection")
     p.add_argument("--report-fraction", type=float, default=d.report_fraction, help="gold images held out for the report")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the split by image")
-    p.add_argument("--replay", nargs="+", default=[], metavar="SHARDS",
-                   help="shards to train on beside the gold, so the fine-tune keeps what the base knew (rehearsal): "
-                        "shard globs/folders/manifests, or 'base' for the shards the base was trained on")
+    replay = p.add_mutually_exclusive_group()
+    replay.add_argument("--replay", nargs="+", default=None, metavar="SHARDS",
+                        help="shards to train on beside the gold, so the fine-tune keeps what the base knew "
+                             "(rehearsal): shard globs/folders/manifests, or 'base' for the shards the base was "
+                             "trained on (default: those, when they are all files on this machine)")
+    replay.add_argument("--no-replay", dest="replay", action="store_const", const=[], help="fine-tune on the gold alone")
     p.add_argument("--replay-share", type=float, default=d.replay_share,
                    help="share of the training draws from the --replay shards (default %(default)g; the rest is gold)")
     p.add_argument("--no-gold-only", action="store_true", help="skip the gold-only baseline (halves the time)")
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                           out_dir=args.out_dir, select_fraction=args.select_fraction,
                           report_fraction=args.report_fraction, seed=args.seed, steps=args.steps, noise=args.noise,
                           gold_only=not args.no_gold_only, register=not args.no_register, device=args.device,
-                          overrides=list(args.overrides), replay=list(args.replay), replay_share=args.replay_share)
+                          overrides=list(args.overrides), replay=args.replay, replay_share=args.replay_share)
     except ConfigError as e:
         p.error(str(e))
 

@@ -124,10 +124,26 @@ def check_base(cfg: AdaptConfig) -> tuple[str, Path]:
     return ref, resolve_model(ref)
 
 
+def base_shards(base_checkpoint: Path) -> tuple[list[str], list[str]]:
+    """(the shards the base was trained on, by its lineage: :func:`snapper.lineage.read_lineage`;
+    those of them that are local files missing here)."""
+    recorded = ((read_lineage(base_checkpoint) or {}).get("train") or {}).get("shards") or []
+    return recorded, [u for u in recorded if not is_local(u) or not Path(local_path(u)).is_file()]
+
+
 def check_replay(cfg: AdaptConfig, base_checkpoint: Path) -> list[str]:
     """The replay shards as URLs, each local one present: ``base`` reads the base's training
-    shards from its lineage (:func:`snapper.lineage.read_lineage`), so they must still be where
-    it was trained from; refused before any work otherwise."""
+    shards from its lineage, so they must still be where it was trained from; refused before any
+    work otherwise. ``None`` (the default): the base's shards when every one is a file here, else
+    none (one log line says why)."""
+    if cfg.replay is None:
+        recorded, missing = base_shards(base_checkpoint)
+        if recorded and not missing:
+            return recorded
+        log.info("adapt %s: no rehearsal: %s", cfg.name, "the base records no training shards" if not recorded else
+                 f"{len(missing)} of the {len(recorded)} shards the base was trained on are not files here "
+                 f"(first: {missing[0]}); name some with --replay SHARDS")
+        return []
     urls: list[str] = []
     for item in cfg.replay:
         if item != REPLAY_BASE:
@@ -136,11 +152,11 @@ def check_replay(cfg: AdaptConfig, base_checkpoint: Path) -> list[str]:
             except (UserInputError, ValueError) as e:
                 raise AdaptInputError(f"--replay {item}: {e}") from None
             continue
-        recorded = ((read_lineage(base_checkpoint) or {}).get("train") or {}).get("shards") or []
+        recorded, missing = base_shards(base_checkpoint)
+        missing = [u for u in missing if is_local(u)]  # remote shards are streamed as in training
         if not recorded:
             raise AdaptInputError(f"--replay base: {cfg.base} does not record the shards it was trained on; "
                                   "name them instead (--replay SHARDS...)")
-        missing = [u for u in recorded if is_local(u) and not Path(local_path(u)).is_file()]
         if missing:
             raise AdaptInputError(f"--replay base: {len(missing)} of the {len(recorded)} shards {cfg.base} was trained "
                                   f"on are not on this machine (first: {missing[0]}); name others (--replay SHARDS...)")

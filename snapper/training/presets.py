@@ -48,11 +48,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Fine-tuning a model onto a user's own boxes (with init_from): its architecture and weights
     # come from that model; a short schedule at a quarter of the training rate, warmed up, the
-    # trunk at a tenth of that with its BatchNorm statistics kept.
+    # trunk at a tenth of that with its BatchNorm statistics kept, the weights averaged (EMA:
+    # with rehearsal it broke fewer boxes on both web sets, experiments/results/adapt/variants.md).
     "finetune": {
         "data": {"workers": 2, "val_max_boxes": 500},
         "batch_size": 32, "steps": 300, "warmup_steps": 30, "lr": 5e-4, "trunk_lr_mult": 0.1,
-        "freeze_trunk_bn": True, "log_every": 20, "ckpt_every": 100, "eval_every": 100,
+        "freeze_trunk_bn": True, "log_every": 20, "ckpt_every": 100, "eval_every": 100, "ema_decay": 0.99,
     },
     # The published design: ImageNet ResNet-50 (torchvision's download) at the ModelConfig
     # defaults, fine-tuned at a tenth of the head's rate; AMP + channels_last on CUDA.

@@ -15,7 +15,7 @@ from snapper.cli import main as cli
 from snapper.config import AdaptConfig
 from snapper.data.coco import load_coco
 from snapper.lineage import shard_lineage, write_sidecar
-from snapper.training.adapt import AdaptInputError, mixed_shards, split_gold
+from snapper.training.adapt import AdaptInputError, check_replay, mixed_shards, split_gold
 from tests.batchdata import tiny_checkpoint
 from tests.helpers import make_tiny_coco, make_tiny_shards
 
@@ -89,6 +89,16 @@ def _base_trained_on(base: Path, copy: Path, shards: list[str]) -> Path:
     shutil.copytree(base, copy)
     write_sidecar(copy, shard_lineage(shards, []))
     return copy
+
+
+def test_by_default_the_base_s_own_shards_are_replayed_when_they_are_all_here(gold, tmp_path) -> None:
+    cfg = AdaptConfig(gold="g", images="i", name="x")  # replay=None
+    assert check_replay(cfg, gold["base"]) == []  # the base records no training shards
+    here = make_tiny_shards(tmp_path / "here", n_images=4, val_fraction=0.25)["train"]
+    assert check_replay(cfg, _base_trained_on(gold["base"], tmp_path / "b1", here)) == here
+    partly = _base_trained_on(gold["base"], tmp_path / "b2", [*here, str(tmp_path / "gone-000000.tar")])
+    assert check_replay(cfg, partly) == []  # not all here: no rehearsal (logged), never a half mix
+    assert check_replay(AdaptConfig(gold="g", images="i", name="x", replay=[]), partly) == []
 
 
 def test_replay_shards_are_drawn_at_their_share() -> None:
