@@ -70,6 +70,8 @@ def publish(res: dict[str, Any], prep: dict[str, Any]) -> None:
     lines = [f"# adapt-snapper: {res['name']} from `{res['base']}`", "",
              "- splits: " + ", ".join(f"{s} {c['images']} images / {c['boxes']} boxes" for s, c in res["splits"].items()),
              f"- trained on: {'the measured noise' if res['jitter'].get('mode') == 'empirical' else 'the paper jitter'}",
+             f"- rehearsal: {len(prep.get('replay') or [])} shards beside the gold" if prep.get("replay") else
+             "- rehearsal: none (nothing to replay, or turned off)",
              f"- {A.scores_line(res)}"]
     if reg:
         link = tracking.model_version_link(reg["name"], reg["version"], ui)

@@ -328,7 +328,7 @@ def compare_and_register(cfg: AdaptConfig, prep: Prepared, adapted: dict[str, An
         registered = register_adapted(cfg.name, adapted["run_id"], adapted["checkpoint"], ev, rivals, lineage,
                                       ADAPTED, champion)
     result = {"name": cfg.name, "base": prep.base, "splits": prep.counts, "noise": prep.noise,
-              "jitter": prep.jitter, "table_md": ev["table_md"], "rows": ev["rows"], "scores": ev["scores"],
+              "jitter": prep.jitter, "replay": prep.replay, "table_md": ev["table_md"], "rows": ev["rows"], "scores": ev["scores"],
               "trainings": {ADAPTED: adapted, **({GOLD_ONLY: gold_only} if gold_only else {})},
               "registered": registered, "eval_dir": ev["out_dir"], "mlflow_ui": tracking.server_url()}
     atomic_write_json(Path(prep.out_dir) / RESULT_FILE, json.loads(json.dumps(result, default=str)), indent=2)

@@ -354,5 +354,6 @@ def test_adapt_flow_fine_tunes_a_registered_model_and_publishes(trained: dict, h
     assert res["noise"]["outward"]["left"]["mean"] > 0.03 and res["registered"]["name"] == "snapper-ci-adapted"
     md = Artifact.get(artifact_key("snapper-adapt", "snapper-ci-adapted"))
     assert md is not None and "| adapted |" in md.data and "snapper-ci-adapted version" in md.data
+    assert res["replay"] and f"- rehearsal: {len(res['replay'])} shards beside the gold" in md.data  # the base's own
     noise = Artifact.get(artifact_key("snapper-adapt", "snapper-ci-adapted") + "-noise")
     assert noise is not None and "outward mean" in noise.data
