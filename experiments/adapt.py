@@ -245,6 +245,14 @@ def variant_cell(name: str, n: int, steps: int, champion: str, data: Path, work:
     return info
 
 
+def cell_tables(c: dict[str, Any], order: "list[str] | tuple[str, ...]") -> list[str]:
+    """A finished cell's Table 1 rows in ``order`` and the wall times of its trainings."""
+    df = pd.DataFrame(c["rows"])
+    df["order"] = df["method"].map({m: i for i, m in enumerate(order)})
+    return [format_table(df.sort_values("order").drop(columns="order")),
+            "wall time on this machine (s): " + ", ".join(f"{k} {v:.0f}" for k, v in c["train_seconds"].items()) + "\n"]
+
+
 def variants_report(out: Path) -> str:
     """Every finished variant cell as markdown (Table 1 overall; wall times of the fine-tunes)."""
     parts = ["# Variants of ft-measured (experiments/adapt.py --variant)\n",
@@ -262,19 +270,13 @@ def variants_report(out: Path) -> str:
 
     for f in sorted((out / "variants").glob("*/cell.json"), key=order):
         c = json.loads(f.read_text())
-        df = pd.DataFrame(c["rows"])
-        order = [*VARIANT_ROWS, f"ft-measured-{c['variant']}"]
-        df["order"] = df["method"].map({m: i for i, m in enumerate(order)})
-        df = df.sort_values("order").drop(columns="order")
         s = c["splits"]
-        what = f" (ema_decay {c['ema_decay']}" + (f", val_draws {c['val_draws']})" if c.get("val_draws") else ")") \
-            if c.get("ema_decay") else ""
+        settings = [f"{k} {c[k]}" for k in ("ema_decay", "val_draws") if c.get(k)]
+        what = f" ({', '.join(settings)})" if settings else ""
         parts.append(f"## {c['set']}, {c['gold_images']} gold images, variant {c['variant']}{what}; "
                      f"{s['train']['boxes']} train + {s['select']['boxes']} selection "
                      f"boxes; report: {s['report']['images']} images, {s['report']['boxes']} boxes\n")
-        parts.append(format_table(df))
-        parts.append("wall time on this machine (s): " + ", ".join(f"{k} {v:.0f}" for k, v in c["train_seconds"].items())
-                     + "\n")
+        parts += cell_tables(c, [*VARIANT_ROWS, f"ft-measured-{c['variant']}"])
     old = (out / "variants.md").read_text() if (out / "variants.md").is_file() else ""
     if READING in old:  # the hand-written reading below the tables survives a rerun
         parts.append(old[old.index(READING):].rstrip("\n") + "\n")
@@ -291,16 +293,11 @@ def report(out: Path) -> str:
              "`worse >0.1 IoU` = share of boxes whose IoU with the truth fell more than 0.1 below the rough box's.\n"]
     for f in sorted(out.glob("*/cell.json"), key=lambda p: (p.parent.name.split("-n")[0], int(p.parent.name.split("-n")[1]))):
         c = json.loads(f.read_text())
-        df = pd.DataFrame(c["rows"])
-        df["order"] = df["method"].map({m: i for i, m in enumerate(ROWS)})
-        df = df.sort_values("order").drop(columns="order")
         s = c["splits"]
         parts.append(f"## {c['set']}, {c['gold_images']} gold images ({s['train']['boxes']} train + "
                      f"{s['select']['boxes']} selection boxes); report: {s['report']['images']} images, "
                      f"{s['report']['boxes']} boxes\n")
-        parts.append(format_table(df))
-        parts.append("wall time on this machine (s): " + ", ".join(f"{k} {v:.0f}" for k, v in c["train_seconds"].items())
-                     + "\n")
+        parts += cell_tables(c, ROWS)
     return "\n".join(parts)
 
 

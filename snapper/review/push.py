@@ -18,6 +18,7 @@ which must hold the images folder; ``make labelstudio`` starts Label Studio that
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def ensure_project(client: LabelStudioClient, title: str, labels: list[str]) -> 
 
 
 def _upload_images(client: LabelStudioClient, project_id: int, images: Path, new: list[dict[str, Any]],
-                   existing: Any) -> None:
+                   existing: Iterable[dict[str, Any]]) -> None:
     """Fills the ``image`` of each new task: the URL of the same file in a task the project
     already has (a box set re-pushed after a new snap), else a fresh upload."""
     have = {t["data"]["snapper_file"]: t["data"]["image"] for t in existing
